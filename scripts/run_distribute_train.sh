@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Data-parallel training through msrun.
+# Usage: bash scripts/run_distribute_train.sh DEVICE_NUM CONFIG DEVICE_TARGET [--key value ...]
+# Multi-node: set NODE_RANK (this node, 0..), NODE_NUM (nodes), MASTER_ADDR (node 0's address),
+# MASTER_PORT; DEVICE_NUM is then the number of devices on THIS node (see README).
+set -euo pipefail
+if [ $# -lt 3 ]; then
+    echo "usage: bash scripts/run_distribute_train.sh DEVICE_NUM CONFIG DEVICE_TARGET [--key value ...]" >&2
+    exit 2
+fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DEVICE_NUM="$1"; CONFIG="$2"; DEVICE_TARGET="$3"; shift 3
+[ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
+case "$DEVICE_TARGET" in CPU|GPU|Ascend) ;; *) echo "error: DEVICE_TARGET must be CPU, GPU or Ascend" >&2; exit 2;; esac
+NODE_NUM="${NODE_NUM:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-8118}"
+WORKER_NUM=$((DEVICE_NUM * NODE_NUM))
+ARGS=(--config_path "$CONFIG" --device_target "$DEVICE_TARGET" --run_distribute true "$@")
+OUTPUT_DIR="$(python "$ROOT/scripts/_config_value.py" output_dir "${ARGS[@]}")"
+LOG_DIR="$OUTPUT_DIR/msrun_log"
+mkdir -p "$LOG_DIR"
+echo "distributed training: $WORKER_NUM workers ($DEVICE_NUM on node $NODE_RANK of $NODE_NUM), logs in $LOG_DIR"
+msrun --worker_num="$WORKER_NUM" --local_worker_num="$DEVICE_NUM" --node_rank="$NODE_RANK" \
+      --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --log_dir="$LOG_DIR" \
+      --join=True --cluster_time_out="${CLUSTER_TIME_OUT:-300}" \
+      "$ROOT/train.py" "${ARGS[@]}" \
+    || { echo "distributed training failed; see $LOG_DIR/worker_*.log" >&2; exit 1; }
+echo "done: $OUTPUT_DIR/last.ckpt"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Export a checkpoint.  Usage: bash scripts/run_export.sh CONFIG CKPT FILE_FORMAT FILE_NAME [--key value ...]
+set -euo pipefail
+if [ $# -lt 4 ]; then
+    echo "usage: bash scripts/run_export.sh CONFIG CKPT MINDIR|ONNX|AIR|SPARSE FILE_NAME [--key value ...]" >&2
+    exit 2
+fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CONFIG="$1"; CKPT="$2"; FORMAT="$3"; NAME="$4"; shift 4
+LOG="$(dirname "$CKPT")/export.log"
+echo "exporting $CKPT as $FORMAT to $NAME: log $LOG"
+python "$ROOT/export.py" --config_path "$CONFIG" --ckpt "$CKPT" --file_format "$FORMAT" \
+    --file_name "$NAME" "$@" 2>&1 | tee "$LOG"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up the environment if needed and run the whole test suite.
+# Usage: bash scripts/run_tests.sh [pytest args]
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+source scripts/setup_env.sh
+# The real Fashion-MNIST subset tests use the data when it can be had; they skip otherwise.
+bash scripts/get_fashion_mnist.sh "$ROOT/data/fashion_mnist" >/dev/null 2>&1 \
+    || echo "[tests] Fashion-MNIST not available: its tests will be skipped"
+export FASHION_MNIST_DIR="$ROOT/data/fashion_mnist"
+python -m pytest tests -q "$@"

@@ -1,0 +1,88 @@
+"""Checkpoint files: atomic writes, metadata, clear errors on load.
+
+A checkpoint holds the network parameters, optionally the optimizer state and the pruner state,
+and string/number metadata under keys starting with ``meta.`` (epoch, step, network widths).
+Files are written to a temporary name in the same directory and renamed, so a crash never
+leaves a half-written file under the final name and never damages an earlier checkpoint.
+"""
+import json
+import os
+
+import numpy as np
+import mindspore as ms
+
+META_PREFIX = "meta."
+PRUNER_PREFIX = "pruner."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the network (one-line message)."""
+
+
+def save_atomic(params, path, meta=None, pruner_state=None):
+    """Write ``params`` (a Cell or a list of Parameters / {'name','data'} dicts) to ``path`` atomically.
+
+    ``meta`` values are str/int/float; ``pruner_state`` values are numpy arrays or scalars.
+    """
+    append = {}
+    for key, value in (meta or {}).items():
+        append[META_PREFIX + key] = json.dumps(value)
+    items = params if isinstance(params, ms.nn.Cell) else list(params)
+    if pruner_state:
+        if isinstance(items, ms.nn.Cell):
+            items = list(items.get_parameters())
+        items = items + [ms.Parameter(ms.Tensor(np.asarray(v)), name=PRUNER_PREFIX + k,
+                                      requires_grad=False) for k, v in pruner_state.items()]
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix
+    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.ckpt")
+    try:
+        ms.save_checkpoint(items, tmp_path, append_dict=append or None)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def load(path):
+    """Read a checkpoint; returns (params: dict name->Parameter, meta: dict, pruner_state: dict)."""
+    if not path:
+        raise CheckpointError("no checkpoint given")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        raw = ms.load_checkpoint(path)
+    except Exception as err:  # MindSpore raises ValueError/RuntimeError with long texts
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
+    if not raw:
+        raise CheckpointError(f"checkpoint {path} holds no parameters")
+    params, meta, pruner_state = {}, {}, {}
+    for name, value in raw.items():
+        if name.startswith(META_PREFIX):
+            meta[name[len(META_PREFIX):]] = json.loads(value) if isinstance(value, str) else value
+        elif name.startswith(PRUNER_PREFIX):
+            pruner_state[name[len(PRUNER_PREFIX):]] = value.asnumpy()
+        else:
+            params[name] = value
+    return params, meta, pruner_state
+
+
+def load_into(net, params, path, strict=True, skip=()):
+    """Copy ``params`` into ``net``; a missing parameter or a shape mismatch is a CheckpointError."""
+    own = {p.name: p for p in net.get_parameters()}
+    for name, param in own.items():
+        if name in skip:
+            continue
+        if name not in params:
+            if strict:
+                raise CheckpointError(f"checkpoint {path} does not fit the network: "
+                                      f"parameter '{name}' is missing")
+            continue
+        if tuple(params[name].shape) != tuple(param.shape):
+            raise CheckpointError(f"checkpoint {path} does not fit the network: '{name}' has shape "
+                                  f"{tuple(params[name].shape)} in the file, {tuple(param.shape)} in "
+                                  "the network (another network or config?)")
+    selected = {k: v for k, v in params.items() if k in own and k not in skip}
+    ms.load_param_into_net(net, selected, strict_load=False)

@@ -1,0 +1,271 @@
+"""Recipe configuration: a yaml file plus ``--key value`` overrides, checked against one schema.
+
+Every key a recipe or the command line may set is declared once in ``SCHEMA`` with its type,
+accepted range and default. A typo or an out-of-range value raises ``ConfigError`` with one line
+that names the key and says what is accepted; the entry scripts turn it into exit code 2.
+"""
+import argparse
+import difflib
+import os
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message is one line."""
+
+
+class Key:
+    """Declaration of one configuration key."""
+
+    def __init__(self, kind, default, low=None, high=None, choices=None, help_text="",
+                 low_open=False, high_open=False):
+        self.kind = kind            # int, float, str, bool or list
+        self.default = default
+        self.low, self.high = low, high
+        self.low_open, self.high_open = low_open, high_open
+        self.choices = choices
+        self.help = help_text
+
+    def describe(self):
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.low is not None or self.high is not None:
+            left = "(" if self.low_open else "["
+            right = ")" if self.high_open else "]"
+            low = "-inf" if self.low is None else self.low
+            high = "inf" if self.high is None else self.high
+            return f"a{'n' if self.kind is int else ''} {self.kind.__name__} in {left}{low}, {high}{right}"
+        return f"a value of type {self.kind.__name__}"
+
+
+NETS = ["resnet18", "resnet34", "resnet50", "resnet20", "resnet32", "resnet56", "resnet110"]
+
+SCHEMA = {
+    # --- run ---
+    "device_target": Key(str, "CPU", choices=["CPU", "GPU", "Ascend"]),
+    "mode": Key(str, "graph", choices=["graph", "pynative"]),
+    "seed": Key(int, 42, 0, 2**31 - 1),
+    "output_dir": Key(str, "./output"),
+    "run_distribute": Key(bool, False),
+    # --- data ---
+    "dataset": Key(str, "fashion_mnist", choices=["imagenet", "cifar10", "fashion_mnist"]),
+    "data_path": Key(str, ""),
+    "image_size": Key(int, 0, 0, 1024, help_text="0 = the data set's native size (224, 32, 28)"),
+    "eval_resize": Key(int, 256, 8, 1200),
+    "batch_size": Key(int, 128, 1, 65536),
+    "eval_batch_size": Key(int, 0, 0, 65536, help_text="0 = same as batch_size"),
+    "train_samples": Key(int, 0, 0, None, help_text="0 = all"),
+    "eval_samples": Key(int, 0, 0, None, help_text="0 = all"),
+    "num_parallel_workers": Key(int, 2, 1, 64),
+    "crop_padding": Key(int, 4, 0, 64),
+    # --- network ---
+    "net": Key(str, "resnet20", choices=NETS),
+    "num_classes": Key(int, 10, 2, 100000),
+    "in_channels": Key(int, 1, 1, 16),
+    "width_multiplier": Key(float, 1.0, 0.0, 16.0, low_open=True),
+    "shortcut": Key(str, "auto", choices=["auto", "A", "B"]),
+    "zero_init_residual": Key(bool, False),
+    # --- optimisation ---
+    "epoch_size": Key(int, 1, 1, 100000),
+    "optimizer": Key(str, "momentum", choices=["momentum"]),
+    "momentum": Key(float, 0.9, 0.0, 1.0, high_open=True),
+    "weight_decay": Key(float, 1e-4, 0.0, 1.0),
+    "lr_schedule": Key(str, "cosine", choices=["cosine", "step", "poly", "constant"]),
+    "lr_max": Key(float, 0.1, 0.0, 100.0, low_open=True),
+    "lr_end": Key(float, 0.0, 0.0, 100.0),
+    "warmup_epochs": Key(float, 0.0, 0.0, 10000.0),
+    "lr_decay_epochs": Key(list, [], help_text="epochs where the step schedule multiplies by lr_decay_rate"),
+    "lr_decay_rate": Key(float, 0.1, 0.0, 1.0, low_open=True),
+    "poly_power": Key(float, 2.0, 0.0, 100.0, low_open=True),
+    "label_smoothing": Key(float, 0.0, 0.0, 1.0, high_open=True),
+    "loss_scale": Key(float, 1.0, 1.0, 2.0**24),
+    # --- logging, evaluation, checkpoints ---
+    "log_interval": Key(int, 20, 1, None),
+    "eval_interval": Key(int, 1, 0, None, help_text="epochs between evaluations; 0 = only at the end"),
+    "save_checkpoint_epochs": Key(int, 1, 1, None),
+    "save_checkpoint_steps": Key(int, 0, 0, None, help_text="0 = only at epoch ends"),
+    "keep_checkpoint_max": Key(int, 5, 1, None),
+    "resume_ckpt": Key(str, "", help_text="checkpoint to continue from; 'auto' = newest in output_dir"),
+    "pre_trained": Key(str, ""),
+    # --- pruning (shared) ---
+    "prune_method": Key(str, "none", choices=["none", "gmp", "rpg", "psap"]),
+    "sparsity": Key(float, 0.9, 0.0, 1.0, high_open=True),
+    "prune_include": Key(list, [], help_text="name patterns of prunable weights; [] = every conv and FC weight"),
+    "prune_exclude": Key(list, [], help_text="name patterns removed from the prunable set"),
+}
+
+
+def add_keys(keys):
+    """Let a pruner module declare its own keys (called at import time of that module)."""
+    for name, key in keys.items():
+        if name in SCHEMA:
+            raise RuntimeError(f"config key '{name}' declared twice")
+        SCHEMA[name] = key
+
+
+def _coerce(name, key, value):
+    """Convert a yaml or command-line value to the declared type, or raise ConfigError."""
+    kind = key.kind
+    if value is None and kind is str:
+        return ""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return int(str(value), 10) if isinstance(value, str) else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is list:
+            if isinstance(value, (list, tuple)):
+                return list(value)
+            if isinstance(value, str):
+                parsed = yaml.safe_load(value) if value.strip().startswith("[") else \
+                    [v.strip() for v in value.split(",") if v.strip()]
+                if not isinstance(parsed, list):
+                    raise ValueError
+                return parsed
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise ConfigError(f"config key '{name}': got {value!r}, expected {key.describe()}") from None
+
+
+def _check_range(name, key, value):
+    ok = True
+    if key.choices is not None and value not in key.choices:
+        ok = False
+    if key.kind in (int, float):
+        if key.low is not None and (value < key.low or (key.low_open and value == key.low)):
+            ok = False
+        if key.high is not None and (value > key.high or (key.high_open and value == key.high)):
+            ok = False
+    if not ok:
+        raise ConfigError(f"config key '{name}': got {value!r}, expected {key.describe()}")
+
+
+def _unknown_key_error(name, where):
+    close = difflib.get_close_matches(name, SCHEMA.keys(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{name}' in {where}{hint}")
+
+
+class Config(dict):
+    """A checked recipe; keys are readable as attributes (``cfg.batch_size``)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+
+def load_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid yaml: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value")
+    return data
+
+
+def build_config(values_from_file, overrides, config_path="<defaults>"):
+    """Merge defaults, file values and overrides; check every key, type and range."""
+    cfg = Config({name: key.default for name, key in SCHEMA.items()})
+    for source, values in ((config_path, values_from_file), ("the command line", overrides)):
+        for name, value in values.items():
+            if name not in SCHEMA:
+                raise _unknown_key_error(name, source)
+            cfg[name] = _coerce(name, SCHEMA[name], value)
+    for name, value in cfg.items():
+        _check_range(name, SCHEMA[name], value)
+    _check_relations(cfg)
+    cfg["config_path"] = config_path
+    return cfg
+
+
+def _check_relations(cfg):
+    if cfg.lr_end > cfg.lr_max:
+        raise ConfigError(f"config key 'lr_end': got {cfg.lr_end}, expected at most lr_max ({cfg.lr_max})")
+    if cfg.warmup_epochs > cfg.epoch_size:
+        raise ConfigError(f"config key 'warmup_epochs': got {cfg.warmup_epochs}, "
+                          f"expected at most epoch_size ({cfg.epoch_size})")
+    for epoch in cfg.lr_decay_epochs:
+        if not isinstance(epoch, (int, float)) or epoch <= 0:
+            raise ConfigError(f"config key 'lr_decay_epochs': got {cfg.lr_decay_epochs!r}, "
+                              "expected a list of positive epoch numbers")
+
+
+def parse_args(argv=None, extra_flags=None, description=None):
+    """Parse ``--config_path FILE`` and ``--key value`` pairs into a checked Config.
+
+    ``extra_flags`` maps flag names that belong to the entry script, not the recipe
+    (``--ckpt``, ``--json_out``), to their default; they come back as a second dict.
+    """
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra_flags = dict(extra_flags or {})
+    if any(a in ("-h", "--help") for a in argv):
+        _print_help(description, extra_flags)
+        raise SystemExit(0)
+    config_path = None
+    overrides, extras = {}, dict(extra_flags)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}': arguments take the form --key value")
+        name, value = arg[2:], None
+        if "=" in name:
+            name, value = name.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if value is None:
+            raise ConfigError(f"--{name} needs a value")
+        if name == "config_path":
+            config_path = value
+        elif name in extra_flags:
+            extras[name] = value
+        else:
+            overrides[name] = value
+    file_values = load_yaml(config_path) if config_path else {}
+    cfg = build_config(file_values, overrides, config_path or "<defaults>")
+    return cfg, extras
+
+
+def _print_help(description, extra_flags):
+    parser = argparse.ArgumentParser(description=description, add_help=False)
+    print((description or "") + "\n")
+    print("usage: --config_path FILE [--key value ...]\n")
+    for name in extra_flags:
+        print(f"  --{name}")
+    print("\nrecipe keys (any may be overridden):")
+    for name, key in SCHEMA.items():
+        extra = f"  ({key.help})" if key.help else ""
+        print(f"  --{name:<28} default {key.default!r}; {key.describe()}{extra}")
+    del parser

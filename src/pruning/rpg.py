@@ -1,0 +1,119 @@
+"""RPG: gradual global-magnitude pruning with RigL drop-and-grow, regrowth scored by the dense
+gradient of task_loss + lamb * rank_loss (the adversarial rank loss of src/pruning/rank_loss.py).
+
+Reference behaviour (huawei-noah/Efficient-Computing, Pruning/RPG), see docs in the README:
+every ``delta`` iterations until T_end the iteration's batch is used for a dense gradient of the
+full loss, the masks are recomputed, and the optimizer step of that iteration is skipped
+(``rpg_apply_update_step: true`` applies it instead, a documented deviation).
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
+
+from src.config import ConfigError, Key, add_keys
+from src.pruning.hard_mask import HardMaskPruner
+from src.pruning.mask_ops import drop_and_grow, global_magnitude_masks
+from src.pruning.rank_loss import layer_rank_terms
+from src.pruning.schedules import drop_fraction, exponential_density, rpg_update_steps
+
+add_keys({
+    "lamb": Key(float, 0.5, 0.0, 1e4, help_text="weight of the rank loss in the regrowth gradient"),
+    "partial_k": Key(float, 0.2, 0.0, 1.0, help_text="energy left out of the low-rank target"),
+    "delta": Key(int, 100, 1, None, help_text="iterations between mask updates"),
+    "alpha": Key(float, 0.3, 0.0, 1.0, help_text="initial drop-and-grow fraction"),
+    "T_end_percent": Key(float, 0.901, 0.0, 1.0, low_open=True,
+                         help_text="mask updates stop at this fraction of training"),
+    "iterative_T_end_percent": Key(float, 0.9, 0.0, 1.0, low_open=True,
+                                   help_text="target density reaches its final value here"),
+    "rpg_apply_update_step": Key(bool, False, help_text="also take the optimizer step on mask-update "
+                                                        "iterations (reference: skipped)"),
+})
+
+
+class RankLossTerm(nn.Cell):
+    """lamb * rank_loss over the conv weights: the extra term of the regrowth gradient.
+
+    Same value as ``rank_loss`` (mean over the layers whose SVD succeeded); it also records which
+    layers failed (``ok_flags``) and the ranks chosen, so the pruner can warn and log.
+    """
+
+    def __init__(self, conv_params, lamb, partial_k):
+        super().__init__(auto_prefix=False)
+        self.params = ParameterTuple(conv_params)
+        self.lamb = lamb
+        self.partial_k = partial_k
+        count = len(conv_params)
+        self.ok_flags = Parameter(Tensor(np.ones(count, np.float32)), name="rpg_rank.ok",
+                                  requires_grad=False)
+        self.ranks = Parameter(Tensor(np.zeros(count, np.float32)), name="rpg_rank.k",
+                               requires_grad=False)
+
+    def construct(self):
+        losses, oks, ks = layer_rank_terms(self.params, self.partial_k)
+        ok = ops.stack(oks).astype(ms.float32)
+        ops.assign(self.ok_flags, ok)
+        ops.assign(self.ranks, ops.stack(ks).astype(ms.float32))
+        mean = ops.stack(losses).sum() / ops.maximum(ok.sum(), ops.ones_like(ok.sum()))
+        return self.lamb * mean
+
+
+class RPGPruner(HardMaskPruner):
+    name = "rpg"
+
+    def __init__(self, cfg, net, steps_per_epoch, logger):
+        super().__init__(cfg, net, steps_per_epoch, logger)
+        try:
+            self.update_steps, self.total_updates = rpg_update_steps(
+                self.total_steps, cfg.delta, cfg.T_end_percent, cfg.iterative_T_end_percent)
+        except ValueError as err:
+            raise ConfigError(f"config key 'delta': {err}") from None
+        self.t_end = cfg.T_end_percent * self.total_steps
+        params = {p.name: p for p in net.trainable_params()}
+        self.conv_names = [n for n in self.names if len(params[n].shape) == 4]
+        self.rank_term = None
+        if cfg.lamb > 0 and self.conv_names:
+            self.rank_term = RankLossTerm([params[n] for n in self.conv_names], cfg.lamb, cfg.partial_k)
+        self.grad_cell = None
+        logger.info(f"rpg: {len(self.names)} masked weights, {len(self.update_steps)} mask updates "
+                    f"(every {cfg.delta} iterations, first {self.update_steps[0]}, last "
+                    f"{self.update_steps[-1]}), final density reached at update {self.total_updates}, "
+                    f"lamb {cfg.lamb}, partial_k {cfg.partial_k}")
+
+    def update_masks(self, step, batch, ctx):
+        cfg = self.cfg
+        if self.grad_cell is None:
+            self.grad_cell = ctx.dense_gradient_cell(self.names, self.rank_term)
+        _, task, extra, grads = self.grad_cell(*batch)
+        task = float(task.asnumpy())
+        rank = float(extra.asnumpy()) / cfg.lamb if self.rank_term is not None else float("nan")
+        grads = {name: g.asnumpy() for name, g in zip(self.names, grads)}
+        if self.rank_term is not None:
+            failed = [n for n, ok in zip(self.conv_names, self.rank_term.ok_flags.asnumpy()) if ok < 0.5]
+            if failed:
+                self.logger.warning(f"rank loss: SVD failed or weight is all zero for {len(failed)} "
+                                    f"layer(s), they contribute 0: {', '.join(failed[:5])}")
+        weights = ctx.get_weights(self.names)
+
+        index = self.updates_done + 1
+        self.target_density = exponential_density(index, self.final_density, self.total_updates)
+        fraction = drop_fraction(step, cfg.alpha, self.t_end)
+        target = global_magnitude_masks(weights, self.target_density)
+        masks, regrown = {}, 0
+        for name in self.names:
+            mask, grown = drop_and_grow(weights[name], target[name], grads[name], fraction)
+            masks[name] = mask
+            regrown += int(grown.sum())
+        # Regrown weights start at zero: installing the masks zeroes everything outside them,
+        # and grown positions were outside the magnitude target (so already zero or dropped).
+        for name in self.names:
+            weights[name][~target[name]] = 0.0
+        ctx.set_weights(weights)
+        sparsity = self.install(masks, ctx)
+        loss = task
+        if cfg.rpg_apply_update_step:
+            loss = ctx.train_step_with_extra_loss(batch, "rpg", self.rank_term)
+        self.logger.info(f"rpg mask update {index}/{len(self.update_steps)} at step {step}: "
+                         f"target density {self.target_density:.6f} sparsity {sparsity:.6f} "
+                         f"drop fraction {fraction:.4f} regrown {regrown} task loss {task:.4f} "
+                         f"rank loss {rank:.6f}")
+        return loss

@@ -1,0 +1,355 @@
+"""The training loop. It knows nothing about pruning methods: a pruner plugs in through the hooks
+of ``src/pruning/base.py`` and reaches the training graph through ``TrainContext``.
+"""
+import glob
+import logging
+import math
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, Tensor
+
+from src import checkpoint
+from src.dataset import create_dataset
+from src.errors import TrainingError
+from src.lr_schedule import learning_rates
+from src.metrics import evaluate
+from src.models import build_network
+from src.pruning.base import prunable_weight_names, sparsity_of
+from src.pruning.registry import build_pruner
+from src.pruning.train_cell import DenseGradient, LossCell, MaskedTrainStep
+
+
+def setup_logger(output_dir, rank=0, name="train"):
+    """Log to stdout and to ``output_dir/<name>.log`` (rank 0) or ``<name>_rank<N>.log``."""
+    logger = logging.getLogger(f"prune.{name}.{rank}")
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    os.makedirs(output_dir, exist_ok=True)
+    filename = f"{name}.log" if rank == 0 else f"{name}_rank{rank}.log"
+    file_handler = logging.FileHandler(os.path.join(output_dir, filename))
+    file_handler.setFormatter(fmt)
+    logger.addHandler(file_handler)
+    if rank == 0:
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
+    return logger
+
+
+def init_context(cfg):
+    """MindSpore context, distributed initialisation; returns (rank, group_size)."""
+    mode = ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE
+    ms.set_context(mode=mode)
+    ms.set_device(cfg.device_target)
+    rank, group_size = 0, 1
+    if cfg.run_distribute:
+        from mindspore.communication import init, get_rank, get_group_size
+        init()
+        rank, group_size = get_rank(), get_group_size()
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                     gradients_mean=True, device_num=group_size)
+    ms.set_seed(cfg.seed)
+    return rank, group_size
+
+
+def weight_decay_groups(net, weight_decay):
+    """Weight decay on conv/FC weights only: BatchNorm parameters and biases are exempt."""
+    decay, no_decay = [], []
+    for param in net.trainable_params():
+        (decay if param.name.endswith("weight") and len(param.shape) > 1 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"order_params": net.trainable_params()}]
+
+
+def load_pretrained(net, path, logger):
+    """Load weights; a classifier with another class count is skipped with a warning."""
+    params, _, _ = checkpoint.load(path)
+    skip = []
+    for name in ("fc.weight", "fc.bias"):
+        own = dict(net.parameters_and_names()).get(name)
+        if own is not None and name in params and tuple(params[name].shape) != tuple(own.shape):
+            skip.append(name)
+    if skip:
+        logger.warning(f"pre_trained {path}: classifier shape differs from this network's "
+                       f"({len(skip)} tensors); the classifier keeps its fresh initialisation")
+    checkpoint.load_into(net, params, path, strict=True, skip=skip)
+    logger.info(f"loaded pre-trained weights from {path}")
+
+
+class TrainContext:
+    """What a pruner may see and do during training."""
+
+    def __init__(self, cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape):
+        self.cfg = cfg
+        self.net = net
+        self.loss_cell = loss_cell
+        self.optimizer = optimizer
+        self.train_step = train_step
+        self.logger = logger
+        self.output_dir = output_dir
+        self.input_shape = input_shape
+        self.epoch = 0
+        self.step = 0
+        self.rank = 0
+        self._params = {p.name: p for p in net.get_parameters()}
+        self._moments = {p.name: m for p, m in zip(optimizer.parameters, optimizer.moments)}
+        self._extra_steps = {}
+
+    # --- weights -------------------------------------------------------------------------
+    def get_weights(self, names):
+        return {name: self._params[name].asnumpy() for name in names}
+
+    def set_weights(self, arrays):
+        for name, value in arrays.items():
+            param = self._params[name]
+            param.set_data(Tensor(value.astype(np.float32).reshape(param.shape)))
+
+    def apply_masks(self, masks):
+        """Multiply parameters and their momentum by (broadcastable) masks, on the host."""
+        for name, mask in masks.items():
+            keep = np.asarray(mask, np.float32) > 0
+            param = self._params[name]
+            param.set_data(Tensor(np.where(keep, param.asnumpy(), np.float32(0.0))))
+            if name in self._moments:
+                moment = self._moments[name]
+                moment.set_data(Tensor(np.where(keep, moment.asnumpy(), np.float32(0.0))))
+
+    # --- in-graph masks (hard-mask pruners) -------------------------------------------------
+    def get_masks(self):
+        return {p.name[len("pruning_mask."):]: p.asnumpy() for p in self.train_step.masks}
+
+    def set_masks(self, masks):
+        """Install new masks in the train graph and zero the masked weights and their momentum."""
+        for param in self.train_step.masks:
+            name = param.name[len("pruning_mask."):]
+            if name in masks:
+                param.set_data(Tensor(np.asarray(masks[name], np.float32).reshape(param.shape)))
+        self.apply_masks(masks)
+
+    # --- gradient energy (PSAP) -------------------------------------------------------------
+    def read_energy(self, reset=True):
+        energy = {p.name[len("grad_energy."):]: p.asnumpy() for p in self.train_step.energy}
+        if reset:
+            for param in self.train_step.energy:
+                param.set_data(Tensor(np.zeros(param.shape, np.float32)))
+        return energy
+
+    # --- gradients and extra steps -----------------------------------------------------------
+    def dense_gradient_cell(self, names, extra_loss=None):
+        """A compiled cell returning (total, task, extra, grads) for the named parameters."""
+        return DenseGradient(self.loss_cell, [self._params[n] for n in names], extra_loss)
+
+    def train_step_with_extra_loss(self, batch, key, extra_loss):
+        """An ordinary (masked) optimizer step whose loss also contains ``extra_loss``."""
+        if key not in self._extra_steps:
+            self._extra_steps[key] = MaskedTrainStep(
+                self.loss_cell, self.optimizer, [], [], extra_loss=extra_loss)
+            self._extra_steps[key].masks = self.train_step.masks
+        step = self._extra_steps[key]
+        return float(step(*batch).asnumpy())
+
+
+def find_latest_checkpoint(output_dir):
+    """Newest readable training checkpoint in ``output_dir`` (by step), or None."""
+    candidates = []
+    for path in glob.glob(os.path.join(output_dir, "*.ckpt")):
+        match = re.search(r"step(\d+)\.ckpt$", path)
+        if match:
+            candidates.append((int(match.group(1)), path))
+        elif os.path.basename(path) == "last.ckpt":
+            candidates.append((math.inf, path))
+    return [p for _, p in sorted(candidates, reverse=True)]
+
+
+class Trainer:
+    """Builds everything from a config and runs the epochs."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rank, self.group_size = init_context(cfg)
+        self.output_dir = cfg.output_dir
+        self.logger = setup_logger(self.output_dir, self.rank)
+        self.is_main = self.rank == 0
+
+        self.train_data = self._dataset(training=True, epoch=0)
+        self.steps_per_epoch = self.train_data.get_dataset_size()
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"training set gives 0 batches of {cfg.batch_size}: "
+                                "lower batch_size or raise train_samples")
+        self.total_steps = self.steps_per_epoch * cfg.epoch_size
+        self.eval_data = self._dataset(training=False, epoch=0) if self.is_main or cfg.run_distribute else None
+
+        self.net = build_network(cfg)
+        if cfg.pre_trained:
+            load_pretrained(self.net, cfg.pre_trained, self.logger)
+        self.pruner = build_pruner(cfg, self.net, self.steps_per_epoch, self.logger)
+        self.lrs = learning_rates(cfg.lr_schedule, cfg.lr_max, self.total_steps, self.steps_per_epoch,
+                                  cfg.warmup_epochs, cfg.lr_end, cfg.lr_decay_epochs,
+                                  cfg.lr_decay_rate, cfg.poly_power)
+        self.optimizer = nn.Momentum(weight_decay_groups(self.net, cfg.weight_decay),
+                                     learning_rate=Tensor(self.lrs), momentum=cfg.momentum,
+                                     loss_scale=cfg.loss_scale)
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.loss_cell = LossCell(self.net, criterion)
+        mask_names = self.pruner.mask_names if self.pruner.hard_masks else []
+        self.train_step = MaskedTrainStep(self.loss_cell, self.optimizer, mask_names,
+                                          self.pruner.energy_names)
+        self.train_step.set_train(True)
+        image_shape = next(self.train_data.create_tuple_iterator(num_epochs=1))[0].shape
+        self.ctx = TrainContext(cfg, self.net, self.loss_cell, self.optimizer, self.train_step,
+                                self.logger, self.output_dir, (1,) + tuple(image_shape[1:]))
+        self.ctx.rank = self.rank
+        self.start_step = 0
+        self.best = {"top1": None, "epoch": None}
+        self.saved = []
+        if cfg.resume_ckpt:
+            self._resume(cfg.resume_ckpt)
+
+    # --- data -------------------------------------------------------------------------------
+    def _dataset(self, training, epoch):
+        cfg = self.cfg
+        batch = cfg.batch_size if training else (cfg.eval_batch_size or cfg.batch_size)
+        return create_dataset(cfg.dataset, cfg.data_path, training, batch,
+                              image_size=cfg.image_size or None, eval_resize=cfg.eval_resize,
+                              num_samples=cfg.train_samples if training else cfg.eval_samples,
+                              num_shards=self.group_size, shard_id=self.rank,
+                              num_parallel_workers=cfg.num_parallel_workers,
+                              crop_padding=cfg.crop_padding, seed=cfg.seed + epoch,
+                              drop_remainder=True if training else False)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _state_params(self):
+        """Everything resume needs: network, optimizer moments and step, masks, energy."""
+        seen, items = set(), []
+        for param in self.train_step.get_parameters():
+            if param.name not in seen:
+                seen.add(param.name)
+                items.append(param)
+        return items
+
+    def _save(self, path, step):
+        if not self.is_main:
+            return
+        meta = {"step": step, "epoch": step // self.steps_per_epoch, "net": self.cfg.net,
+                "prune_method": self.cfg.prune_method, "steps_per_epoch": self.steps_per_epoch,
+                "best_top1": self.best["top1"], "best_epoch": self.best["epoch"]}
+        checkpoint.save_atomic(self._state_params(), path, meta=meta,
+                               pruner_state=self.pruner.state_dict())
+
+    def _save_periodic(self, step):
+        if not self.is_main:
+            return
+        name = f"{self.cfg.net}_{self.cfg.prune_method}_step{step}.ckpt"
+        path = os.path.join(self.output_dir, name)
+        self._save(path, step)
+        self.saved.append(path)
+        while len(self.saved) > self.cfg.keep_checkpoint_max:
+            old = self.saved.pop(0)
+            if os.path.exists(old):
+                os.remove(old)
+
+    def _resume(self, resume):
+        paths = find_latest_checkpoint(self.output_dir) if resume == "auto" else [resume]
+        if resume == "auto" and not paths:
+            self.logger.info(f"resume_ckpt auto: no checkpoint in {self.output_dir}, starting fresh")
+            return
+        errors = []
+        for path in paths:
+            try:
+                params, meta, pruner_state = checkpoint.load(path)
+                checkpoint.load_into(self.train_step, params, path, strict=True)
+            except checkpoint.CheckpointError as err:
+                if resume != "auto":
+                    raise
+                errors.append(str(err))
+                self.logger.warning(f"skipping unusable checkpoint: {err}")
+                continue
+            if meta.get("steps_per_epoch") != self.steps_per_epoch:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {path} was made with {meta.get('steps_per_epoch')} steps per epoch, "
+                    f"this run has {self.steps_per_epoch} (batch_size or train_samples changed)")
+            self.pruner.load_state_dict(pruner_state)
+            self.start_step = int(meta["step"])
+            self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
+            self.logger.info(f"resumed from {path} at step {self.start_step} "
+                             f"(epoch {self.start_step // self.steps_per_epoch})")
+            return
+        raise checkpoint.CheckpointError(f"no usable checkpoint in {self.output_dir}: {errors[-1]}")
+
+    # --- evaluation -------------------------------------------------------------------------
+    def _evaluate(self, epoch, step):
+        result = evaluate(self.net, self.eval_data, self.cfg.label_smoothing,
+                          distributed=self.cfg.run_distribute)
+        self.net.set_train(True)
+        names = prunable_weight_names(self.net)
+        result["sparsity"] = sparsity_of(self.ctx.get_weights(names).values())
+        counted = self.pruner.accept_best(step)
+        if counted and (self.best["top1"] is None or result["top1"] > self.best["top1"]):
+            self.best = {"top1": result["top1"], "epoch": epoch + 1}
+        note = "" if counted else " (before the final sparsity: not counted as best)"
+        best = "-" if self.best["top1"] is None else f"{self.best['top1']:.4f}"
+        self.logger.info(f"eval epoch {epoch + 1}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
+                         f"loss {result['loss']:.4f} sparsity {result['sparsity']:.4f} best {best}{note}")
+        return result
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train(self):
+        cfg, log = self.cfg, self.logger
+        log.info(f"{cfg.net} on {cfg.dataset}: {self.steps_per_epoch} steps/epoch x {cfg.epoch_size} "
+                 f"epochs, batch {cfg.batch_size} x {self.group_size} device(s), "
+                 f"prune_method {cfg.prune_method}")
+        step = self.start_step
+        first_epoch = step // self.steps_per_epoch
+        result = None
+        for epoch in range(first_epoch, cfg.epoch_size):
+            data = self.train_data if epoch == 0 else self._dataset(training=True, epoch=epoch)
+            skip = step - epoch * self.steps_per_epoch
+            window_start, window_images = time.time(), 0
+            for index, (image, label) in enumerate(data.create_tuple_iterator(num_epochs=1)):
+                if index < skip:
+                    continue
+                self.ctx.epoch, self.ctx.step = epoch, step
+                loss = self.pruner.before_step(step, (image, label), self.ctx)
+                if loss is None:
+                    loss = float(self.train_step(image, label).asnumpy())
+                    if not math.isfinite(loss):
+                        raise TrainingError(f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); "
+                                            "stopping. The last good checkpoint is left as it was: "
+                                            "lower lr_max or check the data")
+                self.pruner.after_step(step, self.ctx)
+                step += 1
+                window_images += image.shape[0] * self.group_size
+                if step % cfg.log_interval == 0 or step == self.total_steps:
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    extra = "".join(f" {k} {v:.4f}" if isinstance(v, float) else f" {k} {v}"
+                                    for k, v in self.pruner.report().items())
+                    log.info(f"epoch {epoch + 1}/{cfg.epoch_size} step {step}/{self.total_steps} "
+                             f"loss {loss:.4f} lr {self.lrs[step - 1]:.6f} "
+                             f"img/s {window_images / elapsed:.1f}{extra}")
+                    window_start, window_images = time.time(), 0
+                # checkpoints at an epoch's end are written after the epoch hooks below
+                if cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0 \
+                        and step % self.steps_per_epoch != 0:
+                    self._save_periodic(step)
+            self.ctx.epoch, self.ctx.step = epoch, step
+            self.pruner.on_epoch_end(epoch, self.ctx)
+            last_epoch = epoch + 1 == cfg.epoch_size
+            if self.eval_data is not None and (
+                    last_epoch or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0)):
+                result = self._evaluate(epoch, step)
+            step_due = cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0
+            if not last_epoch and ((epoch + 1) % cfg.save_checkpoint_epochs == 0 or step_due):
+                self._save_periodic(step)
+        self._save(os.path.join(self.output_dir, "last.ckpt"), step)
+        self.pruner.on_train_end(self.ctx)
+        if self.is_main:
+            log.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
+        return result

@@ -1,0 +1,68 @@
+"""Shared fixtures: a Fashion-MNIST directory (the real files when installed, else small IDX files
+written in the real format) and a helper that runs the entry scripts as a user would."""
+import gzip
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_idx(path, array, gz=True):
+    """IDX: magic (0x0000 08 ndim), big-endian dims, raw uint8 data."""
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    opener = gzip.open if gz else open
+    with opener(path + (".gz" if gz else ""), "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fake_fashion_mnist(directory, train=600, test=300, seed=0):
+    """Learnable toy data in the real format: the class sets the brightness of a block."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    for split, count in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, count)
+        images = rng.integers(0, 40, (count, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 4 + 2 * label:10 + 2 * label, 6:22] = 200
+        write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte"), images)
+        write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte"), labels)
+    return directory
+
+
+def _has_real(directory):
+    return directory and all(os.path.exists(os.path.join(directory, f + ".gz")) or
+                             os.path.exists(os.path.join(directory, f)) for f in FILES)
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory):
+    for candidate in (os.environ.get("FASHION_MNIST_DIR"), SYSTEM_FASHION_MNIST):
+        if _has_real(candidate):
+            return candidate
+    return write_fake_fashion_mnist(str(tmp_path_factory.mktemp("fashion")))
+
+
+def run_script(*args, check=True, timeout=600):
+    """Run ``python <script> args`` from the project root; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+def error_lines(proc):
+    """stderr lines that are not MindSpore's own log noise."""
+    return [line for line in proc.stderr.splitlines()
+            if line.strip() and not line.startswith(("[WARNING", "[INFO", "[ERROR] ME", "  warnings.warn"))
+            and "Warning" not in line]

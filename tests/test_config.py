@@ -1,0 +1,63 @@
+"""Recipe parsing: overrides, typos, types and ranges, and the one-line CLI error."""
+import glob
+import os
+
+import pytest
+
+import src.pruning.registry  # noqa: F401  (declares the pruner keys)
+from src.config import ConfigError, build_config, load_yaml, parse_args
+from tests.conftest import ROOT, error_lines, run_script
+
+RECIPE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
+
+
+def test_every_recipe_parses():
+    recipes = sorted(glob.glob(os.path.join(ROOT, "config", "*.yaml")))
+    assert recipes
+    for path in recipes:
+        cfg, _ = parse_args(["--config_path", path])
+        assert cfg.config_path == path
+
+
+def test_overrides_are_typed():
+    cfg, _ = parse_args(["--config_path", RECIPE, "--batch_size", "32", "--lr_max=0.05",
+                         "--zero_init_residual", "true", "--lr_decay_epochs", "[3, 6]"])
+    assert cfg.batch_size == 32 and cfg.lr_max == 0.05 and cfg.zero_init_residual is True
+    assert cfg.lr_decay_epochs == [3, 6]
+
+
+def test_unknown_key_names_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'batch_szie'.*batch_size"):
+        parse_args(["--config_path", RECIPE, "--batch_szie", "3"])
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("net: resnet20\nsparsty: 0.9\n")
+    with pytest.raises(ConfigError, match=r"'sparsty' in .*bad.yaml.*sparsity"):
+        parse_args(["--config_path", str(path)])
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("sparsity", "1.2", r"'sparsity'.*\[0.0, 1.0\)"),
+    ("batch_size", "-4", r"'batch_size'.*\[1, 65536\]"),
+    ("batch_size", "abc", r"'batch_size'.*int"),
+    ("net", "resnet19", r"'net'.*one of"),
+    ("lr_max", "0", r"'lr_max'"),
+])
+def test_bad_values_name_key_and_range(key, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_args(["--config_path", RECIPE, f"--{key}", value])
+
+
+def test_yaml_values_checked_too():
+    with pytest.raises(ConfigError, match="'epoch_size'"):
+        build_config({"epoch_size": 0}, {})
+    assert load_yaml(RECIPE)["net"] == "resnet20"
+
+
+def test_cli_error_is_one_line_exit_2():
+    proc = run_script("train.py", "--config_path", RECIPE, "--sparsity", "1.2", check=False)
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "sparsity" in lines[0] and "Traceback" not in proc.stderr

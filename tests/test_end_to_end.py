@@ -1,0 +1,159 @@
+"""The command contract, as a user runs it: train -> eval -> export -> reload, resume, pruning
+targets, and bad input that must end with one clear line and leave earlier outputs intact."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import mindspore as ms
+import pytest
+
+from tests.conftest import ROOT, error_lines, run_script
+
+DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
+RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
+GMP = os.path.join(ROOT, "config", "gmp_resnet20_fashion_mnist_s90.yaml")
+SHORT = ["--epoch_size", "1", "--train_samples", "512", "--eval_samples", "256"]
+
+
+def digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def prunable_zero_fraction(path):
+    params = ms.load_checkpoint(str(path))
+    arrays = [v.asnumpy() for k, v in params.items()
+              if k.endswith("weight") and not k.startswith(("moments.", "pruning_mask."))
+              and v.asnumpy().ndim in (2, 4)]
+    return sum(int((a == 0).sum()) for a in arrays) / sum(a.size for a in arrays)
+
+
+@pytest.fixture(scope="module")
+def dense_run(fashion_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dense")
+    run_script("train.py", "--config_path", DENSE, "--data_path", fashion_dir, "--output_dir", out,
+               *SHORT, "--log_interval", "4", "--batch_size", "32")
+    return out
+
+
+def test_contract_train_eval_export(dense_run, fashion_dir, tmp_path):
+    ckpt = dense_run / "last.ckpt"
+    assert ckpt.exists()
+    log = (dense_run / "train.log").read_text()
+    assert "img/s" in log and "lr" in log and "eval epoch 1" in log
+    result_path = tmp_path / "r.json"
+    run_script("eval.py", "--config_path", DENSE, "--ckpt", ckpt, "--data_path", fashion_dir,
+               "--json_out", result_path, "--eval_samples", "256")
+    result = json.loads(result_path.read_text())
+    for key in ("top1", "top5", "loss", "sparsity", "params", "flops", "dense_params", "dense_flops"):
+        assert key in result
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and result["sparsity"] < 0.01
+    proc = run_script("export.py", "--config_path", DENSE, "--ckpt", ckpt, "--file_format", "MINDIR",
+                      "--file_name", tmp_path / "net")
+    assert (tmp_path / "net.mindir").exists() and "max abs difference" in proc.stdout
+    ms.set_context(mode=ms.GRAPH_MODE)
+    graph = ms.nn.GraphCell(ms.load(str(tmp_path / "net.mindir")))
+    out = graph(ms.Tensor(np.zeros((1, 1, 28, 28), np.float32)))
+    assert out.shape == (1, 10)
+    proc = run_script("export.py", "--config_path", DENSE, "--ckpt", ckpt, "--file_format", "ONNX",
+                      "--file_name", tmp_path / "net")
+    assert (tmp_path / "net.onnx").stat().st_size > 100_000
+
+
+def test_air_off_ascend_is_a_clear_error(dense_run, tmp_path):
+    proc = run_script("export.py", "--config_path", DENSE, "--ckpt", dense_run / "last.ckpt",
+                      "--file_format", "AIR", "--file_name", tmp_path / "n", check=False)
+    assert proc.returncode == 2 and "Ascend" in error_lines(proc)[0]
+
+
+def test_rpg_contract_reaches_exact_sparsity(fashion_dir, tmp_path):
+    proc = run_script("train.py", "--config_path", RPG, "--data_path", fashion_dir, "--output_dir",
+                      tmp_path, *SHORT, "--batch_size", "32", "--delta", "2")
+    assert "rpg mask update" in proc.stdout and "rank loss" in proc.stdout
+    assert abs(prunable_zero_fraction(tmp_path / "last.ckpt") - 0.9) < 1e-5
+    report = tmp_path / "layers.png"
+    proc = run_script("eval.py", "--config_path", RPG, "--ckpt", tmp_path / "last.ckpt", "--data_path",
+                      fashion_dir, "--eval_samples", "256", "--report_png", report,
+                      "--json_out", tmp_path / "r.json")
+    assert "rel.rank" in proc.stdout and report.stat().st_size > 1000
+    layers = json.loads((tmp_path / "r.json").read_text())["layers"]
+    assert len(layers) == 20 and all(0 <= row["relative_rank"] <= 1 for row in layers)
+    proc = run_script("export.py", "--config_path", RPG, "--ckpt", tmp_path / "last.ckpt",
+                      "--file_format", "SPARSE", "--file_name", tmp_path / "s")
+    assert "bit-exact" in proc.stdout
+    assert (tmp_path / "s.sparse.npz").stat().st_size < 0.3 * (tmp_path / "last.ckpt").stat().st_size
+
+
+def test_gmp_reaches_target(fashion_dir, tmp_path):
+    proc = run_script("train.py", "--config_path", GMP, "--data_path", fashion_dir, "--output_dir",
+                      tmp_path, *SHORT, "--batch_size", "32", "--gmp_frequency", "3")
+    assert "gmp mask update" in proc.stdout
+    assert abs(prunable_zero_fraction(tmp_path / "last.ckpt") - 0.9) < 1e-5
+
+
+def test_resume_continues_identically(fashion_dir, tmp_path):
+    common = ["--config_path", RPG, "--data_path", fashion_dir, "--train_samples", "256",
+              "--eval_samples", "64", "--batch_size", "32", "--delta", "3", "--eval_interval", "0",
+              "--num_parallel_workers", "1"]
+    run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "full")
+    # Stop after epoch 1 (a checkpoint is written there), then continue the same 2-epoch schedule.
+    run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "part",
+               "--save_checkpoint_steps", "5", "--keep_checkpoint_max", "10")
+    ckpts = sorted((tmp_path / "part").glob("*_step5.ckpt"))
+    assert ckpts, "no mid-epoch checkpoint"
+    proc = run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "resumed",
+                      "--resume_ckpt", ckpts[0])
+    assert "resumed from" in proc.stdout
+    full = ms.load_checkpoint(str(tmp_path / "full" / "last.ckpt"))
+    resumed = ms.load_checkpoint(str(tmp_path / "resumed" / "last.ckpt"))
+    for name, value in full.items():
+        if isinstance(value, str) or name.startswith("meta."):
+            continue
+        np.testing.assert_allclose(resumed[name].asnumpy(), value.asnumpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+def _one_line_failure(proc, *words):
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1, lines
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_bad_inputs_leave_outputs_intact(dense_run, fashion_dir, tmp_path):
+    ckpt = dense_run / "last.ckpt"
+    before = digest(ckpt)
+    train = ["train.py", "--config_path", DENSE, "--output_dir", dense_run, *SHORT]
+    _one_line_failure(run_script(*train, "--data_path", tmp_path / "nowhere", check=False), "nowhere")
+    (tmp_path / "empty").mkdir()
+    _one_line_failure(run_script(*train, "--data_path", tmp_path / "empty", check=False), "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (bad / name).write_bytes(b"this is not an IDX file at all")
+    _one_line_failure(run_script(*train, "--data_path", bad, check=False), "bad")
+    _one_line_failure(run_script(*train, "--data_path", fashion_dir, "--batch_size", "-1",
+                                 check=False), "batch_size")
+    evaluate = ["eval.py", "--config_path", DENSE, "--data_path", fashion_dir, "--eval_samples", "64"]
+    _one_line_failure(run_script(*evaluate, "--ckpt", tmp_path / "missing.ckpt", check=False),
+                      "not found")
+    _one_line_failure(run_script(*evaluate, "--ckpt", ckpt, "--net", "resnet32", check=False),
+                      "resnet")
+    _one_line_failure(run_script(*evaluate, "--ckpt", ckpt, "--width_multiplier", "2", check=False),
+                      "shape")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00garbage" * 100)
+    _one_line_failure(run_script(*evaluate, "--ckpt", junk, check=False), "junk.ckpt")
+    json_out = tmp_path / "r.json"
+    json_out.write_text("{\"keep\": 1}")
+    _one_line_failure(run_script(*evaluate, "--ckpt", junk, "--json_out", json_out, check=False))
+    assert json.loads(json_out.read_text()) == {"keep": 1}
+    _one_line_failure(run_script(*train, "--data_path", fashion_dir, "--resume_ckpt", junk,
+                                 check=False), "junk.ckpt")
+    assert digest(ckpt) == before

@@ -1,0 +1,405 @@
+"""PSAP: schedule, adaptive layer ratios, scores, protection, and the pruner on a fake trainer."""
+import logging
+import os
+
+import numpy as np
+import mindspore as ms
+import pytest
+
+from src import checkpoint
+from src.config import ConfigError, build_config, load_yaml
+from src.models import build_network
+from src.models.flops import count_macs_params, layer_records
+from src.models.resnet import build_resnet, default_inner_widths
+from src.pruning.psap import (PSAPPruner, adaptive_layer_ratios, asfp_target, filter_costs,
+                              filter_scores, flops_layer_counts, protected_filters, removed_macs,
+                              weight_sparsity_ratio)
+from src.pruning.surgery import prunable_layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOGGER = logging.getLogger("test_psap")
+
+
+# --------------------------------------------------------------------------- pure functions
+
+def test_asfp_target_curve():
+    values = [asfp_target(t, 0.5, 10, 4.0) for t in range(0, 13)]
+    assert values[0] == 0.0
+    assert values[10] == values[12] == 0.5
+    assert all(b > a for a, b in zip(values[:10], values[1:11]))            # rising to the target
+    assert values[1] - values[0] > values[10] - values[9]                    # mild at the end
+    assert asfp_target(5, 0.5, 10, 0.0) == pytest.approx(0.25)               # k = 0: linear
+    assert asfp_target(1, 0.4, 1, 4.0) == 0.4                                # end 1: SFP, full at once
+
+
+def test_weight_sparsity_ratio_matches_numpy():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 4, 3, 3))
+    expected = np.mean(np.abs(w) < 0.1 * np.abs(w).max())
+    assert weight_sparsity_ratio(w, 0.1) == pytest.approx(expected)
+    exclude = np.zeros(8, bool)
+    exclude[:3] = True
+    w[:3] = 0
+    expected = np.mean(np.abs(w[3:]) < 0.1 * np.abs(w).max())
+    assert weight_sparsity_ratio(w, 0.1, exclude) == pytest.approx(expected)
+    assert weight_sparsity_ratio(np.zeros((2, 2, 1, 1)), 0.1) == 1.0
+
+
+def test_adaptive_ratios_meet_filter_target_exactly_and_respect_cap():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        layers = int(rng.integers(1, 30))
+        n = rng.choice([4, 16, 32, 64, 128, 512], size=layers)
+        s = rng.uniform(0, 1, layers) * (rng.uniform(size=layers) > 0.2)
+        cap = float(rng.uniform(0.3, 0.95))
+        p = float(rng.uniform(0, 0.9)) * cap
+        counts = adaptive_layer_ratios(s, n, p, cap)
+        assert counts.sum() == round(p * n.sum())
+        assert np.all(counts <= np.minimum(np.floor(cap * n + 1e-9), n - 1))
+        assert np.all(counts >= 0)
+
+
+def test_adaptive_ratios_follow_sparsity():
+    n = np.array([64, 64, 64, 64])
+    counts = adaptive_layer_ratios([0.1, 0.2, 0.3, 0.4], n, 0.3, 0.9)
+    assert list(counts) == sorted(counts) and counts[3] > counts[0]
+    # P_l = P * s_l / s_mean before rescaling: here no cap binds, so the ratios are exact
+    assert np.allclose(counts / n, 0.3 * np.array([0.1, 0.2, 0.3, 0.4]) / 0.25, atol=1 / 64)
+    # a cap that binds: the excess goes to the other layers, the total stays exact
+    counts = adaptive_layer_ratios([0.05, 0.05, 0.05, 0.9], n, 0.3, 0.5)
+    assert counts[3] == 32 and counts.sum() == round(0.3 * 256)
+    # equal sparsities (SFP baseline): uniform ratios
+    assert list(adaptive_layer_ratios([1, 1, 1], [16, 16, 16], 0.5, 0.8)) == [8, 8, 8]
+    # no sparse layer at all: uniform as well
+    assert list(adaptive_layer_ratios([0, 0], [10, 10], 0.4, 0.8)) == [4, 4]
+
+
+def test_adaptive_ratios_with_minimum_counts():
+    n = np.array([16, 16, 32, 64])
+    counts = adaptive_layer_ratios([0.2, 0.2, 0.2, 0.2], n, 0.25, 0.5, minimum=[12, 0, 0, 0])
+    assert counts[0] == 12 and counts.sum() == round(0.25 * n.sum())   # overrides the cap (8)
+    assert counts[1] <= counts[2] / 2 + 1
+    counts = adaptive_layer_ratios([0.2, 0.2, 0.2, 0.2], n, 0.05, 0.5, minimum=[12, 3, 0, 0])
+    assert list(counts) == [12, 3, 0, 0]                                 # minimums exceed target
+    counts = adaptive_layer_ratios([0.2, 0.2, 0.2, 0.2], n, 0.4, 0.8, minimum=[16, 0, 0, 0])
+    assert counts[0] == 15                                               # one filter always stays
+
+
+def test_adaptive_ratios_cost_target_within_one_percent():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        layers = int(rng.integers(3, 40))
+        n = rng.choice([16, 32, 64, 256], size=layers)
+        costs = rng.uniform(1e3, 1e5, layers)
+        s = rng.uniform(0, 1, layers)
+        total = float(np.dot(n, costs)) * 1.3          # the unprunable layers cost something too
+        p = float(rng.uniform(0.05, 0.5))
+        counts = adaptive_layer_ratios(s, n, p, 0.8, costs=costs, total_cost=total)
+        miss = abs(float(np.dot(counts, costs)) - p * total)
+        assert miss <= costs.max() / 2            # as close as whole filters allow
+        if layers >= 20:
+            assert miss <= 0.01 * p * total
+        assert np.all(counts <= np.floor(0.8 * n + 1e-9))
+
+
+def test_flops_target_on_bottlenecks_is_exact_within_one_percent():
+    net = build_resnet("resnet50", num_classes=1000, in_channels=3)
+    records = layer_records(net, (1, 3, 224, 224))
+    layers = prunable_layers(net)
+    n = np.array([r["c_out"] for r in records if r["name"] in {l["conv"] for l in layers}])
+    s = np.random.default_rng(3).uniform(0.05, 0.6, len(layers))
+    counts = flops_layer_counts(s, n, 0.45, 0.8, records, layers)
+    dense = sum(r["macs"] for r in records)
+    achieved = removed_macs(records, layers, counts) / dense
+    assert abs(achieved - 0.45) <= 0.0045
+    # the same count from a network actually built with those widths
+    widths = default_inner_widths("resnet50")
+    for layer, c in zip(layers, counts):
+        widths[layer["block"]][layer["inner"]] -= int(c)
+    small, _ = count_macs_params(build_resnet("resnet50", inner_widths=widths), (1, 3, 224, 224))
+    assert dense - small == removed_macs(records, layers, counts)
+    assert len(filter_costs(records, layers)) == len(layers)
+
+
+def test_infeasible_target_raises():
+    with pytest.raises(ValueError):
+        adaptive_layer_ratios([0.5, 0.5], [10, 10], 0.6, 0.5)
+    with pytest.raises(ValueError):  # protected filters leave too few candidates
+        adaptive_layer_ratios([0.5, 0.5], [10, 10], 0.4, 0.8, available=[2, 2])
+
+
+def test_filter_scores():
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(6, 3, 3, 3))
+    flat = w.reshape(6, -1)
+    assert np.allclose(filter_scores(w, "l2"), np.linalg.norm(flat, axis=1))
+    brute = [sum(np.linalg.norm(flat[i] - flat[j]) for j in range(6)) for i in range(6)]
+    assert np.allclose(filter_scores(w, "fpgm"), brute)
+    # the filter at the centre of the others is the most replaceable one for FPGM
+    w[2] = w[[0, 1, 3, 4, 5]].mean(axis=0)
+    assert np.argmin(filter_scores(w, "fpgm")) == 2
+    with pytest.raises(ValueError):
+        filter_scores(w, "taylor")
+
+
+def test_protected_filters():
+    kept = np.array([1.0, 2.0, 3.0, 4.0, 100.0])     # median 3
+    zeroed = np.array([0.0, 2.9, 3.1, 50.0])
+    assert list(protected_filters(zeroed, kept, 1.0)) == [False, False, True, True]
+    assert list(protected_filters(zeroed, kept, 10.0)) == [False, False, False, True]
+    assert not protected_filters(zeroed, [], 1.0).any()
+
+
+# --------------------------------------------------------------------------- the pruner
+
+class FakeContext:
+    """The part of the trainer's TrainContext the pruner uses, on the host."""
+
+    def __init__(self, cfg, net, output_dir, input_shape):
+        self.cfg, self.net, self.output_dir = cfg, net, output_dir
+        self.input_shape = input_shape
+        self.logger = LOGGER
+        self.rank = 0
+        self.params = {p.name: p for p in net.get_parameters()}
+        self.energy = {}
+        self.epoch = self.step = 0
+
+    def get_weights(self, names):
+        return {n: self.params[n].asnumpy() for n in names}
+
+    def apply_masks(self, masks):
+        for name, mask in masks.items():
+            p = self.params[name]
+            p.set_data(ms.Tensor((p.asnumpy() * np.asarray(mask, np.float32)).astype(np.float32)))
+
+    def read_energy(self, reset=True):
+        energy = {k: v.copy() for k, v in self.energy.items()}
+        if reset:
+            self.energy = {}
+        return energy
+
+    def train(self, rng, names, scale=0.02):
+        """Stand-in for an epoch of SGD: every weight moves, zeroed filters regrow a little."""
+        for name in names:
+            p = self.params[name]
+            value = p.asnumpy()
+            p.set_data(ms.Tensor((value + rng.normal(0, scale, value.shape)).astype(np.float32)))
+            self.energy[name] = rng.uniform(0.5, 1.5, value.shape[0]).astype(np.float32)
+
+
+def _setup(tmp_path, **overrides):
+    values = {"net": "resnet20", "in_channels": 1, "dataset": "fashion_mnist", "epoch_size": 4,
+              "prune_method": "psap", "psap_target": "filters", "psap_ratio": 0.4,
+              "output_dir": str(tmp_path)}
+    values.update(overrides)
+    cfg = build_config(values, {})
+    ms.set_seed(0)
+    net = build_network(cfg)
+    pruner = PSAPPruner(cfg, net, steps_per_epoch=10, logger=LOGGER)
+    ctx = FakeContext(cfg, net, str(tmp_path), (1, 1, 28, 28))
+    return cfg, net, pruner, ctx
+
+
+def _zeroed(ctx, names):
+    return {n: np.flatnonzero(~np.any(ctx.params[n].asnumpy().reshape(
+        ctx.params[n].shape[0], -1) != 0, axis=1)) for n in names}
+
+
+def test_pruner_follows_schedule_and_ends_compact(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, psap_curve_k=2.0)
+    rng = np.random.default_rng(5)
+    names = pruner.energy_names
+    assert names == [f"layer{s}.{b}.conv1.weight" for s in (1, 2, 3) for b in range(3)]
+    total = int(pruner.filter_counts.sum())
+    for epoch in range(cfg.epoch_size):
+        ctx.train(rng, names)
+        pruner.on_epoch_end(epoch, ctx)
+        zeroed = _zeroed(ctx, names)
+        expected = round(asfp_target(epoch + 1, 0.4, cfg.epoch_size, 2.0) * total)
+        assert sum(len(z) for z in zeroed.values()) == expected
+    # the last step also silenced the BN of the pruned filters
+    layer = prunable_layers(net)[0]
+    pruned = _zeroed(ctx, [layer["conv"]])[layer["conv"]]
+    assert len(pruned) and not np.any(ctx.params[layer["bn"]["gamma"]].asnumpy()[pruned])
+    assert not np.any(ctx.params[layer["bn"]["beta"]].asnumpy()[pruned])
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        compact, widths = pruner.on_train_end(ctx)
+        x = ms.Tensor(np.random.default_rng(6).normal(size=(2, 1, 28, 28)).astype(np.float32))
+        net.set_train(False)
+        compact.set_train(False)
+        assert np.max(np.abs(net(x).asnumpy() - compact(x).asnumpy())) <= 1e-4
+    finally:
+        ms.set_context(mode=previous)
+
+    params, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
+    assert meta["inner_widths"] == widths and meta["net"] == "resnet20"
+    assert meta["prune_method"] == "psap"
+    assert meta["compact_macs"] < meta["dense_macs"] and meta["compact_params"] < meta["dense_params"]
+    removed = total - sum(w[0] for w in widths)
+    assert removed == round(0.4 * total)
+    rebuilt = build_network(cfg, meta["inner_widths"])
+    checkpoint.load_into(rebuilt, params, "last_compact.ckpt")
+
+
+def test_flops_target_met_at_the_end(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, psap_target="flops", psap_ratio=0.4, epoch_size=2,
+                                   filter_score="fpgm")
+    rng = np.random.default_rng(7)
+    for epoch in range(cfg.epoch_size):
+        ctx.train(rng, pruner.energy_names)
+        pruner.on_epoch_end(epoch, ctx)
+    pruner.on_train_end(ctx)
+    _, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
+    achieved = 1 - meta["compact_macs"] / meta["dense_macs"]
+    assert abs(achieved - 0.4) <= 0.004
+    assert meta["dense_macs"] == count_macs_params(net, (1, 1, 28, 28))[0]
+
+
+def test_protection_triggers_on_gradient_pattern(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=10, psap_end_epoch=1,
+                                   protect_tau=2.0, protect_steps=2, psap_adaptive=False)
+    rng = np.random.default_rng(8)
+    names = pruner.energy_names
+    ctx.train(rng, names)
+    pruner.on_epoch_end(0, ctx)
+    first = _zeroed(ctx, names)
+    target = names[0]
+    favourite = first[target][0]
+
+    # one epoch later: one zeroed filter of layer 0 is pulled back hard by its gradient
+    ctx.train(rng, names)
+    energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}
+    energy[target][first[target]] = 1.5          # below tau * median: not protected
+    energy[target][favourite] = 10.0             # above 2 x median(kept) = 2
+    ctx.energy = energy
+    pruner.on_epoch_end(1, ctx)
+    second = _zeroed(ctx, names)
+    assert favourite not in second[target]
+    assert pruner.protect.sum() == 2 and np.count_nonzero(pruner.protect) == 1
+    assert sum(len(z) for z in second.values()) == sum(len(z) for z in first.values())
+
+    # still protected at the next step even if its weights are the smallest of the layer
+    ctx.train(rng, names)
+    w = ctx.params[target].asnumpy()
+    w[favourite] = 0
+    ctx.params[target].set_data(ms.Tensor(w))
+    ctx.energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}
+    pruner.on_epoch_end(2, ctx)
+    selected = pruner.zeroed[pruner._slice(0)]
+    assert not selected[favourite] and selected.sum() == len(first[target])
+    # protection served (2 steps): now it is a candidate again and, being all zero, is pruned
+    ctx.energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}
+    pruner.on_epoch_end(3, ctx)
+    assert pruner.zeroed[pruner._slice(0)][favourite] and pruner.protect.sum() == 0
+
+
+def test_no_protection_without_pattern_or_when_disabled(tmp_path):
+    for protect in (True, False):
+        cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=10, psap_end_epoch=1,
+                                       psap_protect=protect)
+        rng = np.random.default_rng(9)
+        names = pruner.energy_names
+        for epoch in range(3):
+            ctx.train(rng, names)
+            zeroed = pruner.zeroed.copy()
+            # flat energies: zeroed filters at 0.9 x the median of the kept ones
+            ctx.energy = {n: np.full(ctx.params[n].shape[0], 1.0, np.float32) for n in names}
+            for i, n in enumerate(names):
+                ctx.energy[n][zeroed[pruner._slice(i)]] = 0.9
+            if not protect:
+                ctx.energy[names[0]][:] = 50.0
+            pruner.on_epoch_end(epoch, ctx)
+            assert pruner.protect.sum() == 0
+
+
+def test_sfp_baseline_has_uniform_ratios(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=3, psap_end_epoch=1,
+                                   psap_adaptive=False, psap_protect=False, psap_ratio=0.25)
+    ctx.train(np.random.default_rng(10), pruner.energy_names, scale=0.2)
+    pruner.on_epoch_end(0, ctx)
+    counts = [len(z) for z in _zeroed(ctx, pruner.energy_names).values()]
+    assert counts == [4, 4, 4, 8, 8, 8, 16, 16, 16]
+
+
+def test_state_dict_round_trip(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
+    rng = np.random.default_rng(11)
+    names = pruner.energy_names
+    for epoch in range(2):
+        ctx.train(rng, names)
+        pruner.on_epoch_end(epoch, ctx)
+    pruner.protect[3] = 2
+    path = os.path.join(str(tmp_path), "state.ckpt")
+    checkpoint.save_atomic(net, path, pruner_state=pruner.state_dict())
+    _, _, state = checkpoint.load(path)
+    _, _, other, _ = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
+    other.load_state_dict(state)
+    for key, value in pruner.state_dict().items():
+        assert np.array_equal(np.asarray(other.state_dict()[key]), np.asarray(value)), key
+    # resumed and uninterrupted pruners take the same next step
+    ctx.train(rng, names)
+    ctx.energy = {n: rng.uniform(0, 2, ctx.params[n].shape[0]) for n in names}
+    saved_energy = {k: v.copy() for k, v in ctx.energy.items()}
+    weights = {n: ctx.params[n].asnumpy().copy() for n in names}
+    pruner.on_epoch_end(2, ctx)
+    first = pruner.zeroed.copy()
+    for n in names:
+        ctx.params[n].set_data(ms.Tensor(weights[n]))
+    ctx.energy = saved_energy
+    other.on_epoch_end(2, ctx)
+    assert np.array_equal(first, other.zeroed)
+    with pytest.raises(ValueError):
+        other.load_state_dict({**state, "psap_zeroed": np.zeros(5, np.int32)})
+
+
+def test_dead_filters_count_toward_the_target(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=2, psap_end_epoch=1, psap_adaptive=False,
+                                   psap_protect=False, filter_score="fpgm")
+    rng = np.random.default_rng(14)
+    names = pruner.energy_names
+    ctx.train(rng, names)
+    pruner.on_epoch_end(0, ctx)
+    assert len(_zeroed(ctx, [names[0]])[names[0]]) == 6
+    ctx.train(rng, names)
+    dead = np.arange(3, 13)       # ten filters of layer 0 got no gradient and stayed exactly zero
+    w = ctx.params[names[0]].asnumpy()
+    w[dead] = 0
+    ctx.params[names[0]].set_data(ms.Tensor(w))
+    pruner.on_epoch_end(1, ctx)
+    selected = pruner.zeroed[pruner._slice(0)]
+    assert selected[dead].all() and selected.sum() == 10
+    total = int(pruner.filter_counts.sum())
+    assert pruner.zeroed.sum() == round(0.4 * total)
+    _, widths = pruner.on_train_end(ctx)
+    assert total - sum(w[0] for w in widths) == round(0.4 * total)
+
+
+def test_missed_target_is_an_error(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=1)
+    ctx.train(np.random.default_rng(12), pruner.energy_names)
+    pruner.on_epoch_end(0, ctx)
+    ctx.train(np.random.default_rng(13), pruner.energy_names)   # the zeroed filters come back
+    with pytest.raises(ValueError, match="misses the target"):
+        pruner.on_train_end(ctx)
+
+
+@pytest.mark.parametrize("recipe", ["psap_resnet20_fashion_mnist.yaml",
+                                    "psap_resnet56_cifar10.yaml", "psap_resnet50_imagenet.yaml"])
+def test_recipes_are_valid_and_feasible(recipe):
+    path = os.path.join(ROOT, "config", recipe)
+    cfg = build_config(load_yaml(path), {}, path)
+    assert cfg.prune_method == "psap"
+    pruner = PSAPPruner(cfg, build_network(cfg), steps_per_epoch=1, logger=LOGGER)
+    assert pruner.end_epoch <= cfg.epoch_size
+
+
+def test_config_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="psap_ratio"):
+        build_config({"psap_ratio": 1.0}, {})
+    with pytest.raises(ConfigError, match="psap_ratio"):
+        _setup(tmp_path, psap_ratio=0.9, max_layer_ratio=0.5)
+    with pytest.raises(ConfigError, match="psap_end_epoch"):
+        _setup(tmp_path, psap_end_epoch=9, epoch_size=4)

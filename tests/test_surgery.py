@@ -1,0 +1,134 @@
+"""Physical filter removal: which convs are prunable, and exact equality of compact and masked nets."""
+import numpy as np
+import mindspore as ms
+import pytest
+
+from src.config import build_config
+from src.models import build_network
+from src.pruning.surgery import (compact_network, plan_removal, prunable_filter_convs,
+                                 prunable_layers)
+
+
+@pytest.fixture
+def pynative():
+    """Forward passes here run eagerly; the caller's execution mode is restored afterwards."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
+def _randomise_bn(net, rng):
+    """Non-trivial BN statistics, so a wrong channel mapping cannot hide."""
+    for param in net.get_parameters():
+        value = param.asnumpy()
+        if param.name.endswith(("gamma", "beta", "moving_mean")):
+            param.set_data(ms.Tensor(rng.normal(0.0, 0.5, value.shape).astype(np.float32)))
+        elif param.name.endswith("moving_variance"):
+            param.set_data(ms.Tensor(rng.uniform(0.5, 2.0, value.shape).astype(np.float32)))
+
+
+def _zero(net, name, filters, bn=None):
+    params = {p.name: p for p in net.get_parameters()}
+    value = params[name].asnumpy()
+    value[filters] = 0
+    params[name].set_data(ms.Tensor(value))
+    for field in (bn or {}).values():
+        if field.endswith(("gamma", "beta")):
+            value = params[field].asnumpy()
+            value[filters] = 0
+            params[field].set_data(ms.Tensor(value))
+
+
+def _outputs(net, x):
+    net.set_train(False)
+    return net(ms.Tensor(x)).asnumpy()
+
+
+def test_prunable_convs_are_inner_convs_only():
+    basic = build_network(build_config({"net": "resnet20"}, {}))
+    assert prunable_filter_convs(basic) == [f"layer{s}.{b}.conv1.weight"
+                                            for s in (1, 2, 3) for b in range(3)]
+    bottleneck = build_network(build_config({"net": "resnet50", "num_classes": 10,
+                                             "in_channels": 3}, {}))
+    names = prunable_filter_convs(bottleneck)
+    assert len(names) == 2 * 16
+    assert all(n.endswith(("conv1.weight", "conv2.weight")) and n.startswith("layer") for n in names)
+    layers = prunable_layers(bottleneck)
+    assert layers[1]["conv"] == "layer1.0.conv2.weight"
+    assert layers[1]["next_conv"] == "layer1.0.conv3.weight"
+    assert layers[1]["next_kernel"] == (1, 1)
+
+
+def test_resnet20_compact_equals_masked(pynative):
+    rng = np.random.default_rng(0)
+    cfg = build_config({"net": "resnet20", "in_channels": 3}, {})
+    net = build_network(cfg)
+    _randomise_bn(net, rng)
+    layers = prunable_layers(net)
+    expected_widths = []
+    for i, layer in enumerate(layers):
+        n = 16 * 2 ** (i // 3)
+        if i == 4:      # every filter zeroed: one must stay
+            chosen = np.arange(n)
+        else:
+            chosen = rng.choice(n, size=int(rng.integers(1, n // 2)), replace=False)
+        _zero(net, layer["conv"], chosen, layer["bn"])
+        expected_widths.append([max(n - len(chosen), 1)])
+    # a zero filter whose BN still outputs a positive constant, before a 3x3 conv: must stay
+    params = {p.name: p for p in net.get_parameters()}
+    keep_layer = layers[0]
+    w = params[keep_layer["conv"]].asnumpy()
+    alive = np.flatnonzero(np.abs(w).reshape(w.shape[0], -1).sum(1) > 0)[0]
+    w[alive] = 0
+    params[keep_layer["conv"]].set_data(ms.Tensor(w))
+    beta = params[keep_layer["bn"]["beta"]].asnumpy()
+    beta[alive] = 2.0
+    params[keep_layer["bn"]["beta"]].set_data(ms.Tensor(beta))
+
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    masked = _outputs(net, x)
+    arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
+    plans = plan_removal(arrays, layers)
+    assert list(plans[0]["kept_constant"]) == [alive]
+    compact, widths = compact_network(net, cfg)
+    assert widths == expected_widths
+    assert widths[4] == [1]
+    compact_out = _outputs(compact, x)
+    assert np.max(np.abs(compact_out - masked)) <= 1e-4
+    assert sum(p.size for p in compact.trainable_params()) < \
+        sum(p.size for p in net.trainable_params())
+
+
+def test_bottleneck_compact_equals_masked(pynative):
+    rng = np.random.default_rng(1)
+    cfg = build_config({"net": "resnet50", "num_classes": 10, "in_channels": 3}, {})
+    net = build_network(cfg)
+    _randomise_bn(net, rng)
+    layers = prunable_layers(net)
+    params = {p.name: p for p in net.get_parameters()}
+    folded_expected = 0
+    for layer in layers:
+        n = params[layer["conv"]].shape[0]
+        chosen = rng.choice(n, size=int(rng.integers(1, n // 2)), replace=False)
+        _zero(net, layer["conv"], chosen, layer["bn"])
+        if layer["inner"] == 1:
+            # weights only, BN untouched but made positive: constant output before a 1x1 conv,
+            # removable by folding it into the next BN's moving mean
+            extra = np.setdiff1d(np.arange(n), chosen)[:3]
+            _zero(net, layer["conv"], extra)
+            beta = params[layer["bn"]["beta"]].asnumpy()
+            beta[extra] = np.abs(beta[extra]) + 1.0
+            params[layer["bn"]["beta"]].set_data(ms.Tensor(beta))
+            folded_expected += len(extra)
+    x = rng.normal(size=(2, 3, 64, 64)).astype(np.float32)
+    masked = _outputs(net, x)
+    arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
+    plans = plan_removal(arrays, layers)
+    assert sum(len(p["folded"]) for p in plans) == folded_expected
+    compact, widths = compact_network(net, cfg, plans)
+    for layer, plan in zip(layers, plans):
+        assert widths[layer["block"]][layer["inner"]] == len(plan["keep"])
+    compact_out = _outputs(compact, x)
+    scale = max(1.0, float(np.max(np.abs(masked))))
+    assert np.max(np.abs(compact_out - masked)) <= 1e-4 * scale

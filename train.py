@@ -1,0 +1,17 @@
+"""Train a ResNet, optionally pruned (prune_method: none | gmp | rpg | psap).
+
+    python train.py --config_path config/resnet20_fashion_mnist.yaml --data_path DIR [--key value ...]
+"""
+from src.cli import run
+from src.config import parse_args
+
+
+def main():
+    import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
+    cfg, _ = parse_args(description=__doc__)
+    from src.trainer import Trainer  # heavy imports after the config is checked
+    Trainer(cfg).train()
+
+
+if __name__ == "__main__":
+    run(main)
