@@ -157,6 +157,27 @@ class TrainContext:
         return float(step(*batch).asnumpy())
 
 
+def build_training_graph(cfg, net, steps_per_epoch, logger, output_dir, input_shape):
+    """Pruner, per-step learning rates, optimizer, masked train step and the pruner's context.
+
+    Shared by the Trainer and the benchmarks, so both time exactly the same graph.
+    """
+    pruner = build_pruner(cfg, net, steps_per_epoch, logger)
+    total_steps = steps_per_epoch * cfg.epoch_size
+    lrs = learning_rates(cfg.lr_schedule, cfg.lr_max, total_steps, steps_per_epoch,
+                         cfg.warmup_epochs, cfg.lr_end, cfg.lr_decay_epochs,
+                         cfg.lr_decay_rate, cfg.poly_power)
+    optimizer = nn.Momentum(weight_decay_groups(net, cfg.weight_decay),
+                            learning_rate=Tensor(lrs), momentum=cfg.momentum,
+                            loss_scale=cfg.loss_scale)
+    loss_cell = LossCell(net, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+    mask_names = pruner.mask_names if pruner.hard_masks else []
+    train_step = MaskedTrainStep(loss_cell, optimizer, mask_names, pruner.energy_names)
+    train_step.set_train(True)
+    ctx = TrainContext(cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape)
+    return pruner, lrs, optimizer, train_step, ctx
+
+
 def find_latest_checkpoint(output_dir):
     """Newest readable training checkpoint in ``output_dir`` (by step), or None."""
     candidates = []
@@ -190,22 +211,10 @@ class Trainer:
         self.net = build_network(cfg)
         if cfg.pre_trained:
             load_pretrained(self.net, cfg.pre_trained, self.logger)
-        self.pruner = build_pruner(cfg, self.net, self.steps_per_epoch, self.logger)
-        self.lrs = learning_rates(cfg.lr_schedule, cfg.lr_max, self.total_steps, self.steps_per_epoch,
-                                  cfg.warmup_epochs, cfg.lr_end, cfg.lr_decay_epochs,
-                                  cfg.lr_decay_rate, cfg.poly_power)
-        self.optimizer = nn.Momentum(weight_decay_groups(self.net, cfg.weight_decay),
-                                     learning_rate=Tensor(self.lrs), momentum=cfg.momentum,
-                                     loss_scale=cfg.loss_scale)
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.loss_cell = LossCell(self.net, criterion)
-        mask_names = self.pruner.mask_names if self.pruner.hard_masks else []
-        self.train_step = MaskedTrainStep(self.loss_cell, self.optimizer, mask_names,
-                                          self.pruner.energy_names)
-        self.train_step.set_train(True)
         image_shape = next(self.train_data.create_tuple_iterator(num_epochs=1))[0].shape
-        self.ctx = TrainContext(cfg, self.net, self.loss_cell, self.optimizer, self.train_step,
-                                self.logger, self.output_dir, (1,) + tuple(image_shape[1:]))
+        graph = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
+                                     self.output_dir, (1,) + tuple(image_shape[1:]))
+        self.pruner, self.lrs, self.optimizer, self.train_step, self.ctx = graph
         self.ctx.rank = self.rank
         self.start_step = 0
         self.best = {"top1": None, "epoch": None}

@@ -1,0 +1,74 @@
+"""Helpers shared by the benchmarks: a training graph on random data, timing, result files."""
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import mindspore as ms  # noqa: E402
+from mindspore import Tensor  # noqa: E402
+
+import src.pruning.registry  # noqa: E402,F401  (declares the pruner keys)
+from src.config import build_config  # noqa: E402
+from src.models import build_network  # noqa: E402
+from src.outputs import write_json_atomic  # noqa: E402
+from src.trainer import build_training_graph  # noqa: E402
+
+
+def training_setup(overrides, steps_per_epoch=1000):
+    """(cfg, net, pruner, train_step, ctx) built exactly as train.py builds them."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    cfg = build_config(overrides, {})
+    ms.set_seed(cfg.seed)
+    net = build_network(cfg)
+    logger = logging.getLogger("benchmark")
+    logger.setLevel(logging.WARNING)
+    size = cfg.image_size
+    pruner, _, _, step, ctx = build_training_graph(cfg, net, steps_per_epoch, logger, "/tmp",
+                                                   (1, cfg.in_channels, size, size))
+    return cfg, net, pruner, step, ctx
+
+
+def random_batch(cfg, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    size = cfg.image_size
+    image = rng.standard_normal((batch, cfg.in_channels, size, size)).astype(np.float32)
+    label = rng.integers(0, cfg.num_classes, batch).astype(np.int32)
+    return Tensor(image), Tensor(label)
+
+
+def timed(fn, repeats, warmup=2):
+    """Median and all wall times (s) of ``fn()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), times
+
+
+def machine_info():
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "mindspore": ms.__version__, "numpy": np.__version__, "load_average_1min": load}
+
+
+def write_results(name, data, markdown):
+    directory = os.path.join(ROOT, "benchmarks", "results")
+    os.makedirs(directory, exist_ok=True)
+    write_json_atomic(data, os.path.join(directory, f"{name}.json"))
+    with open(os.path.join(directory, f"{name}.md"), "w", encoding="utf-8") as handle:
+        handle.write(markdown.rstrip() + "\n")
+    print(markdown)
+
+
+def dumps(data):
+    return json.dumps(data, indent=2)
