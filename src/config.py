@@ -4,9 +4,9 @@ Every key a recipe or the command line may set is declared once in ``SCHEMA`` wi
 accepted range and default. A typo or an out-of-range value raises ``ConfigError`` with one line
 that names the key and says what is accepted; the entry scripts turn it into exit code 2.
 """
-import argparse
 import difflib
 import os
+import sys
 
 import yaml
 
@@ -225,7 +225,6 @@ def parse_args(argv=None, extra_flags=None, description=None):
     ``extra_flags`` maps flag names that belong to the entry script, not the recipe
     (``--ckpt``, ``--json_out``), to their default; they come back as a second dict.
     """
-    import sys
     argv = list(sys.argv[1:] if argv is None else argv)
     extra_flags = dict(extra_flags or {})
     if any(a in ("-h", "--help") for a in argv):
@@ -259,8 +258,7 @@ def parse_args(argv=None, extra_flags=None, description=None):
 
 
 def _print_help(description, extra_flags):
-    parser = argparse.ArgumentParser(description=description, add_help=False)
-    print((description or "") + "\n")
+    print((description or "").strip() + "\n")
     print("usage: --config_path FILE [--key value ...]\n")
     for name in extra_flags:
         print(f"  --{name}")
@@ -268,4 +266,3 @@ def _print_help(description, extra_flags):
     for name, key in SCHEMA.items():
         extra = f"  ({key.help})" if key.help else ""
         print(f"  --{name:<28} default {key.default!r}; {key.describe()}{extra}")
-    del parser

@@ -36,7 +36,7 @@ def _weights(seed, shapes=SHAPES, dtype=np.float32):
 
 # --------------------------------------------------------------------------------- energy rule
 def _ref_select_rank(s, p):
-    """Independent: explicit tails tail(k) = sum_{i>=k} s_i^2 for k = 0..n-1, loop, ties -> larger k."""
+    """Independent: explicit tails sum_{i>=k} s_i^2 for k = 0..n-1 in a loop, ties -> larger k."""
     best_k, best_d = None, None
     for k in range(len(s)):
         tail = 0.0

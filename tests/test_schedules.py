@@ -1,4 +1,5 @@
 """Schedules of RPG / GMP against independent computations."""
+import itertools
 import math
 
 import pytest
@@ -20,7 +21,7 @@ def _density_by_repeated_factor(r, d, big_r):
 
 @pytest.mark.parametrize("d,big_r", [(0.2, 1), (0.1, 7), (0.05, 9), (0.02, 1125)])
 def test_exponential_density_matches_repeated_factor(d, big_r):
-    for r in list(range(0, min(big_r, 30) + 1)) + [big_r - 1, big_r, big_r + 5]:
+    for r in list(range(min(big_r, 30) + 1)) + [big_r - 1, big_r, big_r + 5]:
         if r < 0:
             continue
         assert exponential_density(r, d, big_r) == pytest.approx(
@@ -32,7 +33,7 @@ def test_exponential_density_endpoints_exact():
     assert exponential_density(10, 0.1, 10) == 0.1  # exact, not 0.1 ** 1.0 in floating point
     assert exponential_density(11, 0.1, 10) == 0.1
     values = [exponential_density(r, 0.1, 10) for r in range(12)]
-    assert all(a > b for a, b in zip(values[:10], values[1:11]))
+    assert all(a > b for a, b in itertools.pairwise(values[:11]))
 
 
 @pytest.mark.parametrize("args", [(-1, 0.1, 10), (1, 0.0, 10), (1, 1.5, 10), (1, 0.1, 0),
@@ -62,7 +63,7 @@ def test_cubic_sparsity_endpoints_and_monotone():
     assert cubic_sparsity(50, 0.9, 10, 50) == 0.9
     assert cubic_sparsity(10 ** 6, 0.9, 10, 50) == 0.9
     vals = [cubic_sparsity(t, 0.9, 10, 50) for t in range(10, 51)]
-    assert all(a < b for a, b in zip(vals, vals[1:]))
+    assert all(a < b for a, b in itertools.pairwise(vals))
     assert cubic_sparsity(5, 0.8, 5, 5) == 0.8  # one-shot
 
 
@@ -94,7 +95,7 @@ def test_drop_fraction_rejects_bad_args(args):
 # -------------------------------------------------------------------------- RPG update schedule
 def _simulate_reference_scheduler(total_steps, delta, t_end_pct):
     """Independent: the reference counter, incremented after every optimizer step."""
-    t_end = int(round(t_end_pct * total_steps * 1e6)) // 10 ** 6  # floor without float noise
+    t_end = round(t_end_pct * total_steps * 1e6) // 10 ** 6  # floor without float noise
     steps, counter = [], 0
     for _ in range(total_steps):
         counter += 1
@@ -121,7 +122,7 @@ def test_rpg_last_update_reaches_final_density(total, delta, pcts):
     for d in (0.2, 0.1, 0.05, 0.02):
         dens = [exponential_density(j, d, big_r) for j in range(1, len(steps) + 1)]
         assert dens[-1] == d
-        assert all(a >= b for a, b in zip(dens, dens[1:]))
+        assert all(a >= b for a, b in itertools.pairwise(dens))
         assert dens[0] < 1.0  # the first update already prunes
         # every update after iterative_T_end is at the final density
         it_end = math.floor(it_end_pct * total + 1e-9)
@@ -172,7 +173,7 @@ def test_gmp_update_steps():
     assert gmp_update_steps(3, 3, 5) == [3]
     steps = gmp_update_steps(100, 1000, 7)
     assert steps[0] == 100 and steps[-1] == 1000
-    assert all(b - a == 7 for a, b in zip(steps[:-2], steps[1:-1]))
+    assert all(b - a == 7 for a, b in itertools.pairwise(steps[:-1]))
     assert cubic_sparsity(steps[-1], 0.9, 100, 1000) == 0.9
     with pytest.raises(ValueError):
         gmp_update_steps(10, 5, 1)

@@ -16,9 +16,8 @@ residual stream are summed and must keep their count.
 import math
 
 import numpy as np
-import mindspore as ms
 from mindspore import nn, ops
-from mindspore.common.initializer import HeNormal, HeUniform, Uniform, initializer
+from mindspore.common.initializer import HeNormal, HeUniform, Uniform
 
 
 def _conv(in_channels, out_channels, kernel_size, stride=1):

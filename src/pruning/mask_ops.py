@@ -65,7 +65,7 @@ def global_magnitude_masks(weights, density):
     # one common float dtype for the concatenation (float32 for float32 nets: half the memory)
     dtype = np.result_type(*[m.dtype for m in mags], np.float32)
     flat = np.concatenate([m.reshape(-1).astype(dtype, copy=False) for m in mags])
-    k = int(round(density * flat.size))
+    k = round(density * flat.size)
     keep = _top_k_mask(flat, k)
     masks, offset = {}, 0
     for name, m in zip(names, mags):
@@ -80,7 +80,7 @@ def layer_magnitude_masks(weights, density):
     masks = {}
     for name, w in weights.items():
         m = _magnitudes(name, w)
-        masks[name] = _top_k_mask(m, int(round(density * m.size)))
+        masks[name] = _top_k_mask(m, round(density * m.size))
     return masks
 
 

@@ -13,7 +13,7 @@ from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 from src.config import ConfigError, Key, add_keys
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.mask_ops import drop_and_grow, global_magnitude_masks
-from src.pruning.rank_loss import layer_rank_terms
+from src.pruning.rank_loss import layer_rank_terms, rank_loss_from_targets, rank_targets_numpy
 from src.pruning.schedules import drop_fraction, exponential_density, rpg_update_steps
 
 add_keys({
@@ -25,6 +25,9 @@ add_keys({
                          help_text="mask updates stop at this fraction of training"),
     "iterative_T_end_percent": Key(float, 0.9, 0.0, 1.0, low_open=True,
                                    help_text="target density reaches its final value here"),
+    "rank_svd": Key(str, "host", choices=["host", "graph"],
+                    help_text="where the rank loss's SVD runs: host NumPy float64 (portable) or "
+                              "in the graph (ops.svd, float32)"),
     "rpg_apply_update_step": Key(bool, False, help_text="also take the optimizer step on mask-update "
                                                         "iterations (reference: skipped)"),
 })
@@ -33,28 +36,43 @@ add_keys({
 class RankLossTerm(nn.Cell):
     """lamb * rank_loss over the conv weights: the extra term of the regrowth gradient.
 
-    Same value as ``rank_loss`` (mean over the layers whose SVD succeeded); it also records which
-    layers failed (``ok_flags``) and the ranks chosen, so the pruner can warn and log.
+    ``svd: host`` (default, as RPG.md prescribes for portability): the pruner computes the
+    constant low-rank targets A_k with a float64 NumPy SVD before each mask update and stores
+    them in ``targets``; the graph only runs the cheap differentiable part. ``svd: graph``: the
+    SVD runs inside the graph (``ops.svd``, float32; CPU/GPU back ends). Both give the value of
+    ``rank_loss`` (mean over the layers whose SVD succeeded) and record which layers failed.
     """
 
-    def __init__(self, conv_params, lamb, partial_k):
+    def __init__(self, conv_params, lamb, partial_k, svd="host"):
         super().__init__(auto_prefix=False)
         self.params = ParameterTuple(conv_params)
         self.lamb = lamb
         self.partial_k = partial_k
+        self.in_graph = svd == "graph"
         count = len(conv_params)
         self.ok_flags = Parameter(Tensor(np.ones(count, np.float32)), name="rpg_rank.ok",
                                   requires_grad=False)
-        self.ranks = Parameter(Tensor(np.zeros(count, np.float32)), name="rpg_rank.k",
-                               requires_grad=False)
+        self.targets = ParameterTuple([
+            Parameter(Tensor(np.zeros((p.shape[0], int(np.prod(p.shape[1:]))), np.float32)),
+                      name=f"rpg_rank.target.{p.name}", requires_grad=False)
+            for p in conv_params]) if not self.in_graph else ()
+
+    def set_host_targets(self, weights):
+        """Host SVD (float64) of every conv weight; returns the names of failed layers."""
+        targets, _, ok = rank_targets_numpy(weights, self.partial_k)
+        for param, target in zip(self.targets, targets):
+            param.set_data(Tensor(target))
+        self.ok_flags.set_data(Tensor(np.asarray(ok, np.float32)))
+        return [p.name for p, good in zip(self.params, ok) if not good]
 
     def construct(self):
-        losses, oks, ks = layer_rank_terms(self.params, self.partial_k)
-        ok = ops.stack(oks).astype(ms.float32)
-        ops.assign(self.ok_flags, ok)
-        ops.assign(self.ranks, ops.stack(ks).astype(ms.float32))
-        mean = ops.stack(losses).sum() / ops.maximum(ok.sum(), ops.ones_like(ok.sum()))
-        return self.lamb * mean
+        if self.in_graph:
+            losses, oks, _ = layer_rank_terms(self.params, self.partial_k)
+            ok = ops.stack(oks).astype(ms.float32)
+            ops.assign(self.ok_flags, ok)
+            mean = ops.stack(losses).sum() / ops.maximum(ok.sum(), ops.ones_like(ok.sum()))
+            return self.lamb * mean
+        return self.lamb * rank_loss_from_targets(self.params, self.targets, self.ok_flags)
 
 
 class RPGPruner(HardMaskPruner):
@@ -67,12 +85,13 @@ class RPGPruner(HardMaskPruner):
                 self.total_steps, cfg.delta, cfg.T_end_percent, cfg.iterative_T_end_percent)
         except ValueError as err:
             raise ConfigError(f"config key 'delta': {err}") from None
-        self.t_end = cfg.T_end_percent * self.total_steps
+        self.t_end = int(cfg.T_end_percent * self.total_steps + 1e-9)  # floored, as the reference
         params = {p.name: p for p in net.trainable_params()}
         self.conv_names = [n for n in self.names if len(params[n].shape) == 4]
         self.rank_term = None
         if cfg.lamb > 0 and self.conv_names:
-            self.rank_term = RankLossTerm([params[n] for n in self.conv_names], cfg.lamb, cfg.partial_k)
+            self.rank_term = RankLossTerm([params[n] for n in self.conv_names], cfg.lamb,
+                                          cfg.partial_k, cfg.rank_svd)
         self.grad_cell = None
         logger.info(f"rpg: {len(self.names)} masked weights, {len(self.update_steps)} mask updates "
                     f"(every {cfg.delta} iterations, first {self.update_steps[0]}, last "
@@ -83,6 +102,9 @@ class RPGPruner(HardMaskPruner):
         cfg = self.cfg
         if self.grad_cell is None:
             self.grad_cell = ctx.dense_gradient_cell(self.names, self.rank_term)
+        weights = ctx.get_weights(self.names)
+        if self.rank_term is not None and not self.rank_term.in_graph:
+            self.rank_term.set_host_targets([weights[n] for n in self.conv_names])
         _, task, extra, grads = self.grad_cell(*batch)
         task = float(task.asnumpy())
         rank = float(extra.asnumpy()) / cfg.lamb if self.rank_term is not None else float("nan")
@@ -92,7 +114,6 @@ class RPGPruner(HardMaskPruner):
             if failed:
                 self.logger.warning(f"rank loss: SVD failed or weight is all zero for {len(failed)} "
                                     f"layer(s), they contribute 0: {', '.join(failed[:5])}")
-        weights = ctx.get_weights(self.names)
 
         index = self.updates_done + 1
         self.target_density = exponential_density(index, self.final_density, self.total_updates)

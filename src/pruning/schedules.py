@@ -130,8 +130,8 @@ def rpg_update_steps(total_steps, delta, t_end_percent, iterative_t_end_percent)
             f"iterative_t_end_percent ({iterative_t_end_percent}) must not exceed "
             f"t_end_percent ({t_end_percent}): the density must reach its target before "
             "topology updates stop")
-    t_end = int(math.floor(t_end_percent * total_steps + _FLOOR_EPS))
-    iterative_t_end = int(math.floor(iterative_t_end_percent * total_steps + _FLOOR_EPS))
+    t_end = math.floor(t_end_percent * total_steps + _FLOOR_EPS)
+    iterative_t_end = math.floor(iterative_t_end_percent * total_steps + _FLOOR_EPS)
     update_steps = list(range(delta, t_end, delta))  # t < T_end, strict as in the reference
     if not update_steps:
         raise ValueError(
