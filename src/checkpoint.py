@@ -2,8 +2,11 @@
 
 A checkpoint holds the network parameters, optionally the optimizer state and the pruner state,
 and string/number metadata under keys starting with ``meta.`` (epoch, step, network widths).
-Files are written to a temporary name in the same directory and renamed, so a crash never
-leaves a half-written file under the final name and never damages an earlier checkpoint.
+Files are written to a temporary name in the same directory, flushed to disk and renamed, so a
+crash never leaves a half-written file under the final name and never damages an earlier
+checkpoint. Files carry MindSpore's CRC and are read with the CRC check (files without one, e.g.
+converted or older checkpoints, still load), so a truncated or corrupted file is a
+``CheckpointError``, not silently wrong weights.
 """
 import json
 import os
@@ -38,11 +41,28 @@ def save_atomic(params, path, meta=None, pruner_state=None):
     # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix
     tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.ckpt")
     try:
-        ms.save_checkpoint(items, tmp_path, append_dict=append or None)
+        ms.save_checkpoint(items, tmp_path, append_dict=append or None, crc_check=True)
+        with open(tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp_path, path)
+        _fsync_directory(directory)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def _fsync_directory(directory):
+    """Make the rename durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path):
@@ -52,10 +72,11 @@ def load(path):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        raw = ms.load_checkpoint(path)
+        raw = ms.load_checkpoint(path, crc_check=True)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError with long texts
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt? "
+                              f"{os.path.getsize(path)} bytes): {first[:200]}") from None
     if not raw:
         raise CheckpointError(f"checkpoint {path} holds no parameters")
     params, meta, pruner_state = {}, {}, {}

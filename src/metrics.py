@@ -7,10 +7,23 @@ from mindspore import nn, ops, Tensor
 class _SumAcrossWorkers(nn.Cell):
     def __init__(self):
         super().__init__()
-        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
+        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)  # the only reduction MindSpore has on CPU
 
     def construct(self, x):
         return self.all_reduce(x)
+
+
+_REDUCER = []
+
+
+def all_reduce(array):
+    """Sum of a float32 host array over all data-parallel workers.
+
+    A collective call: every worker must make it, with arrays of the same shape.
+    """
+    if not _REDUCER:
+        _REDUCER.append(_SumAcrossWorkers())
+    return _REDUCER[0](Tensor(np.asarray(array, np.float32))).asnumpy()
 
 
 def _log_softmax(logits):
@@ -37,7 +50,7 @@ def evaluate(net, dataset, label_smoothing=0.0, distributed=False):
         count += len(labels)
     totals = np.array([correct1, correct5, loss_sum, count], np.float64)
     if distributed:
-        totals = _SumAcrossWorkers()(Tensor(totals.astype(np.float32))).asnumpy().astype(np.float64)
+        totals = all_reduce(totals).astype(np.float64)
     correct1, correct5, loss_sum, count = totals
     if count == 0:
         raise ValueError("evaluation set is empty")

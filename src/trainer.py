@@ -1,5 +1,17 @@
 """The training loop. It knows nothing about pruning methods: a pruner plugs in through the hooks
 of ``src/pruning/base.py`` and reaches the training graph through ``TrainContext``.
+
+Data parallel (``run_distribute: true``, launched by msrun): gradients and losses are averaged
+over the workers inside the train cells, so every worker holds the same weights, masks and
+pruner state; BatchNorm moving statistics (computed on each worker's own batches) are averaged
+before every evaluation and checkpoint and whenever a pruner reads them (``ctx.get_weights``);
+only rank 0 writes checkpoints. Resuming needs every
+worker to see the same checkpoints (one node, or an output_dir on shared storage): the workers
+check that they resumed from the same step.
+
+Debugging aid: with the environment variable ``PRUNE_DUMP_RANK_STATE=DIR`` every worker writes
+its own final training state to ``DIR/rank<N>.ckpt`` at the end of training (the normal
+checkpoints come from rank 0 only), e.g. to check that the workers ended bit-identical.
 """
 import glob
 import logging
@@ -17,7 +29,7 @@ from src import checkpoint
 from src.dataset import create_dataset
 from src.errors import TrainingError
 from src.lr_schedule import learning_rates
-from src.metrics import evaluate
+from src.metrics import all_reduce, evaluate
 from src.models import build_network
 from src.pruning.base import prunable_weight_names, sparsity_of
 from src.pruning.registry import build_pruner
@@ -84,6 +96,27 @@ def load_pretrained(net, path, logger):
     logger.info(f"loaded pre-trained weights from {path}")
 
 
+BN_STATISTICS = ("moving_mean", "moving_variance")
+
+
+def average_bn_statistics(net, group_size):
+    """Average BatchNorm moving statistics over the data-parallel workers, in place.
+
+    A collective call (every worker must make it). Each worker's statistics come from its own
+    batches; afterwards every worker holds the same model. Training is unaffected (it normalises
+    with batch statistics).
+    """
+    params = [p for p in net.get_parameters() if p.name.endswith(BN_STATISTICS)]
+    if group_size <= 1 or not params:
+        return
+    values = [p.asnumpy() for p in params]
+    flat = all_reduce(np.concatenate([v.reshape(-1) for v in values])) / group_size
+    offset = 0
+    for param, value in zip(params, values):
+        param.set_data(Tensor(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype)))
+        offset += value.size
+
+
 class TrainContext:
     """What a pruner may see and do during training."""
 
@@ -99,12 +132,17 @@ class TrainContext:
         self.epoch = 0
         self.step = 0
         self.rank = 0
+        self.group_size = 1
         self._params = {p.name: p for p in net.get_parameters()}
         self._moments = {p.name: m for p, m in zip(optimizer.parameters, optimizer.moments)}
         self._extra_steps = {}
 
     # --- weights -------------------------------------------------------------------------
     def get_weights(self, names):
+        """Host copies; BatchNorm moving statistics are first averaged over the data-parallel
+        workers (a collective call: pruners make the same calls on every worker)."""
+        if self.group_size > 1 and any(name.endswith(BN_STATISTICS) for name in names):
+            average_bn_statistics(self.net, self.group_size)
         return {name: self._params[name].asnumpy() for name in names}
 
     def set_weights(self, arrays):
@@ -215,7 +253,7 @@ class Trainer:
         graph = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
                                      self.output_dir, (1,) + tuple(image_shape[1:]))
         self.pruner, self.lrs, self.optimizer, self.train_step, self.ctx = graph
-        self.ctx.rank = self.rank
+        self.ctx.rank, self.ctx.group_size = self.rank, self.group_size
         self.start_step = 0
         self.best = {"top1": None, "epoch": None}
         self.saved = []
@@ -245,20 +283,27 @@ class Trainer:
         return items
 
     def _save(self, path, step):
+        average_bn_statistics(self.net, self.group_size)  # rank 0 saves what every worker holds
         if not self.is_main:
             return
+        state = self._state_params()
+        bad = [p.name for p in state if p.dtype in (ms.float16, ms.float32, ms.float64)
+               and not np.isfinite(p.asnumpy()).all()]
+        if bad:
+            raise TrainingError(f"non-finite values in {len(bad)} parameter(s) (first: {bad[0]}) "
+                                f"after step {step}; not writing {os.path.basename(path)}, the last "
+                                "good checkpoint is left as it was: lower lr_max or check the data")
         meta = {"step": step, "epoch": step // self.steps_per_epoch, "net": self.cfg.net,
                 "prune_method": self.cfg.prune_method, "steps_per_epoch": self.steps_per_epoch,
                 "best_top1": self.best["top1"], "best_epoch": self.best["epoch"]}
-        checkpoint.save_atomic(self._state_params(), path, meta=meta,
-                               pruner_state=self.pruner.state_dict())
+        checkpoint.save_atomic(state, path, meta=meta, pruner_state=self.pruner.state_dict())
 
     def _save_periodic(self, step):
-        if not self.is_main:
-            return
         name = f"{self.cfg.net}_{self.cfg.prune_method}_step{step}.ckpt"
         path = os.path.join(self.output_dir, name)
         self._save(path, step)
+        if not self.is_main:
+            return
         self.saved.append(path)
         while len(self.saved) > self.cfg.keep_checkpoint_max:
             old = self.saved.pop(0)
@@ -269,6 +314,7 @@ class Trainer:
         paths = find_latest_checkpoint(self.output_dir) if resume == "auto" else [resume]
         if resume == "auto" and not paths:
             self.logger.info(f"resume_ckpt auto: no checkpoint in {self.output_dir}, starting fresh")
+            self._check_same_start()
             return
         errors = []
         for path in paths:
@@ -279,7 +325,8 @@ class Trainer:
                 if resume != "auto":
                     raise
                 errors.append(str(err))
-                self.logger.warning(f"skipping unusable checkpoint: {err}")
+                self.logger.warning(f"resume_ckpt auto: skipping unusable checkpoint {path}, falling "
+                                    f"back to the previous one: {err}")
                 continue
             if meta.get("steps_per_epoch") != self.steps_per_epoch:
                 raise checkpoint.CheckpointError(
@@ -290,11 +337,25 @@ class Trainer:
             self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
             self.logger.info(f"resumed from {path} at step {self.start_step} "
                              f"(epoch {self.start_step // self.steps_per_epoch})")
+            self._check_same_start()
             return
         raise checkpoint.CheckpointError(f"no usable checkpoint in {self.output_dir}: {errors[-1]}")
 
+    def _check_same_start(self):
+        """Data-parallel resume: every worker must continue from the same step (a collective call)."""
+        if not self.cfg.run_distribute:
+            return
+        steps = np.zeros(self.group_size, np.float32)
+        steps[self.rank] = self.start_step
+        steps = all_reduce(steps)  # every worker's start step (exact below 2**24)
+        if steps.min() != steps.max():
+            raise checkpoint.CheckpointError(
+                f"workers resumed from different steps ({int(steps.min())} to {int(steps.max())}): "
+                f"every worker must see the same checkpoints in {self.output_dir} (shared storage)")
+
     # --- evaluation -------------------------------------------------------------------------
     def _evaluate(self, epoch, step):
+        average_bn_statistics(self.net, self.group_size)  # every worker evaluates the same model
         result = evaluate(self.net, self.eval_data, self.cfg.label_smoothing,
                           distributed=self.cfg.run_distribute)
         self.net.set_train(True)
@@ -329,10 +390,10 @@ class Trainer:
                 loss = self.pruner.before_step(step, (image, label), self.ctx)
                 if loss is None:
                     loss = float(self.train_step(image, label).asnumpy())
-                    if not math.isfinite(loss):
-                        raise TrainingError(f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); "
-                                            "stopping. The last good checkpoint is left as it was: "
-                                            "lower lr_max or check the data")
+                if not math.isfinite(loss):
+                    raise TrainingError(f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); "
+                                        "stopping. The last good checkpoint is left as it was: "
+                                        "lower lr_max or check the data")
                 self.pruner.after_step(step, self.ctx)
                 step += 1
                 window_images += image.shape[0] * self.group_size
@@ -358,6 +419,10 @@ class Trainer:
             if not last_epoch and ((epoch + 1) % cfg.save_checkpoint_epochs == 0 or step_due):
                 self._save_periodic(step)
         self._save(os.path.join(self.output_dir, "last.ckpt"), step)
+        dump_dir = os.environ.get("PRUNE_DUMP_RANK_STATE")
+        if dump_dir:  # debugging aid, see the module docstring
+            checkpoint.save_atomic(self._state_params(), os.path.join(dump_dir, f"rank{self.rank}.ckpt"),
+                                   meta={"step": step, "rank": self.rank})
         self.pruner.on_train_end(self.ctx)
         if self.is_main:
             log.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")

@@ -11,9 +11,9 @@ from src.config import ConfigError, build_config, load_yaml
 from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
 from src.models.resnet import build_resnet, default_inner_widths
-from src.pruning.psap import (PSAPPruner, adaptive_layer_ratios, asfp_target, filter_costs,
-                              filter_scores, flops_layer_counts, protected_filters, removed_macs,
-                              weight_sparsity_ratio)
+from src.pruning.psap import (PSAPPruner, adaptive_layer_ratios, asfp_target,
+                              bn_normalized_energy, filter_costs, filter_scores, flops_layer_counts,
+                              protected_filters, removed_macs, weight_sparsity_ratio)
 from src.pruning.surgery import prunable_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,6 +150,41 @@ def test_protected_filters():
     assert not protected_filters(zeroed, [], 1.0).any()
 
 
+def test_bn_normalized_energy():
+    energy = np.array([2.0, 1e5, 3.0, 0.0, 4.0])
+    gamma = np.array([1.0, 1.0, 0.5, 0.0, 0.0])
+    variance = np.array([3.0, 0.0, 1.0, 0.0, 1.0])
+    eps = 1e-5
+    got = bn_normalized_energy(energy, gamma, variance, eps)
+    assert got[0] == pytest.approx(2.0 * (3.0 + eps))
+    assert got[1] == pytest.approx(1.0)               # a zeroed filter: the 1/eps blow-up cancels
+    assert got[2] == pytest.approx(3.0 * (1.0 + eps) / 0.25)
+    assert got[3] == 0.0                              # gamma 0: no gradient, no energy, no 0/0
+    assert np.isfinite(got).all()
+    # the energy of a conv weight gradient through training-mode BN really carries
+    # gamma^2 / (var_B + eps): a filter scaled by c has c^2 x the batch variance, 1/c^2 x the energy
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        rng = np.random.default_rng(20)
+        x = ms.Tensor(rng.normal(size=(8, 2, 6, 6)).astype(np.float32))
+        target = ms.Tensor(rng.normal(size=(8, 1, 6, 6)).astype(np.float32))  # same for both
+        base = rng.normal(size=(1, 2, 3, 3)).astype(np.float32)
+        conv = ms.nn.Conv2d(2, 2, 3, pad_mode="pad", padding=1, has_bias=False)
+        conv.weight.set_data(ms.Tensor(np.concatenate([base, 10.0 * base])))
+        net = ms.nn.SequentialCell([conv, ms.nn.BatchNorm2d(2, eps=eps), ms.nn.ReLU()])
+        net.set_train(True)
+        grad = ms.grad(lambda v: ((net(v) - target) ** 2).sum(), None, conv.weight)(x)
+        raw = (grad.asnumpy().astype(np.float64) ** 2).sum(axis=(1, 2, 3))
+        variance = conv(x).asnumpy().astype(np.float64).var(axis=(0, 2, 3))
+        # the two filters compute the same function; their raw energies differ by the scale^2
+        assert raw[1] == pytest.approx(raw[0] / 10.0 ** 2, rel=1e-3)
+        normalized = bn_normalized_energy(raw, np.ones(2), variance, eps)
+        assert normalized[1] == pytest.approx(normalized[0], rel=1e-3)
+    finally:
+        ms.set_context(mode=previous)
+
+
 # --------------------------------------------------------------------------- the pruner
 
 class FakeContext:
@@ -258,24 +293,47 @@ def test_flops_target_met_at_the_end(tmp_path):
     assert meta["dense_macs"] == count_macs_params(net, (1, 1, 28, 28))[0]
 
 
-def test_protection_triggers_on_gradient_pattern(tmp_path):
-    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=10, psap_end_epoch=1,
-                                   protect_tau=2.0, protect_steps=2, psap_adaptive=False)
+STEPS = 10   # steps per epoch of the fake trainer (_setup)
+EPS = 1e-5   # the BN eps of the project's ResNets
+
+
+def _epoch_end(pruner, ctx, epoch, energy=None):
+    """What the trainer does around an epoch: the gradient energy of the epoch's first step is
+    visible after that step (``after_step``); the pruning step follows at the end."""
+    if energy is not None:
+        ctx.energy = {k: np.asarray(v, np.float32) for k, v in energy.items()}
+    pruner.after_step(epoch * STEPS, ctx)
+    pruner.on_epoch_end(epoch, ctx)
+
+
+def _zeroed_scale(ctx, layer):
+    """Raw energy a zeroed filter of ``layer`` needs to reach a BN-normalised energy of 1: its
+    batch variance is 0, so its gradient carries gamma / sqrt(eps)."""
+    gamma = ctx.params[layer["bn"]["gamma"]].asnumpy().astype(np.float64)
+    return gamma ** 2 / EPS
+
+
+@pytest.mark.parametrize("mode", ["raw", "normalized"])
+def test_protection_triggers_on_gradient_pattern(tmp_path, mode):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=10, psap_end_epoch=1, protect_tau=2.0,
+                                   protect_steps=2, psap_adaptive=False, protect_energy=mode)
     rng = np.random.default_rng(8)
     names = pruner.energy_names
+    layer = prunable_layers(net)[0]
     ctx.train(rng, names)
-    pruner.on_epoch_end(0, ctx)
+    _epoch_end(pruner, ctx, 0)
     first = _zeroed(ctx, names)
     target = names[0]
     favourite = first[target][0]
 
-    # one epoch later: one zeroed filter of layer 0 is pulled back hard by its gradient
+    # one epoch later: one zeroed filter of layer 0 is pulled back hard by its gradient.
+    # Kept filters: moving variance 1, gamma 1 (BN's initial values), so normalised = raw.
     ctx.train(rng, names)
-    energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}
-    energy[target][first[target]] = 1.5          # below tau * median: not protected
-    energy[target][favourite] = 10.0             # above 2 x median(kept) = 2
-    ctx.energy = energy
-    pruner.on_epoch_end(1, ctx)
+    energy = {n: np.ones(ctx.params[n].shape[0]) for n in names}
+    scale = _zeroed_scale(ctx, layer) if mode == "normalized" else np.ones(len(energy[target]))
+    energy[target][first[target]] = 1.5 * scale[first[target]]   # below tau x median: no
+    energy[target][favourite] = 10.0 * scale[favourite]           # above 2 x median(kept) = 2
+    _epoch_end(pruner, ctx, 1, energy)
     second = _zeroed(ctx, names)
     assert favourite not in second[target]
     assert pruner.protect.sum() == 2 and np.count_nonzero(pruner.protect) == 1
@@ -286,32 +344,98 @@ def test_protection_triggers_on_gradient_pattern(tmp_path):
     w = ctx.params[target].asnumpy()
     w[favourite] = 0
     ctx.params[target].set_data(ms.Tensor(w))
-    ctx.energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}
-    pruner.on_epoch_end(2, ctx)
+    _epoch_end(pruner, ctx, 2, {n: np.ones(ctx.params[n].shape[0]) for n in names})
     selected = pruner.zeroed[pruner._slice(0)]
     assert not selected[favourite] and selected.sum() == len(first[target])
     # protection served (2 steps): now it is a candidate again and, being all zero, is pruned
-    ctx.energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}
-    pruner.on_epoch_end(3, ctx)
+    _epoch_end(pruner, ctx, 3, {n: np.ones(ctx.params[n].shape[0]) for n in names})
     assert pruner.zeroed[pruner._slice(0)][favourite] and pruner.protect.sum() == 0
 
 
-def test_no_protection_without_pattern_or_when_disabled(tmp_path):
-    for protect in (True, False):
+def test_normalized_protection_ignores_the_bn_blow_up(tmp_path):
+    """A zeroed filter whose raw energy towers over the kept ones only because BN divides its
+    zero batch variance by sqrt(eps) is not protected; raw energies would protect it."""
+    results = {}
+    for mode in ("raw", "normalized"):
         cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=10, psap_end_epoch=1,
-                                       psap_protect=protect)
+                                       protect_tau=1.0, psap_adaptive=False, protect_energy=mode)
+        names = pruner.energy_names
+        layers = prunable_layers(net)
+        rng = np.random.default_rng(15)
+        ctx.train(rng, names)
+        _epoch_end(pruner, ctx, 0)
+        zeroed = _zeroed(ctx, names)
+        # BN state of layer 0: kept filters with moving variance 4 and gamma 2 (factor ~1)
+        gamma, var = layers[0]["bn"]["gamma"], layers[0]["bn"]["moving_variance"]
+        ctx.params[gamma].set_data(ms.Tensor(np.full(16, 2.0, np.float32)))
+        ctx.params[var].set_data(ms.Tensor(np.full(16, 4.0, np.float32)))
+        ctx.train(rng, names)
+        energy = {n: np.ones(ctx.params[n].shape[0]) for n in names}
+        z = zeroed[names[0]]
+        energy[names[0]][z] = 0.0                  # dead ReLUs (BN shift <= 0): no gradient
+        energy[names[0]][z[0]] = 1e4               # 1e4 x the kept median, raw ...
+        energy[names[0]][z[1]] = 3e5               # ... 3e5 x
+        # normalised: 1e4 * eps / gamma^2 = 0.025 and 3e5 * eps / 4 = 0.75 (< tau 1): both no.
+        _epoch_end(pruner, ctx, 1, energy)
+        results[mode] = set(np.flatnonzero(pruner.protect[pruner._slice(0)]))
+        if mode == "normalized":
+            compared = pruner.last_energy[names[0]]["energy"]
+            assert compared[z[0]] == pytest.approx(1e4 * EPS / 4.0)
+            assert compared[~pruner.last_energy[names[0]]["zeroed"]] == pytest.approx(4.0 / 4.0,
+                                                                                      rel=1e-4)
+    assert results["raw"] == {z[0], z[1]}
+    assert results["normalized"] == set()
+
+
+def test_normalized_energy_is_taken_on_the_first_step_after_pruning(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=10, psap_end_epoch=1, psap_adaptive=False)
+    names = pruner.energy_names
+    rng = np.random.default_rng(16)
+    ctx.train(rng, names)
+    _epoch_end(pruner, ctx, 0)
+    zeroed = _zeroed(ctx, names)[names[0]]
+    scale = _zeroed_scale(ctx, prunable_layers(net)[0])
+    energy = {n: np.ones(ctx.params[n].shape[0]) for n in names}
+    energy[names[0]][zeroed[0]] = 5.0 * scale[zeroed[0]]
+    ctx.energy = {k: v.astype(np.float32) for k, v in energy.items()}
+    for step in range(STEPS + 1, 2 * STEPS):     # later steps of the epoch: not measured
+        pruner.after_step(step, ctx)
+    assert np.isnan(pruner.measured).all()
+    pruner.after_step(STEPS, ctx)                # the epoch's first step
+    assert pruner.measured[zeroed[0]] == pytest.approx(5.0, rel=1e-4)
+    ctx.energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}   # later
+    pruner.on_epoch_end(1, ctx)
+    assert pruner.protect[zeroed[0]] > 0         # judged on the first step's energy
+    assert np.isnan(pruner.measured).all()       # used once
+
+    # not measured (e.g. resumed from an older checkpoint): no new protection, a warning
+    _, _, other, ctx2 = _setup(tmp_path, epoch_size=10, psap_end_epoch=1, psap_adaptive=False)
+    ctx2.train(rng, names)
+    _epoch_end(other, ctx2, 0)
+    ctx2.energy = {n: np.full(ctx2.params[n].shape[0], 1e9, np.float32) for n in names}
+    other.on_epoch_end(1, ctx2)
+    assert other.protect.sum() == 0
+
+
+def test_no_protection_without_pattern_or_when_disabled(tmp_path):
+    for protect, mode in ((True, "normalized"), (True, "raw"), (False, "raw")):
+        cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=10, psap_end_epoch=1,
+                                       psap_protect=protect, protect_energy=mode)
         rng = np.random.default_rng(9)
         names = pruner.energy_names
+        layers = prunable_layers(net)
         for epoch in range(3):
             ctx.train(rng, names)
             zeroed = pruner.zeroed.copy()
-            # flat energies: zeroed filters at 0.9 x the median of the kept ones
-            ctx.energy = {n: np.full(ctx.params[n].shape[0], 1.0, np.float32) for n in names}
+            # flat energies: zeroed filters at 0.9 x the median of the kept ones (normalised)
+            energy = {n: np.full(ctx.params[n].shape[0], 1.0) for n in names}
             for i, n in enumerate(names):
-                ctx.energy[n][zeroed[pruner._slice(i)]] = 0.9
+                part = zeroed[pruner._slice(i)]
+                scale = _zeroed_scale(ctx, layers[i]) if mode == "normalized" else 1.0
+                energy[n][part] = (0.9 * scale * np.ones(len(part)))[part]
             if not protect:
-                ctx.energy[names[0]][:] = 50.0
-            pruner.on_epoch_end(epoch, ctx)
+                energy[names[0]][:] = 50.0
+            _epoch_end(pruner, ctx, epoch, energy)
             assert pruner.protect.sum() == 0
 
 
@@ -338,7 +462,7 @@ def test_state_dict_round_trip(tmp_path):
     _, _, other, _ = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
     other.load_state_dict(state)
     for key, value in pruner.state_dict().items():
-        assert np.array_equal(np.asarray(other.state_dict()[key]), np.asarray(value)), key
+        np.testing.assert_array_equal(np.asarray(other.state_dict()[key]), np.asarray(value), key)
     # resumed and uninterrupted pruners take the same next step
     ctx.train(rng, names)
     ctx.energy = {n: rng.uniform(0, 2, ctx.params[n].shape[0]) for n in names}
@@ -401,5 +525,7 @@ def test_config_errors_are_one_line(tmp_path):
         build_config({"psap_ratio": 1.0}, {})
     with pytest.raises(ConfigError, match="psap_ratio"):
         _setup(tmp_path, psap_ratio=0.9, max_layer_ratio=0.5)
-    with pytest.raises(ConfigError, match="psap_end_epoch"):
-        _setup(tmp_path, psap_end_epoch=9, epoch_size=4)
+    # psap_end_epoch past the last epoch is not an error: a shortened run (--epoch_size 2 on a
+    # 6-epoch recipe) reaches the ratio at its end
+    _, _, pruner, _ = _setup(tmp_path, psap_end_epoch=9, epoch_size=4)
+    assert pruner.end_epoch == 4

@@ -9,6 +9,11 @@ data-parallel runs, optimizer) with the pruning bookkeeping compiled into the sa
   buffer the pruner reads (PSAP's protection), measured before any masking.
 ``DenseGradient`` computes unmasked gradients of task loss (+ an extra loss such as RPG's rank
 loss) without touching the optimizer: the signal RPG regrows by.
+
+In data-parallel runs both cells average the gradients over the workers (so RPG's regrowth
+gradient and PSAP's gradient energies are the same on every worker) and also return the loss
+averaged over the workers: every worker logs the same loss and stops at the same step when it is
+not finite.
 """
 import numpy as np
 import mindspore as ms
@@ -26,6 +31,19 @@ def _grad_reducer(params):
         from mindspore.communication import get_group_size
         return nn.DistributedGradReducer(params, mean=True, degree=get_group_size())
     return None
+
+
+class _WorkerMean(nn.Cell):
+    """Mean of a scalar over the data-parallel workers."""
+
+    def __init__(self):
+        super().__init__()
+        from mindspore.communication import get_group_size
+        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
+        self.degree = float(get_group_size())
+
+    def construct(self, x):
+        return self.all_reduce(x) / self.degree
 
 
 class LossCell(nn.Cell):
@@ -53,6 +71,7 @@ class MaskedTrainStep(nn.Cell):
         self.grad_fn = ops.value_and_grad(self._loss, None, self.weights)
         self.reducer = _grad_reducer(self.weights)
         self.use_reducer = self.reducer is not None
+        self.loss_mean = _WorkerMean() if self.use_reducer else None
 
         names = [p.name for p in self.weights]
         index = {name: i for i, name in enumerate(names)}
@@ -84,6 +103,7 @@ class MaskedTrainStep(nn.Cell):
         loss, grads = self.grad_fn(image, label)
         if self.use_reducer:
             grads = self.reducer(grads)
+            loss = self.loss_mean(loss)
         for k in range(self.num_energy):
             grad = grads[self.energy_slot[k]]
             ops.assign_add(self.energy[k], ops.reduce_sum(grad * grad, (1, 2, 3)))
@@ -120,6 +140,7 @@ class DenseGradient(nn.Cell):
         self.grad_fn = ops.value_and_grad(self._loss, None, self.params, has_aux=True)
         self.reducer = _grad_reducer(self.params)
         self.use_reducer = self.reducer is not None
+        self.loss_mean = _WorkerMean() if self.use_reducer else None
 
     def _loss(self, image, label):
         task = self.loss_cell(image, label)
@@ -132,4 +153,6 @@ class DenseGradient(nn.Cell):
         (total, task, extra), grads = self.grad_fn(image, label)
         if self.use_reducer:
             grads = self.reducer(grads)
+            task = self.loss_mean(task)
+            total = task + extra  # extra (e.g. the rank loss) depends on the weights only
         return total, task, extra, grads

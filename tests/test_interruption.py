@@ -1,0 +1,164 @@
+"""Training that survives interruption (tiny RPG runs on one CPU process).
+
+- SIGKILL at an arbitrary step, then ``--resume_ckpt auto``: same final masks (exactly) and
+  weights (to float tolerance) as an uninterrupted run with the same seed;
+- a truncated newest checkpoint: ``auto`` names it in a warning and falls back to the previous
+  good one; the same file given explicitly is one clear error line;
+- a non-finite loss stops training with one line naming the step, and the last good checkpoint
+  is left byte-for-byte as it was (resuming from it meets the same step again).
+"""
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import mindspore as ms
+import pytest
+
+from tests.conftest import ROOT, error_lines, run_script
+
+RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
+# 8 steps per epoch x 2 epochs, mask updates at steps 2, 4, ..., 12, a checkpoint every 3 steps
+# (and at the end of epoch 1); one data worker so that the augmentation stream repeats exactly.
+TINY = ["--config_path", RPG, "--train_samples", "256", "--eval_samples", "64", "--batch_size", "32",
+        "--delta", "2", "--epoch_size", "2", "--eval_interval", "0", "--num_parallel_workers", "1",
+        "--save_checkpoint_steps", "3", "--keep_checkpoint_max", "10", "--log_interval", "1"]
+
+
+def digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def state(path):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()
+            if not isinstance(v, str) and not k.startswith("meta.")}
+
+
+def assert_same_final_state(path, reference):
+    got, want = state(path), state(reference)
+    assert got.keys() == want.keys()
+    masks = [k for k in want if k.startswith("pruning_mask.")]
+    assert masks
+    for name, value in want.items():
+        if name in masks:
+            assert np.array_equal(got[name], value), f"mask {name} differs"
+        else:
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def step_of(path):
+    return int(re.search(r"step(\d+)\.ckpt$", str(path)).group(1))
+
+
+def step_checkpoints(out):
+    """Step checkpoints in ``out`` (not temporary files of a writer), oldest first."""
+    found = [p for p in out.glob("*.ckpt") if re.fullmatch(r"[^.].*_step\d+\.ckpt", p.name)]
+    return sorted(found, key=step_of)
+
+
+@pytest.fixture(scope="module")
+def reference(fashion_dir, tmp_path_factory):
+    """The uninterrupted run: its output dir (step checkpoints and last.ckpt)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out)
+    return out
+
+
+def test_sigkill_then_resume_matches_uninterrupted(reference, fashion_dir, tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--data_path", str(fashion_dir),
+                             "--output_dir", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "train.log"
+    try:
+        deadline = time.time() + 300
+        # kill once step 7 is done: after the step-6 checkpoint and a mask update, so the resumed
+        # run has to redo finished work (the epoch-1 checkpoint at step 8 may or may not exist)
+        while time.time() < deadline and proc.poll() is None and not (
+                log.exists() and "step 7/16" in log.read_text()):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    assert not (out / "last.ckpt").exists()
+    killed_after = int(re.findall(r"step (\d+)/16", log.read_text())[-1])
+    newest = step_checkpoints(out)[-1]
+
+    proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out,
+                      "--resume_ckpt", "auto")
+    assert f"resumed from {newest} at step {step_of(newest)}" in proc.stdout, proc.stdout[-2000:]
+    print(f"killed after step {killed_after}, resumed from step {step_of(newest)}")
+    assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
+
+
+def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for step in (12, 15):
+        shutil.copy(reference / f"resnet20_rpg_step{step}.ckpt", out)
+    newest = out / "resnet20_rpg_step15.ckpt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    # a temporary file left by a writer killed mid-save is never taken for a checkpoint
+    (out / ".resnet20_rpg_step16.ckpt.tmp999.ckpt").write_bytes(b"partial")
+
+    # given explicitly, a truncated checkpoint is one clear error line
+    proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", tmp_path / "x",
+                      "--resume_ckpt", newest, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and str(newest) in lines[0] and "corrupt" in lines[0], lines
+
+    # auto: warn naming the file, resume from the previous good one, reach the same final state
+    proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out,
+                      "--resume_ckpt", "auto")
+    warnings = [line for line in proc.stdout.splitlines() if "skipping unusable checkpoint" in line]
+    assert len(warnings) == 1 and str(newest) in warnings[0], proc.stdout[-2000:]
+    assert f"resumed from {out / 'resnet20_rpg_step12.ckpt'} at step 12" in proc.stdout
+    assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(reference, fashion_dir, tmp_path):
+    # Weights that overflow on the second step: the last BatchNorm scale times 1e30 gives huge but
+    # finite logits at step 1, and its gradient makes the classifier overflow at step 2.
+    params = ms.load_checkpoint(str(reference / "last.ckpt"))
+    net = {k: v for k, v in params.items() if not isinstance(v, str)
+           and not k.startswith(("moments.", "pruning_mask.", "pruner.", "meta."))}
+    last_gamma = [k for k in net if k.endswith("gamma")][-1]
+    net[last_gamma] = ms.Tensor(net[last_gamma].asnumpy() * np.float32(1e30))
+    poisoned = tmp_path / "poisoned.ckpt"
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in net.items()], str(poisoned))
+
+    out = tmp_path / "run"
+    args = ["train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out, "--prune_method",
+            "none", "--pre_trained", poisoned, "--save_checkpoint_steps", "1"]
+    proc = run_script(*args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1, lines
+    match = re.search(r"loss is (nan|inf|-inf) at step (\d+)", lines[0])
+    assert match, lines[0]
+    bad_step = int(match.group(2))
+    saved = step_checkpoints(out)
+    assert saved and step_of(saved[-1]) == bad_step - 1, saved
+    assert not (out / "last.ckpt").exists()
+    good = saved[-1]
+    before = digest(good)
+    for value in state(good).values():
+        assert np.isfinite(value).all()
+
+    # resuming from the last good checkpoint meets the same step again and leaves it untouched
+    proc = run_script(*args, "--resume_ckpt", "auto", check=False)
+    assert proc.returncode == 1
+    assert f"resumed from {good}" in proc.stdout
+    assert f"at step {bad_step} " in error_lines(proc)[0]
+    assert digest(good) == before
+    assert step_checkpoints(out) == saved
