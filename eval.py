@@ -59,9 +59,11 @@ def main():
     elif result["sparsity"] > 0:
         rows = layer_rows(net)
         result["mean_relative_rank"] = mean_relative_rank(rows)
+        result["mean_relative_effective_rank"] = mean_relative_rank(rows, key="relative_effective_rank")
         result["layers"] = rows
         print(format_layer_table(rows))
-        print(f"mean relative rank of conv layers: {result['mean_relative_rank']:.4f}")
+        print(f"mean relative rank of conv layers: numerical {result['mean_relative_rank']:.4f}, "
+              f"effective {result['mean_relative_effective_rank']:.4f}")
         if flags["report_png"]:
             plot_layers(rows, flags["report_png"], f"{cfg.net}: sparsity {result['sparsity']:.2%}")
     if flags["json_out"]:

@@ -5,8 +5,24 @@ from src.pruning.base import prunable_weight_names
 from src.pruning.rank_loss import numerical_rank
 
 
+def effective_rank(matrix):
+    """Effective rank (Roy & Vetterli 2007): exp of the entropy of the normalised singular values.
+
+    Unlike the numerical rank, which counts every singular value above round-off and so calls
+    most sparse matrices full rank, it shrinks when the energy concentrates in a few directions:
+    the collapse RPG's rank loss fights.
+    """
+    singular = np.linalg.svd(matrix, compute_uv=False)
+    total = singular.sum()
+    if total == 0:
+        return 0.0
+    p = singular[singular > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def layer_rows(net):
-    """One row per prunable weight: name, shape, density, rank of the (C_out, -1) matrix, full rank."""
+    """One row per prunable weight: name, shape, density, numerical and effective rank of the
+    (C_out, C_in*kh*kw) matrix, each also relative to full rank min(C_out, C_in*kh*kw)."""
     params = {p.name: p for p in net.trainable_params()}
     rows = []
     for name in prunable_weight_names(net):
@@ -14,23 +30,28 @@ def layer_rows(net):
         matrix = weight.reshape(weight.shape[0], -1).astype(np.float64)
         full = min(matrix.shape)
         rank = numerical_rank(matrix) if np.any(matrix) else 0
+        erank = effective_rank(matrix)
         rows.append({"name": name, "shape": list(weight.shape),
                      "density": float(np.count_nonzero(weight) / weight.size),
-                     "rank": int(rank), "full_rank": int(full), "relative_rank": rank / full})
+                     "rank": int(rank), "full_rank": int(full), "relative_rank": rank / full,
+                     "effective_rank": erank, "relative_effective_rank": erank / full})
     return rows
 
 
-def mean_relative_rank(rows, convs_only=True):
+def mean_relative_rank(rows, convs_only=True, key="relative_rank"):
+    """Mean of ``key`` (relative_rank or relative_effective_rank) over the conv layers."""
     selected = [r for r in rows if len(r["shape"]) == 4] if convs_only else rows
-    return float(np.mean([r["relative_rank"] for r in selected])) if selected else float("nan")
+    return float(np.mean([r[key] for r in selected])) if selected else float("nan")
 
 
 def format_layer_table(rows):
-    lines = [f"{'layer':<32} {'shape':<20} {'density':>8} {'rank':>6} {'full':>6} {'rel.rank':>8}"]
+    lines = [f"{'layer':<32} {'shape':<16} {'density':>8} {'rank':>6} {'full':>6} {'rel.rank':>8} "
+             f"{'eff.rank':>8} {'rel.eff':>7}"]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
-        lines.append(f"{r['name']:<32} {shape:<20} {r['density']:>8.4f} {r['rank']:>6d} "
-                     f"{r['full_rank']:>6d} {r['relative_rank']:>8.3f}")
+        lines.append(f"{r['name']:<32} {shape:<16} {r['density']:>8.4f} {r['rank']:>6d} "
+                     f"{r['full_rank']:>6d} {r['relative_rank']:>8.3f} {r['effective_rank']:>8.1f} "
+                     f"{r['relative_effective_rank']:>7.3f}")
     return "\n".join(lines)
 
 
@@ -51,8 +72,12 @@ def plot_layers(rows, path, title=""):
     axes[0].bar(x, [r["density"] for r in rows], color="tab:blue")
     axes[0].set_ylabel("density")
     axes[0].set_title(title or "per-layer density and relative rank")
-    axes[1].bar(x, [r["relative_rank"] for r in rows], color="tab:orange")
+    axes[1].bar(x - 0.2, [r["relative_rank"] for r in rows], width=0.4, color="tab:orange",
+                label="numerical rank")
+    axes[1].bar(x + 0.2, [r["relative_effective_rank"] for r in rows], width=0.4, color="tab:red",
+                label="effective rank")
     axes[1].set_ylabel("rank / full rank")
+    axes[1].legend(fontsize=8)
     axes[1].set_ylim(0, 1.05)
     axes[1].set_xticks(x)
     axes[1].set_xticklabels([r["name"].replace(".weight", "") for r in rows], rotation=90, fontsize=7)
