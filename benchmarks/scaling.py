@@ -16,7 +16,7 @@ From rank 0's log (``log_interval 1``: one line per iteration, with its images/s
 
 Both processes share the same 2 cores, so near 1x is the expected result here; the point is to
 measure it honestly. The script waits for a quiet machine (1-min load <= --max_load, a few
-retries) and records the load before and after each run.
+retries), records the load before and after each run and the CPU other processes used meanwhile.
 """
 import argparse
 import os
@@ -41,6 +41,26 @@ def load1():
     return os.getloadavg()[0]
 
 
+def descendants(pid):
+    """Pids of the live descendants of ``pid``."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def wait_for_quiet(max_load, retries, pause):
     seen = []
     for attempt in range(retries + 1):
@@ -52,6 +72,28 @@ def wait_for_quiet(max_load, retries, pause):
                   f"({attempt + 1}/{retries})", flush=True)
             time.sleep(pause)
     return False, seen
+
+
+def cpu_seconds():
+    """{pid: CPU seconds (user + system) so far} of every process on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def other_cpu_seconds(before, after, own):
+    """CPU seconds used between two snapshots by processes that are not ours (``own`` pids).
+    Processes of others that ended in between are missed: a lower bound."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items() if pid not in own)
 
 
 def free_port():
@@ -95,17 +137,29 @@ def run(workers, args, common, out):
         shown = f"bash scripts/run_distribute_train.sh {workers} {RECIPE} CPU"
     shown += " " + " ".join(common)
     before = round(load1(), 2)
+    snapshot = cpu_seconds()
     start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    own = {os.getpid(), proc.pid}
+    while proc.poll() is None:  # note our own processes (workers, scheduler) while they live
+        own |= descendants(proc.pid)
+        time.sleep(1.0)
+    stdout, stderr = proc.communicate()
     wall = time.time() - start
+    others = other_cpu_seconds(snapshot, cpu_seconds(), own)
     if proc.returncode != 0:
-        raise SystemExit(f"{workers}-worker run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{workers}-worker run failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     result = parse_log(os.path.join(out, "train.log"), args.batch_size * workers, args.warmup)
     result.update({"workers": workers, "global_batch": args.batch_size * workers,
                    "wall_s": wall, "load_before": before, "load_after": round(load1(), 2),
-                   "command": shown})
+                   "other_processes_cpu_cores": others / wall, "command": shown})
+    if result["mask_update_s_median"] is None:
+        raise SystemExit(f"{workers}-worker run had fewer than 2 mask updates: raise "
+                         "--train_samples or lower --delta")
     print(f"{workers} worker(s): {result['images_per_s']:.1f} img/s, mask update "
-          f"{result['mask_update_s_median']:.3f} s, wall {wall:.0f} s", flush=True)
+          f"{result['mask_update_s_median']:.3f} s, wall {wall:.0f} s, other processes used "
+          f"{result['other_processes_cpu_cores']:.2f} cores", flush=True)
     return result
 
 
@@ -151,14 +205,18 @@ def main():
         f"after the first {args.warmup} (compilation), mask-update time = median wall time of an "
         "update iteration after the first (which compiles the gradient graph).", "",
         "| workers | global batch | train img/s | step (s) | mask update (s) | update overhead "
-        "over a step (s) | first update (s) | load before / after |",
-        "|---|---|---|---|---|---|---|---|"]
+        "over a step (s) | first update (s) | load before / after | others' CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for r in (one, two):
         lines.append(f"| {r['workers']} | {r['global_batch']} | {r['images_per_s']:.1f} | "
                      f"{r['step_s_median']:.3f} | {r['mask_update_s_median']:.3f} | "
                      f"{r['mask_update_overhead_s']:.3f} | {r['first_mask_update_s']:.1f} | "
-                     f"{r['load_before']:.2f} / {r['load_after']:.2f} |")
-    lines += ["", f"Speed-up of 2 workers over 1: **{speedup:.2f}x** in images/s; a mask update "
+                     f"{r['load_before']:.2f} / {r['load_after']:.2f} | "
+                     f"{r['other_processes_cpu_cores']:.2f} |")
+    lines += ["", "Load after a run includes the run itself; \"others' CPU\" is the CPU time other "
+              "processes on the machine used during the run, in cores (of 2): a lower bound, "
+              "processes that ended during the run are missed.", "",
+              f"Speed-up of 2 workers over 1: **{speedup:.2f}x** in images/s; a mask update "
               f"takes {update_ratio:.2f}x as long with 2 workers (the dense gradient is all-reduced; "
               "the host mask computation is repeated on each worker).", "",
               "Both workers share the machine's 2 cores (each MindSpore process also uses several "
