@@ -19,6 +19,7 @@ measure it honestly. The script waits for a quiet machine (1-min load <= --max_l
 retries), records the load before and after each run and the CPU other processes used meanwhile.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -175,7 +176,16 @@ def main():
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--pause", type=int, default=120, help="seconds between load checks")
     parser.add_argument("--force", action="store_true", help="measure even on a busy machine")
+    parser.add_argument("--render", metavar="JSON", help="only rebuild the Markdown from a result file")
     args = parser.parse_args()
+    if args.render:
+        with open(args.render, encoding="utf-8") as handle:
+            data = json.load(handle)
+        path = os.path.join(ROOT, "benchmarks", "results", "scaling.md")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(render(data) + "\n")
+        print(render(data))
+        return
 
     quiet, loads = wait_for_quiet(args.max_load, args.retries, args.pause)
     if not quiet and not args.force:
@@ -189,21 +199,33 @@ def main():
         two = run(2, args, common, os.path.join(workdir, "w2"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    speedup = two["images_per_s"] / one["images_per_s"]
-    update_ratio = two["mask_update_s_median"] / one["mask_update_s_median"]
     info = machine_info()
     data = {"machine": info, "load_checks_before": loads, "quiet": quiet,
-            "argv": sys.argv[1:], "runs": [one, two], "speedup_2_vs_1": speedup,
-            "mask_update_time_ratio_2_vs_1": update_ratio}
+            "argv": sys.argv[1:], "train_samples": args.train_samples,
+            "batch_size_per_worker": args.batch_size, "delta": args.delta, "warmup": args.warmup,
+            "runs": [one, two],
+            "speedup_2_vs_1": two["images_per_s"] / one["images_per_s"],
+            "mask_update_time_ratio_2_vs_1": two["mask_update_s_median"] / one["mask_update_s_median"],
+            "mask_update_overhead_ratio_2_vs_1":
+                two["mask_update_overhead_s"] / one["mask_update_overhead_s"]}
+    write_results("scaling", data, render(data))
+
+
+def render(data):
+    """The Markdown table of a result dict (``--render`` rebuilds it from the JSON)."""
+    info, loads, (one, two) = data["machine"], data["load_checks_before"], data["runs"]
     lines = [
         "# Data-parallel scaling: 1 worker vs 2 CPU workers (msrun, loopback)", "",
-        f"Command: `python benchmarks/scaling.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+        f"Command: `python benchmarks/scaling.py {' '.join(data['argv'])}`".rstrip(), "",
         f"Machine: {info['cpu_count']} cores, MindSpore {info['mindspore']}; 1-min load average "
-        f"before starting {loads[-1]:.2f}" + ("" if quiet else " (BUSY: measured with --force)") + ".",
-        f"Recipe `{RECIPE}`, one epoch of {args.train_samples} images, batch {args.batch_size} "
-        f"per worker, mask update every {args.delta} iterations; images/s over the ordinary steps "
-        f"after the first {args.warmup} (compilation), mask-update time = median wall time of an "
-        "update iteration after the first (which compiles the gradient graph).", "",
+        f"before starting {loads[-1]:.2f}"
+        + ("" if data["quiet"] else " (BUSY: measured with --force)") + ".",
+        f"Recipe `{RECIPE}`, one epoch of {data['train_samples']} images, batch "
+        f"{data['batch_size_per_worker']} per worker, mask update every {data['delta']} "
+        f"iterations; images/s over the ordinary steps after the first {data['warmup']} "
+        "(compilation); mask-update time = median wall time of an update iteration after the "
+        "first (which compiles the gradient graph); its overhead = that minus the median "
+        "ordinary step.", "",
         "| workers | global batch | train img/s | step (s) | mask update (s) | update overhead "
         "over a step (s) | first update (s) | load before / after | others' CPU (cores) |",
         "|---|---|---|---|---|---|---|---|---|"]
@@ -213,19 +235,22 @@ def main():
                      f"{r['mask_update_overhead_s']:.3f} | {r['first_mask_update_s']:.1f} | "
                      f"{r['load_before']:.2f} / {r['load_after']:.2f} | "
                      f"{r['other_processes_cpu_cores']:.2f} |")
-    lines += ["", "Load after a run includes the run itself; \"others' CPU\" is the CPU time other "
-              "processes on the machine used during the run, in cores (of 2): a lower bound, "
-              "processes that ended during the run are missed.", "",
-              f"Speed-up of 2 workers over 1: **{speedup:.2f}x** in images/s; a mask update "
-              f"takes {update_ratio:.2f}x as long with 2 workers (the dense gradient is all-reduced; "
-              "the host mask computation is repeated on each worker).", "",
-              "Both workers share the machine's 2 cores (each MindSpore process also uses several "
-              "threads), so no speed-up is expected here: the 2-worker run checks that data "
-              "parallelism works and what it costs, not how it scales on real multi-device hosts.", "",
-              "Runs:", ""]
+    lines += [
+        "", "Load after a run includes the run itself; \"others' CPU\" is the CPU time other "
+        "processes on the machine used during the run, in cores (of 2): a lower bound, processes "
+        "that ended during the run are missed.", "",
+        f"Speed-up of 2 workers over 1: **{data['speedup_2_vs_1']:.2f}x** in images/s. A mask-update "
+        f"iteration takes {data['mask_update_time_ratio_2_vs_1']:.2f}x as long with 2 workers, "
+        f"mostly because every iteration does (each worker's batch of "
+        f"{data['batch_size_per_worker']} shares the cores with the other's); its overhead over an "
+        f"ordinary step is {data['mask_update_overhead_ratio_2_vs_1']:.2f}x that of 1 worker "
+        "(the dense gradient is all-reduced and the host mask computation runs on each worker).", "",
+        "Both workers share the machine's 2 cores (and each MindSpore process uses several "
+        "threads), so no speed-up is expected here: the 2-worker run shows that data parallelism "
+        "works and what it costs, not how it scales on multi-device hosts.", "",
+        "Runs:", ""]
     lines += [f"- {r['workers']} worker(s): `{r['command']}`" for r in (one, two)]
-    write_results("scaling", data, "\n".join(lines))
-
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
