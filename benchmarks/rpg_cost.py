@@ -12,8 +12,6 @@
 import argparse
 import time
 
-import numpy as np
-
 from common import machine_info, random_batch, timed, training_setup, write_results
 
 

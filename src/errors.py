@@ -3,3 +3,11 @@
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, pruning target missed, run too short)."""
+
+
+def require_finite_loss(loss, step, where=""):
+    """Stop training on a NaN/Inf loss with one line naming the (1-based) step."""
+    import math
+    if not math.isfinite(loss):
+        raise TrainingError(f"loss is {loss} at step {step}{where}; stopping. The last good "
+                            "checkpoint is left as it was: lower lr_max or check the data")

@@ -1,6 +1,5 @@
 """Evaluation: top-1, top-5 and loss over a dataset, reduced across data-parallel workers."""
 import numpy as np
-import mindspore as ms
 from mindspore import nn, ops, Tensor
 
 

@@ -27,13 +27,13 @@ from mindspore import nn, Tensor
 
 from src import checkpoint
 from src.dataset import create_dataset
-from src.errors import TrainingError
+from src.errors import TrainingError, require_finite_loss
 from src.lr_schedule import learning_rates
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
 from src.pruning.base import prunable_weight_names, sparsity_of
 from src.pruning.registry import build_pruner
-from src.pruning.train_cell import DenseGradient, LossCell, MaskedTrainStep
+from src.pruning.train_cell import ENERGY_PREFIX, MASK_PREFIX, DenseGradient, LossCell, MaskedTrainStep
 
 
 def setup_logger(output_dir, rank=0, name="train"):
@@ -162,19 +162,19 @@ class TrainContext:
 
     # --- in-graph masks (hard-mask pruners) -------------------------------------------------
     def get_masks(self):
-        return {p.name[len("pruning_mask."):]: p.asnumpy() for p in self.train_step.masks}
+        return {p.name[len(MASK_PREFIX):]: p.asnumpy() for p in self.train_step.masks}
 
     def set_masks(self, masks):
         """Install new masks in the train graph and zero the masked weights and their momentum."""
         for param in self.train_step.masks:
-            name = param.name[len("pruning_mask."):]
+            name = param.name[len(MASK_PREFIX):]
             if name in masks:
                 param.set_data(Tensor(np.asarray(masks[name], np.float32).reshape(param.shape)))
         self.apply_masks(masks)
 
     # --- gradient energy (PSAP) -------------------------------------------------------------
     def read_energy(self, reset=True):
-        energy = {p.name[len("grad_energy."):]: p.asnumpy() for p in self.train_step.energy}
+        energy = {p.name[len(ENERGY_PREFIX):]: p.asnumpy() for p in self.train_step.energy}
         if reset:
             for param in self.train_step.energy:
                 param.set_data(Tensor(np.zeros(param.shape, np.float32)))
@@ -188,9 +188,10 @@ class TrainContext:
     def train_step_with_extra_loss(self, batch, key, extra_loss):
         """An ordinary (masked) optimizer step whose loss also contains ``extra_loss``."""
         if key not in self._extra_steps:
+            mask_names = [p.name[len(MASK_PREFIX):] for p in self.train_step.masks]
             self._extra_steps[key] = MaskedTrainStep(
-                self.loss_cell, self.optimizer, [], [], extra_loss=extra_loss)
-            self._extra_steps[key].masks = self.train_step.masks
+                self.loss_cell, self.optimizer, mask_names, [], extra_loss=extra_loss,
+                shared_masks=self.train_step.masks)
         step = self._extra_steps[key]
         return float(step(*batch).asnumpy())
 
@@ -390,10 +391,7 @@ class Trainer:
                 loss = self.pruner.before_step(step, (image, label), self.ctx)
                 if loss is None:
                     loss = float(self.train_step(image, label).asnumpy())
-                if not math.isfinite(loss):
-                    raise TrainingError(f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); "
-                                        "stopping. The last good checkpoint is left as it was: "
-                                        "lower lr_max or check the data")
+                require_finite_loss(loss, step + 1, f" (epoch {epoch + 1})")
                 self.pruner.after_step(step, self.ctx)
                 step += 1
                 window_images += image.shape[0] * self.group_size

@@ -13,11 +13,11 @@ from src.models import build_network
 from src.trainer import build_training_graph
 
 
-def _setup(rank_svd):
+def _setup(rank_svd, apply_update_step=False):
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = build_config({"net": "resnet20", "in_channels": 1, "num_classes": 10, "image_size": 28,
                         "prune_method": "rpg", "sparsity": 0.9, "delta": 5, "epoch_size": 1,
-                        "rank_svd": rank_svd}, {})
+                        "rank_svd": rank_svd, "rpg_apply_update_step": apply_update_step}, {})
     ms.set_seed(0)
     net = build_network(cfg)
     pruner, _, _, step, ctx = build_training_graph(cfg, net, 40, logging.getLogger("t"), "/tmp",
@@ -54,3 +54,15 @@ def test_update_host_and_graph_svd_agree():
         np.testing.assert_array_equal(weight[survivors], before[name][survivors])
         # everything alive now was either kept by magnitude or regrown at exactly zero
         assert np.all((weight[mask == 1] == before[name][mask == 1]) | (weight[mask == 1] == 0))
+
+
+def test_applied_update_step_keeps_pruned_weights_zero():
+    pruner, _, ctx = _setup("host", apply_update_step=True)
+    before = ctx.get_weights(pruner.names)
+    pruner.before_step(pruner.update_steps[0], _batch(), ctx)
+    masks, weights = ctx.get_masks(), ctx.get_weights(pruner.names)
+    for name, mask in masks.items():
+        assert np.all(weights[name][mask == 0] == 0), name
+    # the optimizer step was applied this time: surviving weights moved
+    moved = sum(int(np.sum(weights[n][masks[n] == 1] != before[n][masks[n] == 1])) for n in masks)
+    assert moved > 0

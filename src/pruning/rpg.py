@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
 from src.config import ConfigError, Key, add_keys
-from src.errors import TrainingError
+from src.errors import require_finite_loss
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.mask_ops import drop_and_grow, global_magnitude_masks
 from src.pruning.rank_loss import layer_rank_terms, rank_loss_from_targets, rank_targets_numpy
@@ -108,9 +108,7 @@ class RPGPruner(HardMaskPruner):
             self.rank_term.set_host_targets([weights[n] for n in self.conv_names])
         _, task, extra, grads = self.grad_cell(*batch)
         task = float(task.asnumpy())
-        if not np.isfinite(task):
-            raise TrainingError(f"loss is {task} at step {step + 1} (an RPG mask update); stopping. "
-                                "The last good checkpoint is left as it was: lower lr_max or check the data")
+        require_finite_loss(task, step + 1, " (an RPG mask update)")  # before NaNs reach the masks
         rank = float(extra.asnumpy()) / cfg.lamb if self.rank_term is not None else float("nan")
         grads = {name: g.asnumpy() for name, g in zip(self.names, grads)}
         if self.rank_term is not None:

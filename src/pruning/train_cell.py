@@ -61,7 +61,8 @@ class LossCell(nn.Cell):
 class MaskedTrainStep(nn.Cell):
     """One optimizer step with in-graph masks and gradient-energy accumulation."""
 
-    def __init__(self, loss_cell, optimizer, mask_names=(), energy_names=(), extra_loss=None):
+    def __init__(self, loss_cell, optimizer, mask_names=(), energy_names=(), extra_loss=None,
+                 shared_masks=None):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.optimizer = optimizer
@@ -82,7 +83,9 @@ class MaskedTrainStep(nn.Cell):
         self.mask_slot = tuple(mask_names.index(n) if n in mask_names else -1 for n in names)
         self.num_params = len(names)
         self.num_masks = len(mask_names)
-        self.masks = ParameterTuple([
+        # ``shared_masks``: the masks of another step over the same optimizer (one set of masks
+        # however many step variants are compiled)
+        self.masks = shared_masks if shared_masks is not None else ParameterTuple([
             Parameter(Tensor(np.ones(self.weights[index[n]].shape, np.float32)),
                       name=MASK_PREFIX + n, requires_grad=False) for n in mask_names])
         self.masked_weights = ParameterTuple([self.weights[index[n]] for n in mask_names])
