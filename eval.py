@@ -7,7 +7,7 @@ full) for pruned checkpoints, and parameters / FLOPs (MACs) of the dense and the
 network (smaller for a compact PSAP checkpoint, whose widths are stored in the file).
 """
 from src.cli import run
-from src.config import parse_args
+from src.config import check_output_path, parse_args
 
 FLAGS = {"ckpt": "", "json_out": "", "report_png": ""}
 
@@ -18,8 +18,10 @@ def main():
     if not flags["ckpt"]:
         from src.config import ConfigError
         raise ConfigError("--ckpt FILE is required")
-    import mindspore as ms
-    from src.dataset import create_dataset
+    check_output_path("--json_out", flags["json_out"])
+    check_output_path("--report_png", flags["report_png"])
+    from src.dataset import batches, create_dataset
+    from src.device import set_up_device
     from src.metrics import evaluate
     from src.models import build_network, default_inner_widths, network_from_checkpoint
     from src.models.flops import count_macs_params
@@ -27,8 +29,7 @@ def main():
     from src.pruning.base import prunable_weight_names, sparsity_of
     from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
 
-    ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(cfg.device_target)
+    set_up_device(cfg)
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
     data = create_dataset(cfg.dataset, cfg.data_path, False, cfg.eval_batch_size or cfg.batch_size,
                           image_size=cfg.image_size or None, eval_resize=cfg.eval_resize,
@@ -37,7 +38,7 @@ def main():
     params = {p.name: p.asnumpy() for p in net.trainable_params()}
     result["sparsity"] = sparsity_of([params[n] for n in prunable_weight_names(net)])
 
-    image_shape = next(data.create_tuple_iterator(num_epochs=1))[0].shape
+    image_shape = next(batches(data))[0].shape
     input_shape = (1,) + tuple(image_shape[1:])
     result["flops"], result["params"] = count_macs_params(net, input_shape)
     result["dense_flops"], result["dense_params"] = count_macs_params(build_network(cfg), input_shape)

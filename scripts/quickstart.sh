@@ -7,6 +7,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 OUT="${1:-$ROOT/output/quickstart}"
+if [ $# -eq 0 ]; then  # never replace an earlier quick start: number a new folder instead
+    N=1; BASE="$OUT"
+    while [ -e "$OUT" ]; do N=$((N + 1)); OUT="${BASE}_$N"; done
+fi
 source scripts/setup_env.sh
 DATA="$(bash scripts/get_fashion_mnist.sh "$ROOT/data/fashion_mnist" | tail -n 1)"
 CONFIG=config/rpg_resnet20_fashion_mnist_s90.yaml

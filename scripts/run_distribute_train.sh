@@ -17,6 +17,11 @@ DEVICE_NUM="$1"; CONFIG="$2"; DEVICE_TARGET="$3"; shift 3
 case "$DEVICE_TARGET" in CPU|GPU|Ascend) ;; *) echo "error: DEVICE_TARGET must be CPU, GPU or Ascend" >&2; exit 2;; esac
 NODE_NUM="${NODE_NUM:-1}"
 NODE_RANK="${NODE_RANK:-0}"
+for pair in "DEVICE_NUM=$DEVICE_NUM" "NODE_NUM=$NODE_NUM"; do
+    [[ "${pair#*=}" =~ ^[1-9][0-9]*$ ]] || { echo "error: ${pair%%=*} must be a positive integer, got '${pair#*=}'" >&2; exit 2; }
+done
+[[ "$NODE_RANK" =~ ^[0-9]+$ ]] && [ "$NODE_RANK" -lt "$NODE_NUM" ] \
+    || { echo "error: NODE_RANK must be an integer in [0, NODE_NUM=$NODE_NUM), got '$NODE_RANK'" >&2; exit 2; }
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-8118}"
 WORKER_NUM=$((DEVICE_NUM * NODE_NUM))
@@ -29,5 +34,10 @@ msrun --worker_num="$WORKER_NUM" --local_worker_num="$DEVICE_NUM" --node_rank="$
       --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --log_dir="$LOG_DIR" \
       --join=True --cluster_time_out="${CLUSTER_TIME_OUT:-300}" \
       "$ROOT/train.py" "${ARGS[@]}" \
-    || { echo "distributed training failed; see $LOG_DIR/worker_*.log" >&2; exit 1; }
+    || { echo "distributed training failed; last lines of the workers' logs ($LOG_DIR/worker_*.log):" >&2
+         for log in "$LOG_DIR"/worker_*.log; do
+             [ -f "$log" ] || continue
+             grep -v '^\[WARNING\]\|^\[INFO\]' "$log" | tail -n 3 | sed "s|^|  $(basename "$log"): |" >&2
+         done
+         exit 1; }
 echo "done: $OUTPUT_DIR/last.ckpt"

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Evaluate a checkpoint.  Usage: bash scripts/run_eval.sh CONFIG CKPT [DEVICE_TARGET] [--key value ...]
+# Results go to eval.json / eval.log beside the checkpoint; if those exist (an earlier evaluation),
+# to eval_2.json / eval_2.log and so on: an earlier result is never replaced. A failed evaluation
+# writes no result, only eval_failed.log.
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: bash scripts/run_eval.sh CONFIG CKPT [DEVICE_TARGET] [--key value ...]" >&2
@@ -7,11 +10,26 @@ if [ $# -lt 2 ]; then
 fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CONFIG="$1"; CKPT="$2"; shift 2
-DEVICE_TARGET="CPU"
-if [ $# -gt 0 ] && [[ "$1" != --* ]]; then DEVICE_TARGET="$1"; shift; fi
+[ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
+[ -f "$CKPT" ] || { echo "error: checkpoint not found: $CKPT" >&2; exit 1; }
+ARGS=(--config_path "$CONFIG" --ckpt "$CKPT")
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then ARGS+=(--device_target "$1"); shift; fi
 OUT_DIR="$(dirname "$CKPT")"
-LOG="$OUT_DIR/eval.log"
-JSON="$OUT_DIR/eval.json"
-echo "evaluating $CKPT: log $LOG, results $JSON"
-python "$ROOT/eval.py" --config_path "$CONFIG" --ckpt "$CKPT" --device_target "$DEVICE_TARGET" \
-    --json_out "$JSON" "$@" 2>&1 | tee "$LOG"
+NAME="eval"; N=1
+while [ -e "$OUT_DIR/$NAME.json" ] || [ -e "$OUT_DIR/$NAME.log" ]; do N=$((N + 1)); NAME="eval_$N"; done
+LOG="$OUT_DIR/$NAME.log"; JSON="$OUT_DIR/$NAME.json"
+TMP_LOG="$(mktemp "$OUT_DIR/.eval.log.XXXXXX")"
+trap 'rm -f "$TMP_LOG"' EXIT
+echo "evaluating $CKPT: results $JSON, log $LOG"
+set +e
+python "$ROOT/eval.py" "${ARGS[@]}" --json_out "$JSON" "$@" > "$TMP_LOG" 2>&1
+STATUS=$?
+set -e
+if [ "$STATUS" -ne 0 ]; then
+    mv "$TMP_LOG" "$OUT_DIR/eval_failed.log"
+    echo "evaluation failed (exit $STATUS), no result written; last lines of $OUT_DIR/eval_failed.log:" >&2
+    grep -v '^\[WARNING\]' "$OUT_DIR/eval_failed.log" | tail -n 5 >&2
+    exit "$STATUS"
+fi
+mv "$TMP_LOG" "$LOG"
+grep -v '^\[WARNING\]' "$LOG" || true

@@ -7,7 +7,18 @@ if [ $# -lt 4 ]; then
 fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CONFIG="$1"; CKPT="$2"; FORMAT="$3"; NAME="$4"; shift 4
+[ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
+[ -f "$CKPT" ] || { echo "error: checkpoint not found: $CKPT" >&2; exit 1; }
 LOG="$(dirname "$CKPT")/export.log"
 echo "exporting $CKPT as $FORMAT to $NAME: log $LOG"
+set +e
 python "$ROOT/export.py" --config_path "$CONFIG" --ckpt "$CKPT" --file_format "$FORMAT" \
-    --file_name "$NAME" "$@" 2>&1 | tee "$LOG"
+    --file_name "$NAME" "$@" > "$LOG" 2>&1
+STATUS=$?
+set -e
+if [ "$STATUS" -ne 0 ]; then
+    echo "export failed (exit $STATUS); last lines of $LOG:" >&2
+    grep -v '^\[WARNING\]' "$LOG" | tail -n 5 >&2
+    exit "$STATUS"
+fi
+grep -v '^\[WARNING\]' "$LOG" || true

@@ -14,12 +14,12 @@ import os
 import numpy as np
 import mindspore as ms
 
+from src.errors import CheckpointError  # noqa: F401  (raised here, imported from here by callers)
+
 META_PREFIX = "meta."
 PRUNER_PREFIX = "pruner."
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit the network (one-line message)."""
 
 
 def save_atomic(params, path, meta=None, pruner_state=None):
@@ -38,7 +38,8 @@ def save_atomic(params, path, meta=None, pruner_state=None):
                                       requires_grad=False) for k, v in pruner_state.items()]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix
+    # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix;
+    # it writes "<name>.tmp" first and renames that to "<name>.ckpt" itself
     tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.ckpt")
     try:
         ms.save_checkpoint(items, tmp_path, append_dict=append or None, crc_check=True)
@@ -46,9 +47,14 @@ def save_atomic(params, path, meta=None, pruner_state=None):
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
         _fsync_directory(directory)
+    except (OSError, RuntimeError) as err:  # full disk, file size limit, permissions
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; earlier checkpoints are "
+                              "left as they were") from None
     finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        for leftover in (tmp_path, tmp_path[:-len(".ckpt")] + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def _fsync_directory(directory):

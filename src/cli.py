@@ -1,16 +1,17 @@
 """Shared entry-point behaviour: user errors become one line on stderr and exit code 2 (config)
 or 1 (data, checkpoint, training), never a traceback."""
+import os
 import sys
 
 from src.config import ConfigError
+from src.interrupt import EXIT_CODE, Interrupted
 
 
 def user_errors():
     """Exception classes that mean "the input is wrong", with their exit codes."""
-    from src.checkpoint import CheckpointError
-    from src.dataset import DataError
-    from src.errors import TrainingError
-    return [(ConfigError, 2), (DataError, 1), (CheckpointError, 1), (TrainingError, 1)]
+    from src.errors import CheckpointError, DataError, TrainingError
+    from src.outputs import OutputError
+    return [(ConfigError, 2), (DataError, 1), (CheckpointError, 1), (TrainingError, 1), (OutputError, 1)]
 
 
 def run(main, extra_errors=()):
@@ -22,6 +23,10 @@ def run(main, extra_errors=()):
         code = next(c for cls, c in known if isinstance(err, cls))
         print(f"error: {err}", file=sys.stderr)
         sys.exit(code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(str(err) if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
+        # Skip the interpreter's exit handlers: a MindSpore interrupted half-way through its import
+        # registers ones that fail with a traceback. Outputs are already whole (atomic writes).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CODE)

@@ -5,6 +5,7 @@ accepted range and default. A typo or an out-of-range value raises ``ConfigError
 that names the key and says what is accepted; the entry scripts turn it into exit code 2.
 """
 import difflib
+import math
 import os
 import sys
 
@@ -36,7 +37,7 @@ class Key:
             low = "-inf" if self.low is None else self.low
             high = "inf" if self.high is None else self.high
             return f"a{'n' if self.kind is int else ''} {self.kind.__name__} in {left}{low}, {high}{right}"
-        return f"a value of type {self.kind.__name__}"
+        return "a finite number" if self.kind is float else f"a value of type {self.kind.__name__}"
 
 
 NETS = ["resnet18", "resnet34", "resnet50", "resnet20", "resnet32", "resnet56", "resnet110"]
@@ -86,7 +87,9 @@ SCHEMA = {
     "save_checkpoint_epochs": Key(int, 1, 1, None),
     "save_checkpoint_steps": Key(int, 0, 0, None, help_text="0 = only at epoch ends"),
     "keep_checkpoint_max": Key(int, 5, 1, None),
-    "resume_ckpt": Key(str, "", help_text="checkpoint to continue from; 'auto' = newest in output_dir"),
+    "resume_ckpt": Key(str, "", help_text="checkpoint to continue from; 'auto' = newest of the run in output_dir"),
+    "resume_allow_changes": Key(list, [], help_text="recipe keys a resume may change on purpose "
+                                                   "(e.g. [epoch_size]); [all] = any"),
     "pre_trained": Key(str, ""),
     # --- pruning (shared) ---
     "prune_method": Key(str, "none", choices=["none", "gmp", "rpg", "psap"]),
@@ -130,7 +133,10 @@ def _coerce(name, key, value):
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan/inf slip through every range check
+                raise ValueError
+            return number
         if kind is list:
             if isinstance(value, (list, tuple)):
                 return list(value)
@@ -178,12 +184,29 @@ class Config(dict):
         self[name] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (plain yaml keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"config key '{key}' is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path):
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
+            data = yaml.load(handle, Loader=_UniqueKeyLoader) or {}
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text (UTF-8) file") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid yaml: {first}") from None
@@ -213,10 +236,66 @@ def _check_relations(cfg):
     if cfg.warmup_epochs > cfg.epoch_size:
         raise ConfigError(f"config key 'warmup_epochs': got {cfg.warmup_epochs}, "
                           f"expected at most epoch_size ({cfg.epoch_size})")
+    _check_network(cfg)
+    _check_paths(cfg)
     for epoch in cfg.lr_decay_epochs:
         if not isinstance(epoch, (int, float)) or epoch <= 0:
             raise ConfigError(f"config key 'lr_decay_epochs': got {cfg.lr_decay_epochs!r}, "
                               "expected a list of positive epoch numbers")
+
+
+# Image channels each data set's pipeline delivers.
+DATASET_CHANNELS = {"fashion_mnist": 1, "cifar10": 3, "imagenet": 3}
+# Set by msrun (MS_ROLE, MS_WORKER_NUM), an Ascend rank table, or OpenMPI on every worker.
+LAUNCHER_VARIABLES = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE")
+CIFAR_BASE_WIDTHS = (16, 32, 64)
+
+
+def _check_network(cfg):
+    channels = DATASET_CHANNELS[cfg.dataset]
+    if cfg.in_channels != channels:
+        raise ConfigError(f"config key 'in_channels': got {cfg.in_channels}, but {cfg.dataset} images "
+                          f"have {channels} channel(s)")
+    cifar_style = cfg.net in ("resnet20", "resnet32", "resnet56", "resnet110")
+    if not cifar_style and cfg.width_multiplier != 1.0:
+        raise ConfigError(f"config key 'width_multiplier': {cfg.net} is an ImageNet-style ResNet with "
+                          "fixed widths; width_multiplier applies to resnet20/32/56/110 only")
+    if cifar_style and min(round(c * cfg.width_multiplier) for c in CIFAR_BASE_WIDTHS) < 1:
+        raise ConfigError(f"config key 'width_multiplier': {cfg.width_multiplier} rounds the narrowest "
+                          f"stage ({CIFAR_BASE_WIDTHS[0]} channels) to 0; use at least "
+                          f"{0.5 / CIFAR_BASE_WIDTHS[0]:.4f}")
+
+
+def check_launcher(cfg):
+    """A data-parallel run must be started by a launcher; without one MindSpore's init() hangs."""
+    if cfg.run_distribute and not any(os.environ.get(v) for v in LAUNCHER_VARIABLES):
+        raise ConfigError("config key 'run_distribute': true needs a launcher (msrun or a rank table): "
+                          "start it with scripts/run_distribute_train.sh")
+
+
+def check_output_path(key, path, kind="file"):
+    """``path`` must be creatable as a ``kind`` ('file' or 'dir'): an existing entry of the other kind,
+    or a file where a parent folder should be, is a ConfigError naming ``key``."""
+    if not path:
+        return
+    full = os.path.abspath(path)
+    if kind == "dir" and os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(f"{key} '{path}' exists and is not a directory")
+    if kind == "file" and os.path.isdir(full):
+        raise ConfigError(f"{key} '{path}' is a directory, expected a file name")
+    if kind == "file" and os.path.exists(full) and not os.stat(full).st_mode & 0o222:
+        raise ConfigError(f"{key} '{path}' exists and is read-only: not replacing it")
+    parent = os.path.dirname(full)
+    while parent and not os.path.exists(parent):
+        if kind == "file":
+            raise ConfigError(f"{key} '{path}': directory {os.path.dirname(full)} does not exist")
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ConfigError(f"{key} '{path}': {parent} is a file, not a directory")
+
+
+def _check_paths(cfg):
+    check_output_path("output_dir", cfg.output_dir, kind="dir")
 
 
 def parse_args(argv=None, extra_flags=None, description=None):
@@ -232,6 +311,7 @@ def parse_args(argv=None, extra_flags=None, description=None):
         raise SystemExit(0)
     config_path = None
     overrides, extras = {}, dict(extra_flags)
+    seen = set()
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -246,6 +326,9 @@ def parse_args(argv=None, extra_flags=None, description=None):
         i += 1
         if value is None:
             raise ConfigError(f"--{name} needs a value")
+        if name in seen:
+            raise ConfigError(f"--{name} is given twice on the command line")
+        seen.add(name)
         if name == "config_path":
             config_path = value
         elif name in extra_flags:

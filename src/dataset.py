@@ -23,10 +23,7 @@ import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
 import numpy as np
 
-
-class DataError(ValueError):
-    """A data problem a user can fix (bad path, missing or malformed file); the message is one line."""
-
+from src.errors import DataError  # noqa: F401  (raised here, imported from here by callers)
 
 _INFO = {
     "imagenet": {"num_classes": 1000, "in_channels": 3, "image_size": 224},
@@ -93,6 +90,27 @@ def create_dataset(dataset, data_path, training, batch_size, image_size=None, ev
     return data.batch(batch_size, drop_remainder=drop_remainder)
 
 
+def batches(data):
+    """Iterate a dataset's (image, label) batches; a failing pipeline (e.g. an undecodable image)
+    becomes a DataError whose one line names the failing operation and file."""
+    try:
+        yield from data.create_tuple_iterator(num_epochs=1)
+    except RuntimeError as err:
+        detail = [line.strip() for line in str(err).splitlines() if line.strip().startswith("[ERROR]")]
+        if not detail:
+            raise
+        raise DataError("data pipeline failed: " + detail[0][len("[ERROR]"):].strip()) from None
+
+
+def _check_subset(num_samples, available, training, where):
+    """A subset larger than the split is a recipe mistake (it would silently train on less)."""
+    if num_samples > available:
+        from src.config import ConfigError
+        key = "train_samples" if training else "eval_samples"
+        raise ConfigError(f"config key '{key}': got {num_samples}, but {where} holds only "
+                          f"{available} samples (0 = all)")
+
+
 def _check_arguments(batch_size, num_samples, num_shards, shard_id):
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -133,6 +151,7 @@ def _imagenet(data_path, training, image_size, eval_resize, num_samples, sampler
     root = _imagenet_root(data_path, training)
     if num_samples:
         total = ds.ImageFolderDataset(root, extensions=_IMAGE_EXTENSIONS).get_dataset_size()
+        _check_subset(num_samples, total, training, root)
         if num_samples < total:
             # The folder lists samples sorted by class: evenly spaced indices keep every class.
             sampler.add_child(ds.SubsetSampler((np.arange(num_samples) * total // num_samples).tolist()))
@@ -190,14 +209,14 @@ def _load_cifar10(data_path, training, num_samples):
     missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise DataError(f"{folder}: missing CIFAR-10 binary file(s) {', '.join(missing)}")
-    records = _read_cifar_records([os.path.join(folder, name) for name in names], num_samples)
+    records = _read_cifar_records([os.path.join(folder, name) for name in names], num_samples, training)
     labels = _check_labels(records[:, 0], folder, 10)
     # Records are channel-major (CHW); the vision ops expect HWC.
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
 
-def _read_cifar_records(paths, num_samples):
+def _read_cifar_records(paths, num_samples, training):
     """Concatenate the records of the files, reading only the first num_samples (0 = all)."""
     counts = []
     for path in paths:  # check every file before reading any, so that a bad one fails fast
@@ -206,6 +225,7 @@ def _read_cifar_records(paths, num_samples):
             raise DataError(f"{path}: size {size} bytes is not a positive multiple of the "
                             f"{_CIFAR_RECORD}-byte CIFAR-10 record (truncated or not CIFAR-10 binary?)")
         counts.append(size // _CIFAR_RECORD)
+    _check_subset(num_samples, sum(counts), training, os.path.dirname(paths[0]))
     remaining = num_samples or sum(counts)
     chunks = []
     for path, count in zip(paths, counts):
@@ -228,6 +248,7 @@ def _load_fashion_mnist(data_path, training, num_samples):
                         f"run scripts/get_fashion_mnist.sh {data_path}")
     image_count, images = _read_idx(paths[0], _IDX_IMAGES, num_samples)
     label_count, labels = _read_idx(paths[1], _IDX_LABELS, num_samples)
+    _check_subset(num_samples, image_count, training, paths[0])
     if image_count != label_count:
         raise DataError(f"{data_path}: {paths[0]} holds {image_count} images but {paths[1]} "
                         f"holds {label_count} labels")

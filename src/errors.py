@@ -1,4 +1,13 @@
-"""Errors that end a run with one clear line (see src/cli.py)."""
+"""Errors that end a run with one clear line (see src/cli.py). They live here, away from the
+modules that raise them, so that the entry scripts can recognise them without importing MindSpore."""
+
+
+class DataError(ValueError):
+    """A data set that is missing, malformed or does not fit the request (one-line message)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the network (one-line message)."""
 
 
 class TrainingError(RuntimeError):

@@ -2,6 +2,8 @@
 import numpy as np
 from mindspore import nn, ops, Tensor
 
+from src.dataset import batches
+
 
 class _SumAcrossWorkers(nn.Cell):
     def __init__(self):
@@ -35,7 +37,7 @@ def evaluate(net, dataset, label_smoothing=0.0, distributed=False):
     net.set_train(False)
     correct1 = correct5 = 0
     loss_sum, count = 0.0, 0
-    for image, label in dataset.create_tuple_iterator(num_epochs=1):
+    for image, label in batches(dataset):
         logits = net(image).asnumpy().astype(np.float64)
         labels = label.asnumpy().astype(np.int64)
         k = min(5, logits.shape[1])

@@ -13,11 +13,9 @@ Debugging aid: with the environment variable ``PRUNE_DUMP_RANK_STATE=DIR`` every
 its own final training state to ``DIR/rank<N>.ckpt`` at the end of training (the normal
 checkpoints come from rank 0 only), e.g. to check that the workers ended bit-identical.
 """
-import glob
 import logging
-import math
+import logging.handlers
 import os
-import re
 import sys
 import time
 
@@ -25,9 +23,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, Tensor
 
-from src import checkpoint
-from src.dataset import create_dataset
+from src import checkpoint, run_record
+from src.config import ConfigError
+from src.dataset import batches, create_dataset
+from src.device import set_up_device
 from src.errors import TrainingError, require_finite_loss
+from src.interrupt import Interrupted, StopRequest
 from src.lr_schedule import learning_rates
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
@@ -37,7 +38,11 @@ from src.pruning.train_cell import ENERGY_PREFIX, MASK_PREFIX, DenseGradient, Lo
 
 
 def setup_logger(output_dir, rank=0, name="train"):
-    """Log to stdout and to ``output_dir/<name>.log`` (rank 0) or ``<name>_rank<N>.log``."""
+    """Log to stdout and to ``output_dir/<name>.log`` (rank 0) or ``<name>_rank<N>.log``.
+
+    File records are held back until ``open_log_file(logger)``: a run refused during start-up
+    (another run's directory, a mismatched resume) leaves an earlier log byte-identical.
+    """
     logger = logging.getLogger(f"prune.{name}.{rank}")
     logger.handlers.clear()
     logger.setLevel(logging.INFO)
@@ -45,9 +50,9 @@ def setup_logger(output_dir, rank=0, name="train"):
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     os.makedirs(output_dir, exist_ok=True)
     filename = f"{name}.log" if rank == 0 else f"{name}_rank{rank}.log"
-    file_handler = logging.FileHandler(os.path.join(output_dir, filename))
+    file_handler = logging.FileHandler(os.path.join(output_dir, filename), delay=True)
     file_handler.setFormatter(fmt)
-    logger.addHandler(file_handler)
+    logger.addHandler(_HeldBack(0, target=file_handler))
     if rank == 0:
         stream = logging.StreamHandler(sys.stdout)
         stream.setFormatter(fmt)
@@ -55,11 +60,29 @@ def setup_logger(output_dir, rank=0, name="train"):
     return logger
 
 
+class _HeldBack(logging.handlers.MemoryHandler):
+    """Keeps records until released (also at interpreter exit, when logging flushes every handler)."""
+    released = False
+
+    def shouldFlush(self, record):
+        return self.released
+
+    def flush(self):
+        if self.released:
+            super().flush()
+
+
+def open_log_file(logger):
+    """Write the held-back start-up records to the log file and every later record at once."""
+    for handler in logger.handlers:
+        if isinstance(handler, _HeldBack):
+            handler.released = True
+            handler.flush()
+
+
 def init_context(cfg):
     """MindSpore context, distributed initialisation; returns (rank, group_size)."""
-    mode = ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE
-    ms.set_context(mode=mode)
-    ms.set_device(cfg.device_target)
+    set_up_device(cfg)
     rank, group_size = 0, 1
     if cfg.run_distribute:
         from mindspore.communication import init, get_rank, get_group_size
@@ -217,27 +240,18 @@ def build_training_graph(cfg, net, steps_per_epoch, logger, output_dir, input_sh
     return pruner, lrs, optimizer, train_step, ctx
 
 
-def find_latest_checkpoint(output_dir):
-    """Newest readable training checkpoint in ``output_dir`` (by step), or None."""
-    candidates = []
-    for path in glob.glob(os.path.join(output_dir, "*.ckpt")):
-        match = re.search(r"step(\d+)\.ckpt$", path)
-        if match:
-            candidates.append((int(match.group(1)), path))
-        elif os.path.basename(path) == "last.ckpt":
-            candidates.append((math.inf, path))
-    return [p for _, p in sorted(candidates, reverse=True)]
-
-
 class Trainer:
     """Builds everything from a config and runs the epochs."""
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.stop = StopRequest().install()
         self.rank, self.group_size = init_context(cfg)
         self.output_dir = cfg.output_dir
-        self.logger = setup_logger(self.output_dir, self.rank)
         self.is_main = self.rank == 0
+        # A fresh run must not replace another run's checkpoints: checked before anything is written.
+        self.run_id = None if cfg.resume_ckpt else run_record.claim_fresh(self.output_dir, cfg, self.is_main)
+        self.logger = setup_logger(self.output_dir, self.rank)
 
         self.train_data = self._dataset(training=True, epoch=0)
         self.steps_per_epoch = self.train_data.get_dataset_size()
@@ -250,16 +264,18 @@ class Trainer:
         self.net = build_network(cfg)
         if cfg.pre_trained:
             load_pretrained(self.net, cfg.pre_trained, self.logger)
-        image_shape = next(self.train_data.create_tuple_iterator(num_epochs=1))[0].shape
+        image_shape = next(batches(self.train_data))[0].shape
         graph = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
                                      self.output_dir, (1,) + tuple(image_shape[1:]))
         self.pruner, self.lrs, self.optimizer, self.train_step, self.ctx = graph
         self.ctx.rank, self.ctx.group_size = self.rank, self.group_size
         self.start_step = 0
         self.best = {"top1": None, "epoch": None}
-        self.saved = []
+        self.last_periodic = (None, None)
         if cfg.resume_ckpt:
             self._resume(cfg.resume_ckpt)
+        open_log_file(self.logger)
+        self.stop.check("during start-up, before the first step; nothing to resume from yet")
 
     # --- data -------------------------------------------------------------------------------
     def _dataset(self, training, epoch):
@@ -283,10 +299,22 @@ class Trainer:
                 items.append(param)
         return items
 
+    def _optimizer_step(self):
+        return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+
+    def _advance_schedule(self, iterations):
+        """The learning-rate schedule is indexed by the optimizer's step counter, which only moves
+        when the optimizer runs: after an iteration a pruner used without an optimizer step (RPG's
+        mask update, as the reference) it is set to the iteration count, so the schedule stays
+        indexed by iteration, as the reference's is."""
+        self.optimizer.global_step.set_data(Tensor(np.array([iterations], np.int32)))
+
     def _save(self, path, step):
         average_bn_statistics(self.net, self.group_size)  # rank 0 saves what every worker holds
         if not self.is_main:
             return
+        if self._optimizer_step() != step:  # a broken invariant, not a user error
+            raise RuntimeError(f"optimizer step counter {self._optimizer_step()} != iterations {step}")
         state = self._state_params()
         bad = [p.name for p in state if p.dtype in (ms.float16, ms.float32, ms.float64)
                and not np.isfinite(p.asnumpy()).all()]
@@ -296,31 +324,37 @@ class Trainer:
                                 "good checkpoint is left as it was: lower lr_max or check the data")
         meta = {"step": step, "epoch": step // self.steps_per_epoch, "net": self.cfg.net,
                 "prune_method": self.cfg.prune_method, "steps_per_epoch": self.steps_per_epoch,
-                "best_top1": self.best["top1"], "best_epoch": self.best["epoch"]}
+                "best_top1": self.best["top1"], "best_epoch": self.best["epoch"],
+                "run_id": self.run_id, "recipe": run_record.recipe_of(self.cfg)}
         checkpoint.save_atomic(state, path, meta=meta, pruner_state=self.pruner.state_dict())
 
     def _save_periodic(self, step):
         name = f"{self.cfg.net}_{self.cfg.prune_method}_step{step}.ckpt"
         path = os.path.join(self.output_dir, name)
         self._save(path, step)
-        if not self.is_main:
-            return
-        self.saved.append(path)
-        while len(self.saved) > self.cfg.keep_checkpoint_max:
-            old = self.saved.pop(0)
-            if os.path.exists(old):
+        self.last_periodic = (step, path)
+        if self.is_main:  # count what is on disk, including checkpoints of earlier sessions of the run
+            for old in run_record.step_checkpoints(self.output_dir)[:-self.cfg.keep_checkpoint_max]:
                 os.remove(old)
+        return path
 
     def _resume(self, resume):
-        paths = find_latest_checkpoint(self.output_dir) if resume == "auto" else [resume]
+        record = run_record.read_run(self.output_dir)
+        paths = run_record.training_checkpoints(self.output_dir) if resume == "auto" else [resume]
         if resume == "auto" and not paths:
             self.logger.info(f"resume_ckpt auto: no checkpoint in {self.output_dir}, starting fresh")
+            self.run_id = run_record.claim_fresh(self.output_dir, self.cfg, self.is_main)
             self._check_same_start()
             return
         errors = []
         for path in paths:
             try:
                 params, meta, pruner_state = checkpoint.load(path)
+                if resume == "auto" and record and meta.get("run_id") != record["run_id"]:
+                    raise checkpoint.CheckpointError(f"{path} belongs to another run (run id "
+                                                     f"{meta.get('run_id')}, this directory's run is "
+                                                     f"{record['run_id']})")
+                run_record.check_recipe(path, meta, self.cfg)
                 checkpoint.load_into(self.train_step, params, path, strict=True)
             except checkpoint.CheckpointError as err:
                 if resume != "auto":
@@ -329,18 +363,28 @@ class Trainer:
                 self.logger.warning(f"resume_ckpt auto: skipping unusable checkpoint {path}, falling "
                                     f"back to the previous one: {err}")
                 continue
-            if meta.get("steps_per_epoch") != self.steps_per_epoch:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint {path} was made with {meta.get('steps_per_epoch')} steps per epoch, "
-                    f"this run has {self.steps_per_epoch} (batch_size or train_samples changed)")
-            self.pruner.load_state_dict(pruner_state)
-            self.start_step = int(meta["step"])
-            self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
-            self.logger.info(f"resumed from {path} at step {self.start_step} "
-                             f"(epoch {self.start_step // self.steps_per_epoch})")
-            self._check_same_start()
+            self._continue_from(path, meta, pruner_state, record)
             return
         raise checkpoint.CheckpointError(f"no usable checkpoint in {self.output_dir}: {errors[-1]}")
+
+    def _continue_from(self, path, meta, pruner_state, record):
+        if meta.get("steps_per_epoch") != self.steps_per_epoch:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path} was made with {meta.get('steps_per_epoch')} steps per epoch, "
+                f"this run has {self.steps_per_epoch} (batch_size or train_samples changed)")
+        self.run_id = meta.get("run_id") or run_record.new_run_id()
+        if record and record["run_id"] != self.run_id and run_record.training_checkpoints(self.output_dir):
+            raise ConfigError(f"output_dir {self.output_dir} holds another run's checkpoints; continue "
+                              f"{path} in an empty --output_dir")
+        if self.is_main:
+            run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
+        self.pruner.load_state_dict(pruner_state)
+        self.start_step = int(meta["step"])
+        self._advance_schedule(self.start_step)  # checkpoints of older versions lag behind
+        self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
+        self.logger.info(f"resumed from {path} at step {self.start_step} "
+                         f"(epoch {self.start_step // self.steps_per_epoch})")
+        self._check_same_start()
 
     def _check_same_start(self):
         """Data-parallel resume: every worker must continue from the same step (a collective call)."""
@@ -353,6 +397,22 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"workers resumed from different steps ({int(steps.min())} to {int(steps.max())}): "
                 f"every worker must see the same checkpoints in {self.output_dir} (shared storage)")
+
+    def _stop_requested(self, step):
+        """Whether to stop after ``step``; data-parallel workers agree (a collective call every
+        log_interval steps, so that all of them stop at the same step)."""
+        if not self.cfg.run_distribute:
+            return self.stop.requested
+        if step % self.cfg.log_interval:
+            return False
+        return bool(all_reduce(np.array([float(self.stop.requested)], np.float32))[0] > 0)
+
+    def _interrupt(self, step):
+        saved_step, path = self.last_periodic
+        if saved_step != step:
+            path = self._save_periodic(step)
+        raise Interrupted(f"interrupted at step {step}/"
+                          f"{self.total_steps}; saved {path}; resume with --resume_ckpt auto")
 
     # --- evaluation -------------------------------------------------------------------------
     def _evaluate(self, epoch, step):
@@ -372,8 +432,23 @@ class Trainer:
         return result
 
     # --- the loop ---------------------------------------------------------------------------
+    def _iteration(self, epoch, step, image, label):
+        """One training iteration; returns its loss."""
+        loss = self.pruner.before_step(step, (image, label), self.ctx)
+        if loss is None:
+            loss = float(self.train_step(image, label).asnumpy())
+        else:
+            self._advance_schedule(step + 1)
+        require_finite_loss(loss, step + 1, f" (epoch {epoch + 1})")
+        self.pruner.after_step(step, self.ctx)
+        return loss
+
     def train(self):
         cfg, log = self.cfg, self.logger
+        if self.start_step >= self.total_steps:
+            log.info(f"the run in {self.output_dir} is already complete ({self.start_step} of "
+                     f"{self.total_steps} steps): nothing to train")
+            return None
         log.info(f"{cfg.net} on {cfg.dataset}: {self.steps_per_epoch} steps/epoch x {cfg.epoch_size} "
                  f"epochs, batch {cfg.batch_size} x {self.group_size} device(s), "
                  f"prune_method {cfg.prune_method}")
@@ -384,15 +459,11 @@ class Trainer:
             data = self.train_data if epoch == 0 else self._dataset(training=True, epoch=epoch)
             skip = step - epoch * self.steps_per_epoch
             window_start, window_images = time.time(), 0
-            for index, (image, label) in enumerate(data.create_tuple_iterator(num_epochs=1)):
+            for index, (image, label) in enumerate(batches(data)):
                 if index < skip:
                     continue
                 self.ctx.epoch, self.ctx.step = epoch, step
-                loss = self.pruner.before_step(step, (image, label), self.ctx)
-                if loss is None:
-                    loss = float(self.train_step(image, label).asnumpy())
-                require_finite_loss(loss, step + 1, f" (epoch {epoch + 1})")
-                self.pruner.after_step(step, self.ctx)
+                loss = self._iteration(epoch, step, image, label)
                 step += 1
                 window_images += image.shape[0] * self.group_size
                 if step % cfg.log_interval == 0 or step == self.total_steps:
@@ -403,6 +474,9 @@ class Trainer:
                              f"loss {loss:.4f} lr {self.lrs[step - 1]:.6f} "
                              f"img/s {window_images / elapsed:.1f}{extra}")
                     window_start, window_images = time.time(), 0
+                # at an epoch's end the epoch hooks run first (a resume starts after them)
+                if step % self.steps_per_epoch and self._stop_requested(step):
+                    self._interrupt(step)
                 # checkpoints at an epoch's end are written after the epoch hooks below
                 if cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0 \
                         and step % self.steps_per_epoch != 0:
@@ -416,6 +490,8 @@ class Trainer:
             step_due = cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0
             if not last_epoch and ((epoch + 1) % cfg.save_checkpoint_epochs == 0 or step_due):
                 self._save_periodic(step)
+            if not last_epoch and self._stop_requested(step):
+                self._interrupt(step)
         self._save(os.path.join(self.output_dir, "last.ckpt"), step)
         dump_dir = os.environ.get("PRUNE_DUMP_RANK_STATE")
         if dump_dir:  # debugging aid, see the module docstring

@@ -6,8 +6,10 @@ import subprocess
 
 import numpy as np
 import pytest
+
 from PIL import Image
 
+from src.config import ConfigError
 from src.dataset import DataError, create_dataset, dataset_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,8 +140,9 @@ def test_fashion_num_samples_takes_the_first_samples(fashion):
     np.testing.assert_array_equal(fashion_ids(images), TEST_IDS[:5])
     images, _, _ = collect(create_dataset("fashion_mnist", fashion, True, 4, num_samples=12))
     assert sorted(fashion_ids(images)) == list(TRAIN_IDS[:12])
-    images, _, _ = collect(create_dataset("fashion_mnist", fashion, False, 8, num_samples=1000))
-    assert len(images) == len(TEST_IDS)
+    # more than the split holds would silently train on less: a configuration error
+    with pytest.raises(ConfigError, match="eval_samples"):
+        create_dataset("fashion_mnist", fashion, False, 8, num_samples=1000)
 
 
 @pytest.mark.parametrize("num_samples", [0, 10])

@@ -21,6 +21,21 @@ def digest(path):
         return hashlib.sha256(handle.read()).hexdigest()
 
 
+def mask_sparsity_and_leaks(path):
+    """(fraction of zeros in the masks, number of non-zero weights where the mask is 0)."""
+    params = {k: v for k, v in ms.load_checkpoint(str(path)).items() if not isinstance(v, str)}
+    masks = {k[len("pruning_mask."):]: v.asnumpy() for k, v in params.items() if k.startswith("pruning_mask.")}
+    zeros = sum(int((m == 0).sum()) for m in masks.values()) / sum(m.size for m in masks.values())
+    leaks = sum(int(np.count_nonzero(params[n].asnumpy()[m == 0])) for n, m in masks.items())
+    return zeros, leaks
+
+
+def schedule_position(path):
+    """(optimizer step counter, iterations run) stored in a training checkpoint."""
+    raw = ms.load_checkpoint(str(path))
+    return int(raw["global_step"].asnumpy().reshape(-1)[0]), int(json.loads(raw["meta.step"]))
+
+
 def prunable_zero_fraction(path):
     params = ms.load_checkpoint(str(path))
     arrays = [v.asnumpy() for k, v in params.items()
@@ -71,7 +86,13 @@ def test_rpg_contract_reaches_exact_sparsity(fashion_dir, tmp_path):
     proc = run_script("train.py", "--config_path", RPG, "--data_path", fashion_dir, "--output_dir",
                       tmp_path, *SHORT, "--batch_size", "32", "--delta", "2")
     assert "rpg mask update" in proc.stdout and "rank loss" in proc.stdout
-    assert abs(prunable_zero_fraction(tmp_path / "last.ckpt") - 0.9) < 1e-5
+    # 16 iterations, 6 of them mask updates without an optimizer step: the learning-rate schedule
+    # is still indexed by iteration (it used to fall one step behind per update)
+    assert schedule_position(tmp_path / "last.ckpt") == (16, 16)
+    # the masks hold exactly round(0.9 N) zeros; a kept weight may also be 0 (regrown, no gradient)
+    zeros, leaks = mask_sparsity_and_leaks(tmp_path / "last.ckpt")
+    assert abs(zeros - 0.9) < 1e-5 and leaks == 0
+    assert 0.9 - 1e-5 < prunable_zero_fraction(tmp_path / "last.ckpt") < 0.9 + 1e-4
     report = tmp_path / "layers.png"
     proc = run_script("eval.py", "--config_path", RPG, "--ckpt", tmp_path / "last.ckpt", "--data_path",
                       fashion_dir, "--eval_samples", "256", "--report_png", report,
@@ -89,6 +110,7 @@ def test_gmp_reaches_target(fashion_dir, tmp_path):
     proc = run_script("train.py", "--config_path", GMP, "--data_path", fashion_dir, "--output_dir",
                       tmp_path, *SHORT, "--batch_size", "32", "--gmp_frequency", "3")
     assert "gmp mask update" in proc.stdout
+    assert schedule_position(tmp_path / "last.ckpt") == (16, 16)
     assert abs(prunable_zero_fraction(tmp_path / "last.ckpt") - 0.9) < 1e-5
 
 
@@ -128,7 +150,7 @@ def _one_line_failure(proc, *words):
 def test_bad_inputs_leave_outputs_intact(dense_run, fashion_dir, tmp_path):
     ckpt = dense_run / "last.ckpt"
     before = digest(ckpt)
-    train = ["train.py", "--config_path", DENSE, "--output_dir", dense_run, *SHORT]
+    train = ["train.py", "--config_path", DENSE, "--output_dir", tmp_path / "fresh", *SHORT]
     _one_line_failure(run_script(*train, "--data_path", tmp_path / "nowhere", check=False), "nowhere")
     (tmp_path / "empty").mkdir()
     _one_line_failure(run_script(*train, "--data_path", tmp_path / "empty", check=False), "empty")
@@ -156,4 +178,7 @@ def test_bad_inputs_leave_outputs_intact(dense_run, fashion_dir, tmp_path):
     assert json.loads(json_out.read_text()) == {"keep": 1}
     _one_line_failure(run_script(*train, "--data_path", fashion_dir, "--resume_ckpt", junk,
                                  check=False), "junk.ckpt")
+    # a fresh run into the finished run's folder is refused before anything is written
+    _one_line_failure(run_script("train.py", "--config_path", DENSE, "--output_dir", dense_run, *SHORT,
+                                 "--data_path", fashion_dir, check=False), "already holds")
     assert digest(ckpt) == before

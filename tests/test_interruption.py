@@ -49,7 +49,7 @@ def assert_same_final_state(path, reference):
         if name in masks:
             assert np.array_equal(got[name], value), f"mask {name} differs"
         else:
-            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+            assert np.array_equal(got[name], value), f"{name} differs"  # resume is bit-exact
 
 
 def step_of(path):
@@ -102,8 +102,9 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, fashion_dir, tmp_p
 def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    for step in (12, 15):
+    for step in (3, 6, 9, 12, 15):
         shutil.copy(reference / f"resnet20_rpg_step{step}.ckpt", out)
+    shutil.copy(reference / "run.json", out)
     newest = out / "resnet20_rpg_step15.ckpt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     # a temporary file left by a writer killed mid-save is never taken for a checkpoint
@@ -117,9 +118,12 @@ def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path
     lines = error_lines(proc)
     assert len(lines) == 1 and str(newest) in lines[0] and "corrupt" in lines[0], lines
 
-    # auto: warn naming the file, resume from the previous good one, reach the same final state
-    proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out,
+    # auto: warn naming the file, resume from the previous good one, reach the same final state;
+    # keep_checkpoint_max counts the checkpoints already on disk, not only those of this session
+    keep_two = [("2" if previous == "--keep_checkpoint_max" else a) for previous, a in zip([""] + TINY, TINY)]
+    proc = run_script("train.py", *keep_two, "--data_path", fashion_dir, "--output_dir", out,
                       "--resume_ckpt", "auto")
+    assert [step_of(p) for p in step_checkpoints(out)] == [12, 15]
     warnings = [line for line in proc.stdout.splitlines() if "skipping unusable checkpoint" in line]
     assert len(warnings) == 1 and str(newest) in warnings[0], proc.stdout[-2000:]
     assert f"resumed from {out / 'resnet20_rpg_step12.ckpt'} at step 12" in proc.stdout
@@ -138,8 +142,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(reference, fashion
     ms.save_checkpoint([{"name": k, "data": v} for k, v in net.items()], str(poisoned))
 
     out = tmp_path / "run"
-    args = ["train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out, "--prune_method",
-            "none", "--pre_trained", poisoned, "--save_checkpoint_steps", "1"]
+    every_step = [("1" if previous == "--save_checkpoint_steps" else a) for previous, a in zip([""] + TINY, TINY)]
+    args = ["train.py", *every_step, "--data_path", fashion_dir, "--output_dir", out, "--prune_method",
+            "none", "--pre_trained", poisoned]
     proc = run_script(*args, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = error_lines(proc)
@@ -162,3 +167,48 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(reference, fashion
     assert f"at step {bad_step} " in error_lines(proc)[0]
     assert digest(good) == before
     assert step_checkpoints(out) == saved
+
+
+def start_in_own_session(args, out_log=None):
+    """Start train.py as a terminal would: its own process group, so Ctrl-C reaches every process."""
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
+    return subprocess.Popen([sys.executable, "train.py", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_ctrl_c_saves_and_resume_matches_uninterrupted(reference, fashion_dir, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = start_in_own_session([*TINY, "--data_path", fashion_dir, "--output_dir", out])
+    log = out / "train.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and "step 5/16" in log.read_text()):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    match = re.fullmatch(r"interrupted at step (\d+)/16; saved (\S+); resume with "
+                         r"--resume_ckpt auto", lines[0])
+    assert match, lines[0]
+    stopped, saved = int(match.group(1)), match.group(2)
+    assert 5 <= stopped < 16 and saved == str(out / f"resnet20_rpg_step{stopped}.ckpt")
+    assert step_checkpoints(out)[-1] == out / f"resnet20_rpg_step{stopped}.ckpt"
+    assert not (out / "last.ckpt").exists()
+
+    proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out,
+                      "--resume_ckpt", "auto")
+    assert f"resumed from {saved} at step {stopped}" in proc.stdout
+    assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
+
+
+def test_ctrl_c_during_start_up_is_one_line(fashion_dir, tmp_path):
+    proc = start_in_own_session([*TINY, "--data_path", fashion_dir, "--output_dir", tmp_path / "o"])
+    time.sleep(1.5)  # importing MindSpore or building the graph
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("interrupted"), lines[0]

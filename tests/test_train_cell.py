@@ -63,3 +63,33 @@ def test_gradient_energy_accumulates_per_filter():
     energy = step.energy[0].asnumpy()
     assert energy.shape == (16,)
     np.testing.assert_allclose(energy, expected, rtol=1e-4, atol=1e-12)
+
+
+def _train_with_loss_scale(loss_scale, steps=16):
+    """Weights and gradient energy after ``steps`` masked steps with a static loss scale."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(0)
+    net = build_resnet("resnet20", 10, 1)
+    names = prunable_weight_names(net)
+    energy_name = "layer1.0.conv1.weight"
+    opt = nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9, weight_decay=1e-3,
+                      loss_scale=loss_scale)
+    step = MaskedTrainStep(LossCell(net, nn.CrossEntropyLoss()), opt, names, [energy_name])
+    step.set_train(True)
+    rng = np.random.default_rng(5)
+    for mask in step.masks:
+        mask.set_data(Tensor((rng.random(mask.shape) > 0.5).astype(np.float32)))
+    losses = [float(step(*_batch(i)).asnumpy()) for i in range(steps)]
+    return {p.name: p.asnumpy() for p in net.trainable_params()}, step.energy[0].asnumpy(), losses
+
+
+def test_static_loss_scale_gives_the_unscaled_update():
+    # loss_scale multiplies the loss in the train step and the optimizer divides the gradients
+    # (and its weight decay compensates), so the trajectory is the unscaled one
+    plain, plain_energy, plain_losses = _train_with_loss_scale(1.0)
+    scaled, scaled_energy, scaled_losses = _train_with_loss_scale(1024.0)
+    np.testing.assert_allclose(scaled_losses, plain_losses, rtol=1e-3)
+    np.testing.assert_allclose(scaled_energy, plain_energy, rtol=1e-3)
+    for name, value in plain.items():
+        change = np.linalg.norm(scaled[name] - value) / max(np.linalg.norm(value), 1e-12)
+        assert change < 1e-3, (name, change)

@@ -2,6 +2,7 @@
 list of mask-update steps, state for resume, the final sparsity check."""
 import numpy as np
 
+from src.config import ConfigError
 from src.errors import TrainingError
 from src.pruning.base import Pruner, prunable_weight_names, sparsity_of
 
@@ -27,7 +28,8 @@ class HardMaskPruner(Pruner):
         super().__init__(cfg, net, steps_per_epoch, logger)
         self.names = prunable_weight_names(net, cfg.prune_include, cfg.prune_exclude)
         if not self.names:
-            raise ValueError("prune_include/prune_exclude leave no prunable weight")
+            raise ConfigError(f"config keys 'prune_include' / 'prune_exclude': {cfg.prune_include} / "
+                              f"{cfg.prune_exclude} select no conv or FC weight of {cfg.net}")
         self.final_density = 1.0 - cfg.sparsity
         self.update_steps = []
         self.updates_done = 0

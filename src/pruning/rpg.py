@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
 from src.config import ConfigError, Key, add_keys
-from src.errors import require_finite_loss
+from src.errors import TrainingError, require_finite_loss
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.mask_ops import drop_and_grow, global_magnitude_masks
 from src.pruning.rank_loss import layer_rank_terms, rank_loss_from_targets, rank_targets_numpy
@@ -81,11 +81,15 @@ class RPGPruner(HardMaskPruner):
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
+        if cfg.iterative_T_end_percent > cfg.T_end_percent:
+            raise ConfigError(f"config key 'iterative_T_end_percent': got {cfg.iterative_T_end_percent}, "
+                              f"expected at most T_end_percent ({cfg.T_end_percent}): the density must "
+                              "reach its target before mask updates stop")
         try:
             self.update_steps, self.total_updates = rpg_update_steps(
                 self.total_steps, cfg.delta, cfg.T_end_percent, cfg.iterative_T_end_percent)
         except ValueError as err:
-            raise ConfigError(f"config key 'delta': {err}") from None
+            raise ConfigError(f"config keys 'delta' / 'T_end_percent': {err}") from None
         self.t_end = int(cfg.T_end_percent * self.total_steps + 1e-9)  # floored, as the reference
         params = {p.name: p for p in net.trainable_params()}
         self.conv_names = [n for n in self.names if len(params[n].shape) == 4]
@@ -109,8 +113,13 @@ class RPGPruner(HardMaskPruner):
         _, task, extra, grads = self.grad_cell(*batch)
         task = float(task.asnumpy())
         require_finite_loss(task, step + 1, " (an RPG mask update)")  # before NaNs reach the masks
-        rank = float(extra.asnumpy()) / cfg.lamb if self.rank_term is not None else float("nan")
+        rank = float(extra.asnumpy()) / cfg.lamb if self.rank_term is not None else None
         grads = {name: g.asnumpy() for name, g in zip(self.names, grads)}
+        bad = [name for name, grad in grads.items() if not np.isfinite(grad).all()]
+        if bad:  # a NaN input can leave the loss finite; the masks must not be built from NaN
+            raise TrainingError(f"non-finite dense gradient for {len(bad)} weight(s) (first: {bad[0]}) at "
+                                f"step {step + 1} (an RPG mask update); stopping. The last good "
+                                "checkpoint is left as it was: check the data or lower lr_max")
         if self.rank_term is not None:
             failed = [n for n, ok in zip(self.conv_names, self.rank_term.ok_flags.asnumpy()) if ok < 0.5]
             if failed:
@@ -134,9 +143,13 @@ class RPGPruner(HardMaskPruner):
         sparsity = self.install(masks, ctx)
         loss = task
         if cfg.rpg_apply_update_step:
+            if self.rank_term is not None and not self.rank_term.in_graph:
+                # the step's rank loss must see the pruned weights, not the pre-update ones
+                pruned = ctx.get_weights(self.conv_names)
+                self.rank_term.set_host_targets([pruned[n] for n in self.conv_names])
             loss = ctx.train_step_with_extra_loss(batch, "rpg", self.rank_term)
         self.logger.info(f"rpg mask update {index}/{len(self.update_steps)} at step {step}: "
                          f"target density {self.target_density:.6f} sparsity {sparsity:.6f} "
                          f"drop fraction {fraction:.4f} regrown {regrown} task loss {task:.4f} "
-                         f"rank loss {rank:.6f}")
+                         f"rank loss {'off' if rank is None else f'{rank:.6f}'}")
         return loss

@@ -66,6 +66,9 @@ class MaskedTrainStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.optimizer = optimizer
+        # Static loss scaling: the loss is multiplied here and the optimizer (built with the same
+        # ``loss_scale``) divides the gradients, so the update equals the unscaled one.
+        self.loss_scale = float(optimizer.loss_scale)
         self.weights = optimizer.parameters
         self.extra_loss = extra_loss
         self.has_extra_loss = extra_loss is not None
@@ -100,15 +103,16 @@ class MaskedTrainStep(nn.Cell):
         loss = self.loss_cell(image, label)
         if self.has_extra_loss:
             loss = loss + self.extra_loss()
-        return loss
+        return loss * self.loss_scale
 
     def construct(self, image, label):
         loss, grads = self.grad_fn(image, label)
+        loss = loss / self.loss_scale
         if self.use_reducer:
             grads = self.reducer(grads)
             loss = self.loss_mean(loss)
         for k in range(self.num_energy):
-            grad = grads[self.energy_slot[k]]
+            grad = grads[self.energy_slot[k]] / self.loss_scale
             ops.assign_add(self.energy[k], ops.reduce_sum(grad * grad, (1, 2, 3)))
         if self.num_masks > 0:
             masked = ()

@@ -1,0 +1,191 @@
+"""Bad input, table-driven: every case ends with one line on stderr, the documented exit code, no
+traceback, and leaves every file that existed before the command byte-identical.
+
+MindSpore's own log lines are switched off (GLOG_v=4), as the README tells users who want a quiet
+console; what remains on stderr is the project's one line.
+"""
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
+RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
+TINY = ["--epoch_size", "1", "--train_samples", "64", "--batch_size", "32", "--eval_samples", "32",
+        "--num_parallel_workers", "1"]
+
+
+def run(args, cwd=ROOT, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
+    for name in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
+        env.pop(name, None)
+    env.update(env_extra or {})
+    command = [sys.executable, *args] if args[0].endswith(".py") else ["bash", *args]
+    return subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
+
+
+def snapshot(*folders):
+    """sha256 of every file under the folders."""
+    found = {}
+    for folder in folders:
+        for base, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(base, name)
+                with open(path, "rb") as handle:
+                    found[path] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def finished_run(fashion_dir, tmp_path_factory):
+    """A finished tiny dense run (2 steps) to point bad commands at."""
+    out = tmp_path_factory.mktemp("finished")
+    proc = run(["train.py", "--config_path", DENSE, "--data_path", fashion_dir, "--output_dir", out, *TINY])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture
+def places(tmp_path, fashion_dir, finished_run):
+    """Paths the cases refer to; files of the wrong kind, read-only files, a broken image folder."""
+    (tmp_path / "a_file").write_text("x")
+    readonly = tmp_path / "readonly.json"
+    readonly.write_text("{}")
+    readonly.chmod(stat.S_IRUSR)
+    (tmp_path / "dup.yaml").write_text("net: resnet20\nbatch_size: 32\nbatch_size: 64\n")
+    from PIL import Image
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "imagenet" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(
+                    tmp_path / "imagenet" / split / cls / f"{i}.JPEG")
+    (tmp_path / "imagenet" / "train" / "b" / "1.JPEG").write_bytes(b"this is not a jpeg" * 20)
+    (tmp_path / "gpu.yaml").write_text(open(DENSE).read().replace("device_target: CPU", "device_target: GPU"))
+    return {"tmp": tmp_path, "data": fashion_dir, "run": finished_run}
+
+
+def train(*extra, config=RPG, out="{tmp}/out"):
+    return ["train.py", "--config_path", config, "--data_path", "{data}", "--output_dir", out, *TINY, *extra]
+
+
+def evaluate(*extra):
+    return ["eval.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt", *extra]
+
+
+# (id, command, exit code, a fragment of the one stderr line)
+# Mistakes in the recipe or the command line, caught while parsing, before MindSpore starts: run
+# in this process through the entry script's own main() and error handling (fast).
+PARSE_CASES = [
+    ("lamb-nan", train("--lamb", "nan"), 2, "'lamb'"),
+    ("sparsity-nan", train("--sparsity", "nan"), 2, "'sparsity'"),
+    ("alpha-nan", train("--alpha", "nan"), 2, "'alpha'"),
+    ("lr-max-nan", train("--lr_max", "nan"), 2, "'lr_max'"),
+    ("lr-max-inf", train("--lr_max", "inf"), 2, "'lr_max'"),
+    ("loss-scale-nan", train("--loss_scale", "NaN"), 2, "'loss_scale'"),
+    ("key-twice-command-line", train("--batch_size", "16"), 2, "given twice"),
+    ("key-twice-yaml", ["train.py", "--config_path", "{tmp}/dup.yaml"], 2, "given twice"),
+    ("width-on-imagenet-net", train("--net", "resnet18", "--width_multiplier", "2"), 2, "width_multiplier"),
+    ("width-rounds-to-zero", train("--width_multiplier", "0.01"), 2, "width_multiplier"),
+    ("channels-mismatch", train("--in_channels", "3"), 2, "in_channels"),
+    ("distribute-without-launcher", train("--run_distribute", "true"), 2, "launcher"),
+    ("output-dir-is-a-file", train(out="{tmp}/a_file"), 2, "not a directory"),
+    ("output-dir-under-a-file", train(out="{tmp}/a_file/sub"), 2, "is a file"),
+    ("eval-json-out-is-a-dir", evaluate("--json_out", "{tmp}"), 2, "is a directory"),
+    ("eval-json-out-missing-dir", evaluate("--json_out", "{tmp}/missing/r.json"), 2, "does not exist"),
+    ("eval-report-png-read-only", evaluate("--report_png", "{tmp}/readonly.json"), 2, "read-only"),
+]
+# Mistakes that need the data, the network or a checkpoint to be seen: real processes.
+RUN_CASES = [
+    ("iterative-end-after-end", train("--T_end_percent", "0.5", "--iterative_T_end_percent", "0.6"), 2,
+     "iterative_T_end_percent"),
+    ("no-update-fits", train("--delta", "1000"), 2, "T_end_percent"),
+    ("prune-include-selects-nothing", train("--prune_include", "nothing*"), 2, "prune_include"),
+    ("train-samples-beyond-data", train("--train_samples", "1000000"), 2, "train_samples"),
+    ("device-missing", train("--device_target", "GPU"), 2, "GPU"),
+    ("fresh-run-into-finished-run", train(config=DENSE, out="{run}"), 2, "already holds"),
+    ("resume-with-other-recipe", train("--resume_ckpt", "auto", "--delta", "1", "--T_end_percent", "1",
+                                       "--iterative_T_end_percent", "1", out="{run}"), 2, "prune_method"),
+    ("resume-other-sparsity", train("--resume_ckpt", "{run}/last.ckpt", "--sparsity", "0.5", config=DENSE,
+                                    out="{run}"), 2, "sparsity"),
+    ("undecodable-image", ["train.py", "--config_path", DENSE, "--dataset", "imagenet", "--net", "resnet18",
+                           "--in_channels", "3", "--image_size", "32", "--batch_size", "4", "--data_path",
+                           "{tmp}/imagenet", "--output_dir", "{tmp}/out", "--shortcut", "B"], 1, "1.JPEG"),
+    ("eval-missing-checkpoint", ["eval.py", "--config_path", DENSE, "--data_path", "{data}",
+                                 "--ckpt", "{tmp}/nothing.ckpt"], 1, "not found"),
+]
+
+
+def in_process(args, capsys, monkeypatch):
+    """Run an entry script's main() as its ``__main__`` does; returns (exit code, stderr)."""
+    import importlib
+    module = importlib.import_module(args[0][:-len(".py")])
+    monkeypatch.setattr(sys, "argv", args)
+    from src.cli import run as run_entry
+    with pytest.raises(SystemExit) as stop:
+        run_entry(module.main)
+    return stop.value.code, capsys.readouterr().err
+
+
+def check_one_line(code, stderr, want_code, fragment):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == want_code, stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert fragment in lines[0], lines[0]
+
+
+def unchanged(places, before):
+    after = snapshot(places["tmp"], places["run"])
+    return {path: after.get(path) for path in before} == before
+
+
+@pytest.mark.parametrize("command,code,fragment", [c[1:] for c in PARSE_CASES], ids=[c[0] for c in PARSE_CASES])
+def test_recipe_mistake_is_one_line(places, command, code, fragment, capsys, monkeypatch):
+    args = [str(a).format(**places) for a in command]
+    before = snapshot(places["tmp"], places["run"])
+    check_one_line(*in_process(args, capsys, monkeypatch), code, fragment)
+    assert unchanged(places, before)
+
+
+@pytest.mark.parametrize("command,code,fragment", [c[1:] for c in RUN_CASES], ids=[c[0] for c in RUN_CASES])
+def test_bad_input_is_one_line(places, command, code, fragment):
+    args = [str(a).format(**places) for a in command]
+    before = snapshot(places["tmp"], places["run"])
+    proc = run(args)
+    check_one_line(proc.returncode, proc.stderr, code, fragment)
+    assert unchanged(places, before)
+
+
+def test_launcher_keeps_the_recipes_device(places):
+    # the recipe says GPU and the user names no device: the launcher must not train on CPU instead
+    proc = run(["scripts/run_standalone_train.sh", "{tmp}/gpu.yaml".format(**places), "--data_path",
+                places["data"], "--output_dir", str(places["tmp"] / "gpu_out"), *TINY])
+    assert proc.returncode == 2, proc.stderr
+    assert "GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((places["tmp"] / "gpu_out").glob("*.ckpt"))
+
+
+def test_run_eval_never_replaces_an_earlier_result(places, tmp_path):
+    folder = tmp_path / "ckpt_dir"
+    folder.mkdir()
+    ckpt = folder / "last.ckpt"
+    ckpt.write_bytes((places["run"] / "last.ckpt").read_bytes())
+    (folder / "eval.json").write_text('{"top1": 0.5}\n')
+    (folder / "eval.log").write_text("earlier evaluation\n")
+    before = snapshot(folder)
+    failed = run(["scripts/run_eval.sh", DENSE, str(ckpt), "--data_path", str(tmp_path / "no_data")])
+    assert failed.returncode == 1 and "data_path" in failed.stderr
+    assert unchanged({"tmp": folder, "run": folder}, before)
+    assert (folder / "eval_failed.log").exists()
+    done = run(["scripts/run_eval.sh", DENSE, str(ckpt), "--data_path", places["data"],
+                "--eval_samples", "32"])
+    assert done.returncode == 0, done.stderr
+    assert unchanged({"tmp": folder, "run": folder}, before)
+    assert json.loads((folder / "eval_2.json").read_text())["samples"] == 32
