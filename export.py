@@ -22,8 +22,9 @@ class ExportError(RuntimeError):
     """Export failed or its result does not match the checkpoint."""
 
 
-def _export_graph(net, sample, file_name, file_format):
-    """ms.export to a temporary name, then rename: an earlier file is never half-overwritten."""
+def _export_graph(net, sample, file_name, file_format, verify=None):
+    """ms.export to a temporary name, ``verify(temporary path)``, then rename: an earlier file is
+    never half-overwritten, nor replaced by a file that fails its check."""
     import mindspore as ms
     directory = os.path.dirname(os.path.abspath(file_name))
     os.makedirs(directory, exist_ok=True)
@@ -31,6 +32,8 @@ def _export_graph(net, sample, file_name, file_format):
     suffix = FORMATS[file_format]
     try:
         ms.export(net, sample, file_name=tmp_base, file_format=file_format)
+        if verify is not None:
+            verify(tmp_base + suffix)
         os.replace(tmp_base + suffix, file_name + suffix)
     finally:
         if os.path.exists(tmp_base + suffix):
@@ -38,7 +41,7 @@ def _export_graph(net, sample, file_name, file_format):
     return file_name + suffix
 
 
-def _verify_mindir(path, net, sample):
+def _verify_mindir(path, net, sample, shown=None):
     import numpy as np
     import mindspore as ms
     from mindspore import nn
@@ -46,7 +49,7 @@ def _verify_mindir(path, net, sample):
     expected = net(sample).asnumpy()
     got = graph(sample).asnumpy()
     diff = float(np.max(np.abs(expected - got)))
-    print(f"reloaded {path}: max abs difference to the checkpoint network {diff:.3e}")
+    print(f"reloaded {shown or path}: max abs difference to the checkpoint network {diff:.3e}")
     if not diff <= TOLERANCE:
         raise ExportError(f"exported MINDIR differs from the checkpoint network by {diff:.3e} "
                           f"(> {TOLERANCE})")
@@ -110,11 +113,12 @@ def main():
     rng = np.random.default_rng(cfg.seed)
     shape = (batch, cfg.in_channels, size, size)
     sample = Tensor(rng.standard_normal(shape).astype(np.float32))
-    path = _export_graph(net, sample, file_name, file_format)
+    final = file_name + FORMATS[file_format]
+    verify = (lambda tmp: _verify_mindir(tmp, net, sample, shown=final)) \
+        if file_format == "MINDIR" else None
+    path = _export_graph(net, sample, file_name, file_format, verify)
     widths = " (compact widths)" if meta.get("inner_widths") else ""
     print(f"wrote {path}{widths}: input {tuple(sample.shape)}")
-    if file_format == "MINDIR":
-        _verify_mindir(path, net, sample)
 
 
 if __name__ == "__main__":

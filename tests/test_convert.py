@@ -363,3 +363,22 @@ def test_logits_check_failure_writes_nothing(tmp_path, monkeypatch):
     # the same offset under a larger --tolerance passes
     assert conv.convert(str(src), str(out), "resnet18", 10, tolerance=0.05, log=quiet) > 0.005
     assert out.exists()
+
+
+# --- a .pth written once by torch (tests/data/make_torch_fixture.py), read here without it ----
+
+FIXTURE = os.path.join(ROOT, "tests", "data", "torch_state.pth")
+
+
+def test_committed_pth_read_without_torch(monkeypatch):
+    monkeypatch.setattr(conv, "torch_available", lambda: False)
+    with np.load(os.path.join(ROOT, "tests", "data", "torch_state_expected.npz")) as data:
+        expected = {k: data[k] for k in data.files}
+    tensors, fmt = conv.read_input(FIXTURE)   # under "model", with the DataParallel prefix
+    assert fmt == "torch" and set(tensors) == set(expected)
+    for key, value in expected.items():
+        assert tensors[key].dtype == value.dtype, key
+        assert tensors[key].shape == value.shape, key
+        assert tensors[key].tobytes() == np.ascontiguousarray(value).tobytes(), key  # bit for bit
+    raw = conv.read_torch_zip_builtin(FIXTURE)
+    assert raw["epoch"] == 3 and raw["args"].lr == 0.1

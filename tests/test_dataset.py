@@ -286,7 +286,9 @@ def test_fashion_malformed_files(fashion, damage):
         write_idx(images_path, np.zeros((39, 28, 28)))
     message = error_of("fashion_mnist", fashion, True, 8)
     assert images_path in message
-    assert {"magic": "magic number", "truncated": "truncated", "count": "39 images"}.get(damage, "") in message
+    words = {"magic": "magic number", "gzip": "cannot read", "truncated": "truncated",
+             "count": "39 images"}
+    assert words[damage] in message
 
 
 def test_cifar_truncated_and_missing_files(tmp_path):

@@ -16,7 +16,6 @@ def test_psap_contract(fashion_dir, tmp_path):
     proc = run_script("train.py", "--config_path", PSAP, "--data_path", fashion_dir, "--output_dir", out,
                       "--epoch_size", "2", "--train_samples", "512", "--eval_samples", "256",
                       "--batch_size", "32")
-    assert "psap step" in proc.stdout and "protected" in proc.stdout and "regrew" in proc.stdout
     assert (out / "last.ckpt").exists() and (out / "last_compact.ckpt").exists()
 
     result_path = tmp_path / "r.json"

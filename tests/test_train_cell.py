@@ -46,6 +46,8 @@ def test_masked_weights_and_momentum_stay_zero():
         for name, mask in masks.items():
             weight = params[name].asnumpy()
             assert np.all(weight[mask == 0] == 0.0), name
+            # +0.0 bit for bit (a multiplication by the mask would leave -0.0 at negative weights)
+            assert not np.signbit(weight[mask == 0]).any(), name
             assert np.all(moments[name].asnumpy()[mask == 0] == 0.0), name
     kept = params[names[3]].asnumpy()[masks[names[3]] == 1]
     assert np.count_nonzero(kept) == kept.size  # unpruned weights do train

@@ -1,0 +1,234 @@
+"""Mutation check: does the suite notice when the algorithm breaks?
+
+Each mutant is a named breakage (one exact search/replace in one file). For each, the repository
+(src/, tests/, config/, scripts/ and the entry scripts) is copied to a scratch directory, the
+breakage applied there, and only the tests that guard it are run (``pytest -x -q``). A mutant is
+KILLED when those tests fail, SURVIVED when they pass. The unmutated copy is run first on the
+union of the selections (a failing baseline makes every kill meaningless).
+
+    python scripts/mutation_check.py            # all mutants
+    python scripts/mutation_check.py --list
+    python scripts/mutation_check.py --only rpg_no_rank_term evaluate_top1_second_class
+
+Exit code 0 when every mutant is killed, 1 when any survives (or a breakage no longer applies
+because the code moved: update its search text), 2 when the baseline fails.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COPIED = ("src", "tests", "config", "scripts", "train.py", "eval.py", "export.py")
+
+RPG_T = "tests/test_method_rpg.py"
+PSAP_T = "tests/test_method_psap.py"
+PROM_T = "tests/test_promises.py"
+
+
+def m(name, path, old, new, *tests):
+    return {"name": name, "path": path, "old": old, "new": new, "tests": list(tests)}
+
+
+MUTANTS = [
+    # --- the breakages of issue 13 that the suite used to miss -----------------------------
+    m("rpg_no_rank_term", "src/pruning/rpg.py",
+      "if cfg.lamb > 0 and self.conv_names:", "if False:",
+      f"{RPG_T}::test_regrowth_gradient_is_task_plus_lamb_rank"),
+    m("dense_gradient_stop_gradient_on_rank", "src/pruning/train_cell.py",
+      "            extra = self.extra_loss()", "            extra = ops.stop_gradient(self.extra_loss())",
+      f"{RPG_T}::test_regrowth_gradient_is_task_plus_lamb_rank"),
+    m("rpg_drop_fraction_zero", "src/pruning/rpg.py",
+      "fraction = drop_fraction(step, cfg.alpha, self.t_end)", "fraction = 0.0",
+      f"{RPG_T}::test_first_update_masks_match_the_definition"),
+    m("rpg_regrown_not_zeroed", "src/pruning/rpg.py",
+      "            weights[name][~target[name]] = 0.0", "            pass",
+      f"{RPG_T}::test_first_update_masks_match_the_definition"),
+    m("psap_zeroes_highest_scores", "src/pruning/psap.py",
+      "order = np.lexsort((scores[candidates], ~dead[part][candidates]))",
+      "order = np.lexsort((-scores[candidates], ~dead[part][candidates]))",
+      f"{PSAP_T}::test_exactly_the_lowest_scoring_filters_are_zeroed"),
+    m("apply_masks_keeps_momentum", "src/trainer.py",
+      "                moment.set_data(Tensor(np.where(keep, moment.asnumpy(), np.float32(0.0))))",
+      "                pass",
+      f"{PSAP_T}::test_exactly_the_lowest_scoring_filters_are_zeroed"),
+    m("evaluate_top1_second_class", "src/metrics.py",
+      "correct1 += int((top[:, 0] == labels).sum())", "correct1 += int((top[:, 1] == labels).sum())",
+      f"{PROM_T}::test_evaluate_on_planted_logits"),
+    m("best_accepted_before_last_update", "src/pruning/hard_mask.py",
+      "return step > self.last_update_step", "return step >= self.last_update_step",
+      f"{PROM_T}::test_best_accuracy_counts_only_after_the_last_update"),
+    m("final_sparsity_error_disabled", "src/pruning/hard_mask.py",
+      "if abs(achieved - self.cfg.sparsity) > SPARSITY_TOLERANCE:", "if False:",
+      f"{PROM_T}::test_final_sparsity_error_and_its_exit_code"),
+    m("mindir_verification_disabled", "export.py",
+      "if not diff <= TOLERANCE:", "if False:",
+      "tests/test_export.py::test_failed_verification_exits_1_and_keeps_the_earlier_file"),
+    m("masking_by_multiplication", "src/pruning/train_cell.py",
+      "ops.assign(weight, ops.select(keep, weight, ops.zeros_like(weight)))",
+      "ops.assign(weight, weight * self.masks[k])",
+      "tests/test_train_cell.py::test_masked_weights_and_momentum_stay_zero"),
+    m("update_count_boundary", "src/pruning/schedules.py",
+      "sum(1 for t in update_steps if t <= iterative_t_end)",
+      "sum(1 for t in update_steps if t < iterative_t_end)",
+      f"{RPG_T}::test_every_update_reaches_the_scheduled_density"),
+    # --- the other promises of the issue -------------------------------------------------------
+    m("export_renames_before_verifying", "export.py",
+      "        if verify is not None:\n            verify(tmp_base + suffix)\n"
+      "        os.replace(tmp_base + suffix, file_name + suffix)",
+      "        os.replace(tmp_base + suffix, file_name + suffix)\n"
+      "        if verify is not None:\n            verify(file_name + suffix)",
+      "tests/test_export.py::test_failed_verification_exits_1_and_keeps_the_earlier_file"),
+    m("rpg_no_finite_loss_check", "src/pruning/rpg.py",
+      '        require_finite_loss(task, step + 1, " (an RPG mask update)")', "        pass",
+      f"{RPG_T}::test_nan_loss_at_a_mask_update_changes_nothing"),
+    m("checkpoint_crc_not_checked", "src/checkpoint.py",
+      "raw = ms.load_checkpoint(path, crc_check=True)", "raw = ms.load_checkpoint(path, crc_check=False)",
+      f"{PROM_T}::test_bit_flipped_checkpoint_is_refused"),
+    m("checkpoint_written_in_place", "src/checkpoint.py",
+      'tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.ckpt")',
+      "tmp_path = path",
+      f"{PROM_T}::test_checkpoint_writer_failing_mid_write_keeps_the_earlier_file"),
+    m("sparse_written_in_place", "src/sparse_format.py",
+      'tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.npz")',
+      "tmp = path",
+      f"{PROM_T}::test_sparse_writer_failing_mid_write_keeps_the_earlier_file"),
+    # --- spot checks: a subject replaced by a constant or a no-op ------------------------------
+    m("const_evaluate", "src/metrics.py",
+      'return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss_sum / count,',
+      'return {"top1": 0.5, "top5": 0.75, "loss": 1.0,',
+      f"{PROM_T}::test_evaluate_on_planted_logits"),
+    m("noop_global_magnitude_masks", "src/pruning/mask_ops.py",
+      "    keep = _top_k_mask(flat, k)\n", "    keep = np.ones(flat.size, dtype=bool)\n",
+      f"{RPG_T}::test_first_update_masks_match_the_definition"),
+    m("noop_drop_and_grow", "src/pruning/mask_ops.py",
+      "    new_mask = kept | regrown\n", "    new_mask = target_mask.copy()\n",
+      f"{RPG_T}::test_first_update_masks_match_the_definition"),
+    m("const_exponential_density", "src/pruning/schedules.py",
+      "    return d ** (r / big_r)", "    return d",
+      f"{RPG_T}::test_every_update_reaches_the_scheduled_density"),
+    m("const_filter_score_l2", "src/pruning/psap.py",
+      "        return np.sqrt(np.sum(flat ** 2, axis=1))", "        return np.zeros(flat.shape[0])",
+      f"{PSAP_T}::test_exactly_the_lowest_scoring_filters_are_zeroed"),
+    m("noop_protected_filters", "src/pruning/psap.py",
+      "    return energy_zeroed > tau * float(np.median(energy_kept))",
+      "    return np.zeros(energy_zeroed.shape, dtype=bool)",
+      f"{PSAP_T}::test_protection_keeps_the_planted_filter"),
+    m("noop_psap_apply_masks", "src/pruning/psap.py",
+      "        ctx.apply_masks(masks)\n", "        pass\n",
+      f"{PSAP_T}::test_exactly_the_lowest_scoring_filters_are_zeroed"),
+    m("noop_canonical_zeros", "src/sparse_format.py",
+      "    return np.where(array == 0, np.float32(0.0), array)", "    return array",
+      f"{PROM_T}::test_sparse_format_round_trip_bit_for_bit"),
+    m("noop_read_sparse_values", "src/sparse_format.py",
+      '            flat[nonzero] = data[f"{name}::values"]', "            pass",
+      f"{PROM_T}::test_sparse_format_round_trip_bit_for_bit"),
+    m("const_rank_loss_from_targets", "src/pruning/rank_loss.py",
+      "    return (losses * okf).sum() / ops.maximum(count, ops.ones_like(count))",
+      "    return (losses * okf).sum() * 0.0",
+      f"{RPG_T}::test_regrowth_gradient_is_task_plus_lamb_rank"),
+    m("noop_require_finite_loss", "src/errors.py",
+      "    if not math.isfinite(loss):", "    if False:",
+      f"{RPG_T}::test_nan_loss_at_a_mask_update_changes_nothing"),
+    m("noop_load_into", "src/checkpoint.py",
+      "    ms.load_param_into_net(net, selected, strict_load=False)", "    pass",
+      "tests/test_training_parts.py::test_pretrained_with_other_class_count"),
+    m("noop_install_masks", "src/pruning/hard_mask.py",
+      "        ctx.set_masks({name: mask.astype(np.float32) for name, mask in masks.items()})",
+      "        pass",
+      f"{RPG_T}::test_every_update_reaches_the_scheduled_density"),
+    m("const_sparsity_of", "src/pruning/base.py",
+      "    return zeros / total if total else 0.0", "    return 0.9",
+      f"{PROM_T}::test_final_sparsity_error_and_its_exit_code"),
+]
+
+
+def scratch_copy(destination):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for item in COPIED:
+        source = os.path.join(ROOT, item)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(destination, item), ignore=ignore)
+        else:
+            shutil.copy2(source, destination)
+
+
+def apply(directory, mutant):
+    """Apply the breakage; returns an error text when its search text is not found exactly once."""
+    path = os.path.join(directory, mutant["path"])
+    with open(path) as handle:
+        text = handle.read()
+    found = text.count(mutant["old"])
+    if found != 1:
+        return f"search text found {found} times in {mutant['path']} (code moved? update the mutant)"
+    with open(path, "w") as handle:
+        handle.write(text.replace(mutant["old"], mutant["new"]))
+    return None
+
+
+def run_tests(directory, tests, timeout):
+    env = dict(os.environ, PYTHONPATH=directory, GLOG_v="3", PYTHONWARNINGS="ignore",
+               PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=directory, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, time.time() - start, "timeout"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, time.time() - start, lines[-1] if lines else ""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="names of the mutants to run")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--skip_baseline", action="store_true")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
+    args = parser.parse_args()
+    mutants = [x for x in MUTANTS if not args.only or x["name"] in args.only]
+    if args.only and len(mutants) != len(set(args.only)):
+        known = {x["name"] for x in MUTANTS}
+        parser.error(f"unknown mutant(s): {', '.join(sorted(set(args.only) - known))}")
+    if args.list:
+        for x in mutants:
+            print(f"{x['name']:40s} {x['path']:28s} {' '.join(x['tests'])}")
+        return 0
+
+    if not args.skip_baseline:
+        union = sorted({t for x in mutants for t in x["tests"]})
+        with tempfile.TemporaryDirectory(prefix="mutation_base_") as directory:
+            scratch_copy(directory)
+            code, seconds, last = run_tests(directory, union, args.timeout * 3)
+        print(f"baseline (unmutated, {len(union)} selections): {last} [{seconds:.0f} s]", flush=True)
+        if code != 0:
+            print("baseline fails: fix the suite before reading mutation results")
+            return 2
+
+    survived, stale = [], []
+    for x in mutants:
+        with tempfile.TemporaryDirectory(prefix="mutation_") as directory:
+            scratch_copy(directory)
+            problem = apply(directory, x)
+            if problem:
+                stale.append(x["name"])
+                print(f"STALE     {x['name']}: {problem}", flush=True)
+                continue
+            code, seconds, last = run_tests(directory, x["tests"], args.timeout)
+        verdict = "killed" if code not in (0, None) else ("TIMEOUT" if code is None else "SURVIVED")
+        if code == 0:
+            survived.append(x["name"])
+        print(f"{verdict:9s} {x['name']:40s} [{seconds:5.1f} s] {last}", flush=True)
+    killed = len(mutants) - len(survived) - len(stale)
+    print(f"\n{killed}/{len(mutants)} killed, {len(survived)} survived"
+          + (f": {', '.join(survived)}" if survived else "")
+          + (f"; {len(stale)} stale: {', '.join(stale)}" if stale else ""))
+    return 1 if survived or stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""export.py in-process: the MINDIR computes what the checkpoint network computes (checked here,
+on an input of the test's own); a failed verification exits 1 and leaves an earlier file byte for
+byte; the SPARSE file reads back bit for bit against the checkpoint."""
+import hashlib
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import mindspore as ms
+import pytest
+
+from src import checkpoint
+from src.cli import run
+from src.config import build_config
+from src.models import build_network
+from src.sparse_format import read_sparse
+from tests.conftest import ROOT
+
+DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
+_spec = importlib.util.spec_from_file_location("export_script", os.path.join(ROOT, "export.py"))
+export = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(export)
+
+
+def digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A ResNet-20 checkpoint with non-trivial BN statistics and 90 % zero weights (signs mixed)."""
+    cfg = build_config({"net": "resnet20", "in_channels": 1, "num_classes": 10}, {})
+    ms.set_seed(3)
+    net = build_network(cfg)
+    rng = np.random.default_rng(3)
+    for param in net.get_parameters():
+        value = param.asnumpy()
+        if param.name.endswith("moving_variance"):
+            value = rng.uniform(0.5, 2.0, value.shape)
+        elif param.name.endswith(("moving_mean", "beta")):
+            value = rng.normal(0, 0.1, value.shape)
+        elif param.name.endswith("weight"):
+            value = np.where(rng.random(value.shape) < 0.9, 0.0, value)
+        param.set_data(ms.Tensor(value.astype(np.float32)))
+    path = tmp_path_factory.mktemp("ckpt") / "net.ckpt"
+    checkpoint.save_atomic(net, str(path), meta={"net": "resnet20"})
+    return path
+
+
+def _export(monkeypatch, ckpt, fmt, name):
+    monkeypatch.setattr(sys, "argv", ["export.py", "--config_path", DENSE, "--ckpt", str(ckpt),
+                                      "--file_format", fmt, "--file_name", str(name)])
+    run(export.main, extra_errors=(export.ExportError,))
+
+
+def _reference_net(ckpt):
+    cfg = build_config({"net": "resnet20", "in_channels": 1, "num_classes": 10}, {})
+    net = build_network(cfg)
+    ms.load_param_into_net(net, {k: v for k, v in ms.load_checkpoint(str(ckpt)).items()
+                                 if not k.startswith("meta.")})
+    net.set_train(False)
+    return net
+
+
+def test_mindir_matches_the_checkpoint_network(ckpt, tmp_path, monkeypatch):
+    _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net")
+    assert sorted(os.listdir(tmp_path)) == ["net.mindir"]   # no temporary file left
+    ms.set_context(mode=ms.GRAPH_MODE)
+    graph = ms.nn.GraphCell(ms.load(str(tmp_path / "net.mindir")))
+    x = ms.Tensor(np.random.default_rng(11).standard_normal((1, 1, 28, 28)).astype(np.float32))
+    expected = _reference_net(ckpt)(x).asnumpy()
+    got = graph(x).asnumpy()
+    assert np.abs(expected).max() > 1e-3          # a network that computes something
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_failed_verification_exits_1_and_keeps_the_earlier_file(ckpt, tmp_path, monkeypatch,
+                                                                capsys):
+    _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net")
+    before = digest(tmp_path / "net.mindir")
+    # any difference now fails the check (a forced mismatch between MINDIR and network)
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    with pytest.raises(SystemExit) as stop:
+        _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net")
+    assert stop.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "differs from the checkpoint network" in err[0]
+    assert digest(tmp_path / "net.mindir") == before
+    assert sorted(os.listdir(tmp_path)) == ["net.mindir"]
+
+
+def test_sparse_export_reads_back_bit_for_bit(ckpt, tmp_path, monkeypatch):
+    _export(monkeypatch, ckpt, "SPARSE", tmp_path / "s")
+    restored, meta = read_sparse(str(tmp_path / "s.sparse.npz"))
+    params = {k: v.asnumpy() for k, v in ms.load_checkpoint(str(ckpt)).items()
+              if not k.startswith("meta.")}
+    assert set(restored) == set(params) and meta["net"] == "resnet20"
+    for name, value in params.items():
+        zeroed = np.where(value == 0, np.float32(0.0), value)   # -0.0 is stored as +0.0
+        assert np.array_equal(restored[name].view(np.uint32), zeroed.view(np.uint32)), name
+    assert os.path.getsize(tmp_path / "s.sparse.npz") < 0.3 * os.path.getsize(ckpt)
