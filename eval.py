@@ -1,15 +1,16 @@
 """Evaluate a checkpoint: top-1, top-5, loss, and what pruning did to the network.
 
     python eval.py --config_path CONFIG --ckpt FILE [--data_path DIR] [--json_out R.json] [--report_png P.png]
+                   [--overwrite true]   (an existing --json_out / --report_png is refused without it)
 
 Prints a per-layer table (density, numerical rank of the weight matrix and its rank relative to
 full) for pruned checkpoints, and parameters / FLOPs (MACs) of the dense and the evaluated
 network (smaller for a compact PSAP checkpoint, whose widths are stored in the file).
 """
 from src.cli import run
-from src.config import check_output_path, parse_args
+from src.config import check_output_path, parse_args, parse_bool_flag
 
-FLAGS = {"ckpt": "", "json_out": "", "report_png": ""}
+FLAGS = {"ckpt": "", "json_out": "", "report_png": "", "overwrite": "false"}
 
 
 def main():
@@ -18,8 +19,9 @@ def main():
     if not flags["ckpt"]:
         from src.config import ConfigError
         raise ConfigError("--ckpt FILE is required")
-    check_output_path("--json_out", flags["json_out"])
-    check_output_path("--report_png", flags["report_png"])
+    overwrite = parse_bool_flag("overwrite", flags["overwrite"])
+    check_output_path("--json_out", flags["json_out"], overwrite=overwrite)
+    check_output_path("--report_png", flags["report_png"], overwrite=overwrite)
     from src.dataset import batches, create_dataset
     from src.device import set_up_device
     from src.metrics import evaluate

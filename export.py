@@ -1,8 +1,10 @@
 """Export a checkpoint for deployment.
 
     python export.py --config_path CONFIG --ckpt FILE --file_format MINDIR|ONNX|AIR|SPARSE --file_name NAME
-                     [--export_batch 1]
+                     [--export_batch 1] [--overwrite true]
 
+An existing output file is never replaced unless --overwrite true is given, and then only by a
+file that passed its check (MINDIR: outputs compared with the checkpoint network).
 MINDIR is reloaded after writing and its output compared with the checkpoint network on a random
 batch (fails above 1e-4 max abs difference). AIR needs an Ascend device. SPARSE writes the pruned
 weights as values + a packed bitmask (``NAME.sparse.npz``), reads it back and checks it bit-exact.
@@ -11,9 +13,9 @@ A compact PSAP checkpoint exports the genuinely smaller network.
 import os
 
 from src.cli import run
-from src.config import ConfigError, parse_args
+from src.config import ConfigError, check_output_path, parse_args, parse_bool_flag
 
-FLAGS = {"ckpt": "", "file_format": "MINDIR", "file_name": "", "export_batch": "1"}
+FLAGS = {"ckpt": "", "file_format": "MINDIR", "file_name": "", "export_batch": "1", "overwrite": "false"}
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air", "SPARSE": ".sparse.npz"}
 TOLERANCE = 1e-4
 
@@ -27,7 +29,7 @@ def _export_graph(net, sample, file_name, file_format, verify=None):
     never half-overwritten, nor replaced by a file that fails its check."""
     import mindspore as ms
     directory = os.path.dirname(os.path.abspath(file_name))
-    os.makedirs(directory, exist_ok=True)
+    mode = os.stat(directory).st_mode
     tmp_base = os.path.join(directory, f".{os.path.basename(file_name)}.tmp{os.getpid()}")
     suffix = FORMATS[file_format]
     try:
@@ -38,6 +40,7 @@ def _export_graph(net, sample, file_name, file_format, verify=None):
     finally:
         if os.path.exists(tmp_base + suffix):
             os.remove(tmp_base + suffix)
+        os.chmod(directory, mode)  # MindSpore's ONNX export narrows the folder to 0700
     return file_name + suffix
 
 
@@ -97,13 +100,16 @@ def main():
     if file_format == "AIR" and cfg.device_target != "Ascend":
         raise ConfigError("AIR export needs an Ascend device (device_target Ascend); "
                           "use MINDIR or ONNX on CPU/GPU")
+    check_output_path("--file_name", file_name + FORMATS[file_format],
+                      overwrite=parse_bool_flag("overwrite", flags["overwrite"]))
     import numpy as np
     import mindspore as ms
     from mindspore import Tensor
+    from src.device import set_up_device
     from src.models import network_from_checkpoint
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(cfg.device_target)
+    set_up_device(cfg)
+    ms.set_context(mode=ms.GRAPH_MODE)  # export traces the graph whatever the recipe's mode
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
     if file_format == "SPARSE":
         _export_sparse(net, file_name, flags["ckpt"], meta)

@@ -273,9 +273,10 @@ def check_launcher(cfg):
                           "start it with scripts/run_distribute_train.sh")
 
 
-def check_output_path(key, path, kind="file"):
+def check_output_path(key, path, kind="file", overwrite=False):
     """``path`` must be creatable as a ``kind`` ('file' or 'dir'): an existing entry of the other kind,
-    or a file where a parent folder should be, is a ConfigError naming ``key``."""
+    a file where a parent folder should be, a missing folder (for a file) or an existing file that
+    ``overwrite`` does not allow to replace is a ConfigError naming ``key``."""
     if not path:
         return
     full = os.path.abspath(path)
@@ -283,8 +284,9 @@ def check_output_path(key, path, kind="file"):
         raise ConfigError(f"{key} '{path}' exists and is not a directory")
     if kind == "file" and os.path.isdir(full):
         raise ConfigError(f"{key} '{path}' is a directory, expected a file name")
-    if kind == "file" and os.path.exists(full) and not os.stat(full).st_mode & 0o222:
-        raise ConfigError(f"{key} '{path}' exists and is read-only: not replacing it")
+    if kind == "file" and os.path.exists(full) and not overwrite:
+        raise ConfigError(f"{key} '{path}' exists: not replacing an earlier result (pass --overwrite "
+                          "true to replace it)")
     parent = os.path.dirname(full)
     while parent and not os.path.exists(parent):
         if kind == "file":
@@ -292,6 +294,16 @@ def check_output_path(key, path, kind="file"):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise ConfigError(f"{key} '{path}': {parent} is a file, not a directory")
+
+
+def parse_bool_flag(name, text):
+    """An entry script's own true/false flag (``--overwrite true``)."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"--{name}: got {text!r}, expected true or false")
 
 
 def _check_paths(cfg):

@@ -59,6 +59,7 @@ def places(tmp_path, fashion_dir, finished_run):
     readonly = tmp_path / "readonly.json"
     readonly.write_text("{}")
     readonly.chmod(stat.S_IRUSR)
+    (tmp_path / "existing.sparse.npz").write_bytes(b"an earlier export")
     (tmp_path / "dup.yaml").write_text("net: resnet20\nbatch_size: 32\nbatch_size: 64\n")
     from PIL import Image
     for split in ("train", "val"):
@@ -100,7 +101,13 @@ PARSE_CASES = [
     ("output-dir-under-a-file", train(out="{tmp}/a_file/sub"), 2, "is a file"),
     ("eval-json-out-is-a-dir", evaluate("--json_out", "{tmp}"), 2, "is a directory"),
     ("eval-json-out-missing-dir", evaluate("--json_out", "{tmp}/missing/r.json"), 2, "does not exist"),
-    ("eval-report-png-read-only", evaluate("--report_png", "{tmp}/readonly.json"), 2, "read-only"),
+    ("eval-json-out-exists", evaluate("--json_out", "{tmp}/readonly.json"), 2, "--overwrite true"),
+    ("export-file-name-missing-dir", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                      "--file_name", "{tmp}/missing/net"], 2, "does not exist"),
+    ("export-file-name-exists", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                 "--file_format", "SPARSE", "--file_name", "{tmp}/existing"], 2, "exists"),
+    ("export-overwrite-not-bool", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                   "--overwrite", "maybe"], 2, "--overwrite"),
 ]
 # Mistakes that need the data, the network or a checkpoint to be seen: real processes.
 RUN_CASES = [

@@ -49,9 +49,9 @@ def ckpt(tmp_path_factory):
     return path
 
 
-def _export(monkeypatch, ckpt, fmt, name):
+def _export(monkeypatch, ckpt, fmt, name, *extra):
     monkeypatch.setattr(sys, "argv", ["export.py", "--config_path", DENSE, "--ckpt", str(ckpt),
-                                      "--file_format", fmt, "--file_name", str(name)])
+                                      "--file_format", fmt, "--file_name", str(name), *extra])
     run(export.main, extra_errors=(export.ExportError,))
 
 
@@ -83,7 +83,7 @@ def test_failed_verification_exits_1_and_keeps_the_earlier_file(ckpt, tmp_path, 
     # any difference now fails the check (a forced mismatch between MINDIR and network)
     monkeypatch.setattr(export, "TOLERANCE", -1.0)
     with pytest.raises(SystemExit) as stop:
-        _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net")
+        _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net", "--overwrite", "true")
     assert stop.value.code == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and "differs from the checkpoint network" in err[0]

@@ -146,7 +146,7 @@ def test_checkpoint_writer_failing_mid_write_keeps_the_earlier_file(small_ckpt, 
         raise OSError("No space left on device")
 
     monkeypatch.setattr(checkpoint.ms, "save_checkpoint", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device"):
         checkpoint.save_atomic(net, str(path), meta={"net": "resnet20", "step": 8})
     assert digest(path) == before
     assert os.listdir(path.parent) == ["a.ckpt"]       # the temporary file is gone
