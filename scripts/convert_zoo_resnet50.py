@@ -28,7 +28,6 @@ whose logits must equal the converted network's (names, class row and eps fold);
 the zoo's own ``'same'`` padding is reported. Errors are one line on stderr; exit code 1 (input,
 conversion, check), 2 (bad arguments).
 """
-import argparse
 import importlib.util
 import os
 import sys
