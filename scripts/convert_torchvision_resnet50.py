@@ -348,12 +348,14 @@ def _listed(names):
     return shown + (f", ... ({len(names)} in all)" if len(names) > MAX_NAMES else "")
 
 
-def map_tensors(tensors, expected, arch, path):
+def map_tensors(tensors, expected, arch, path, file_name_of=ms_to_tv_name):
     """Check the file against the network and return MindSpore name -> float32 array.
 
-    ``expected``: MindSpore parameter name -> shape, in network order.
+    ``expected``: MindSpore parameter name -> shape, in network order. ``file_name_of`` maps a
+    MindSpore parameter name to the file's key (torchvision's by default; the model zoo's
+    converter passes its own), so error lines quote the file's names.
     """
-    tv_to_ms = {ms_to_tv_name(n): n for n in expected}
+    tv_to_ms = {file_name_of(n): n for n in expected}
     used = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
     missing = [tv for tv in tv_to_ms if tv not in used]
     extra = [k for k in used if k not in tv_to_ms]
@@ -502,13 +504,38 @@ def _diagnose(arch, num_classes, tv_arrays, batch, reference, ours, diff, tolera
     return text + "MindSpore is much further off, so the weights do not act the same"
 
 
+def expected_shapes(net):
+    """MindSpore parameter name -> shape, in network order (the target of a conversion)."""
+    return OrderedDict((p.name, tuple(p.shape)) for p in net.get_parameters())
+
+
+def load_exactly(net, arrays):
+    """Copy name -> array into ``net`` (eval mode) and check every tensor arrived bit for bit."""
+    import mindspore as ms
+    net.set_train(False)
+    params = {name: ms.Parameter(ms.Tensor(a), name=name) for name, a in arrays.items()}
+    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
+    if not_loaded:
+        raise ConversionError(f"MindSpore did not load {_listed(list(not_loaded))}")
+    for param in net.get_parameters():  # the copy really happened, bit for bit
+        if not np.array_equal(param.asnumpy(), arrays[param.name]):
+            raise ConversionError(f"parameter {param.name} differs after loading")
+
+
+def save_converted(net, output_path, arch, num_classes, input_path):
+    """Write the converted network atomically, with the metadata train.py's pre_trained reads."""
+    from src import checkpoint
+    checkpoint.save_atomic(net, output_path,
+                           meta={"net": arch, "num_classes": num_classes,
+                                 "converted_from": os.path.basename(input_path)})
+
+
 def convert(input_path, output_path, arch="resnet50", num_classes=1000, check="auto",
             tolerance=LOGITS_TOLERANCE, log=print):
     """Convert ``input_path`` to ``output_path``. ``check``: 'auto' (torch logits check when torch
     is importable), 'off'. Returns the max abs logits difference, or None when not checked.
     Nothing is written unless every check passes."""
     import mindspore as ms
-    from src import checkpoint
     from src.models.resnet import build_resnet
 
     tensors, fmt = read_input(input_path)
@@ -516,16 +543,8 @@ def convert(input_path, output_path, arch="resnet50", num_classes=1000, check="a
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         net = build_resnet(arch, num_classes=num_classes, in_channels=3)
-        net.set_train(False)
-        expected = OrderedDict((p.name, tuple(p.shape)) for p in net.get_parameters())
-        arrays = map_tensors(tensors, expected, arch, input_path)
-        params = {name: ms.Parameter(ms.Tensor(a), name=name) for name, a in arrays.items()}
-        not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
-        if not_loaded:
-            raise ConversionError(f"MindSpore did not load {_listed(list(not_loaded))}")
-        for param in net.get_parameters():  # the copy really happened, bit for bit
-            if not np.array_equal(param.asnumpy(), arrays[param.name]):
-                raise ConversionError(f"parameter {param.name} differs after loading")
+        arrays = map_tensors(tensors, expected_shapes(net), arch, input_path)
+        load_exactly(net, arrays)
         log(f"mapped {len(arrays)} tensors of {input_path} ({fmt}) onto {arch} "
             f"({num_classes} classes)")
 
@@ -549,9 +568,7 @@ def convert(input_path, output_path, arch="resnet50", num_classes=1000, check="a
         else:
             log("logits check skipped (disabled)")
 
-        checkpoint.save_atomic(net, output_path,
-                               meta={"net": arch, "num_classes": num_classes,
-                                     "converted_from": os.path.basename(input_path)})
+        save_converted(net, output_path, arch, num_classes, input_path)
     finally:
         ms.set_context(mode=previous_mode)
     log(f"wrote {output_path}")

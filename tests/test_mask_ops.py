@@ -80,7 +80,7 @@ def test_mask_functions_reject_bad_args():
 
 # ------------------------------------------------------------------------------ drop and grow
 def _ref_drop_and_grow(weight, target, grad, f):
-    """Independent loop version of the RigL step described in RPG.md."""
+    """Independent loop version of the RigL step described in docs/RPG.md."""
     w, t, g = weight.ravel(), target.ravel(), grad.ravel()
     n_remain = int(t.sum())
     n_grow = int(n_remain * f)

@@ -20,7 +20,7 @@ The loop (``src/trainer.py``) knows nothing about any pruning method. It asks th
 ``ctx`` is the loop's ``TrainContext``: it gives the network, the masks of the train step
 (``ctx.get_masks()`` / ``ctx.set_masks(dict)``, which also resets the momentum of masked-out
 weights and zeroes them), gradient energies (``ctx.read_energy(reset=True)``), dense gradients
-on a batch (``ctx.dense_gradients(batch, names, extra_loss=None)``) and a logger.
+on a batch (``ctx.dense_gradient_cell(names, extra_loss)``, a cell called on it) and a logger.
 """
 import fnmatch
 

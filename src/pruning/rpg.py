@@ -1,7 +1,7 @@
 """RPG: gradual global-magnitude pruning with RigL drop-and-grow, regrowth scored by the dense
 gradient of task_loss + lamb * rank_loss (the adversarial rank loss of src/pruning/rank_loss.py).
 
-Reference behaviour (huawei-noah/Efficient-Computing, Pruning/RPG), see docs in the README:
+Reference behaviour (huawei-noah/Efficient-Computing, Pruning/RPG) and deviations: docs/RPG.md;
 every ``delta`` iterations until T_end the iteration's batch is used for a dense gradient of the
 full loss, the masks are recomputed, and the optimizer step of that iteration is skipped
 (``rpg_apply_update_step: true`` applies it instead, a documented deviation).
@@ -37,7 +37,7 @@ add_keys({
 class RankLossTerm(nn.Cell):
     """lamb * rank_loss over the conv weights: the extra term of the regrowth gradient.
 
-    ``svd: host`` (default, as RPG.md prescribes for portability): the pruner computes the
+    ``svd: host`` (default, as docs/RPG.md describes, for portability): the pruner computes the
     constant low-rank targets A_k with a float64 NumPy SVD before each mask update and stores
     them in ``targets``; the graph only runs the cheap differentiable part. ``svd: graph``: the
     SVD runs inside the graph (``ops.svd``, float32; CPU/GPU back ends). Both give the value of
