@@ -355,7 +355,9 @@ class Trainer:
                                                      f"{meta.get('run_id')}, this directory's run is "
                                                      f"{record['run_id']})")
                 run_record.check_recipe(path, meta, self.cfg)
-                checkpoint.load_into(self.train_step, params, path, strict=True)
+                # the per-step learning rates follow from the recipe (and an allowed epoch_size change)
+                checkpoint.load_into(self.train_step, params, path, strict=True,
+                                     skip=("learning_rate",))
             except checkpoint.CheckpointError as err:
                 if resume != "auto":
                     raise

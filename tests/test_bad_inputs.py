@@ -196,3 +196,24 @@ def test_run_eval_never_replaces_an_earlier_result(places, tmp_path):
     assert done.returncode == 0, done.stderr
     assert unchanged({"tmp": folder, "run": folder}, before)
     assert json.loads((folder / "eval_2.json").read_text())["samples"] == 32
+
+
+def test_deliberate_recipe_change_and_complete_run(places, tmp_path):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(places["run"], out)
+    base = ["train.py", "--config_path", DENSE, "--data_path", places["data"], "--output_dir", str(out),
+            "--train_samples", "64", "--batch_size", "32", "--eval_samples", "32", "--resume_ckpt", "auto"]
+    # the finished run resumed as it was: nothing to train, nothing but a log line written
+    def results():
+        return {k: v for k, v in snapshot(out).items() if not k.endswith("train.log")}
+    before = results()
+    proc = run([*base, "--epoch_size", "1"])
+    assert proc.returncode == 0 and "already complete" in proc.stdout, proc.stderr
+    assert results() == before
+    # more epochs change the schedule: refused, unless allowed on purpose
+    proc = run([*base, "--epoch_size", "2"])
+    assert proc.returncode == 2 and "epoch_size" in proc.stderr
+    proc = run([*base, "--epoch_size", "2", "--resume_allow_changes", "epoch_size"])
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stdout and "step 4/4" in proc.stdout

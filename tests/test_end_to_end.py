@@ -123,6 +123,16 @@ def test_rpg_contract_reaches_exact_sparsity(fashion_dir, tmp_path):
     assert (tmp_path / "s.sparse.npz").stat().st_size < 0.3 * (tmp_path / "last.ckpt").stat().st_size
 
 
+def test_rpg_applied_update_step_keeps_the_schedule(fashion_dir, tmp_path):
+    # rpg_apply_update_step: the mask-update iterations also take an optimizer step
+    run_script("train.py", "--config_path", RPG, "--data_path", fashion_dir, "--output_dir", tmp_path,
+               "--epoch_size", "1", "--train_samples", "256", "--eval_samples", "64", "--batch_size", "32",
+               "--delta", "2", "--rpg_apply_update_step", "true")
+    assert schedule_position(tmp_path / "last.ckpt") == (8, 8)
+    zeros, leaks = mask_sparsity_and_leaks(tmp_path / "last.ckpt")
+    assert abs(zeros - 0.9) < 1e-5 and leaks == 0
+
+
 def test_gmp_reaches_target(fashion_dir, tmp_path):
     proc = run_script("train.py", "--config_path", GMP, "--data_path", fashion_dir, "--output_dir",
                       tmp_path, *SHORT, "--batch_size", "32", "--gmp_frequency", "3")

@@ -101,3 +101,12 @@ def test_sparse_export_reads_back_bit_for_bit(ckpt, tmp_path, monkeypatch):
         zeroed = np.where(value == 0, np.float32(0.0), value)   # -0.0 is stored as +0.0
         assert np.array_equal(restored[name].view(np.uint32), zeroed.view(np.uint32)), name
     assert os.path.getsize(tmp_path / "s.sparse.npz") < 0.3 * os.path.getsize(ckpt)
+
+
+def test_onnx_export_keeps_the_folders_permissions(ckpt, tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o755)
+    _export(monkeypatch, ckpt, "ONNX", folder / "net")
+    assert (folder / "net.onnx").stat().st_size > 100_000
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o755)  # MindSpore narrows it to 0700
