@@ -91,6 +91,8 @@ SCHEMA = {
     "resume_allow_changes": Key(list, [], help_text="recipe keys a resume may change on purpose "
                                                    "(e.g. [epoch_size]); [all] = any"),
     "pre_trained": Key(str, ""),
+    "scratch_warning": Key(str, "", help_text="logged as a warning when the run starts without "
+                                              "pre_trained (recipes whose published number needs one)"),
     # --- pruning (shared) ---
     "prune_method": Key(str, "none", choices=["none", "gmp", "rpg", "psap"]),
     "sparsity": Key(float, 0.9, 0.0, 1.0, high_open=True),

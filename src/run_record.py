@@ -26,7 +26,7 @@ OPERATIONAL_KEYS = frozenset({
     "output_dir", "resume_ckpt", "resume_allow_changes", "config_path", "data_path", "eval_data_path",
     "device_target", "device_id", "mode", "num_parallel_workers", "log_interval", "eval_interval",
     "eval_batch_size", "eval_samples", "save_checkpoint_epochs", "save_checkpoint_steps",
-    "keep_checkpoint_max", "pre_trained", "run_distribute",
+    "keep_checkpoint_max", "pre_trained", "scratch_warning", "run_distribute",
 })
 _STEP_NAME = re.compile(r"_step(\d+)\.ckpt$")
 

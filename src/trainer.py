@@ -264,6 +264,8 @@ class Trainer:
         self.net = build_network(cfg)
         if cfg.pre_trained:
             load_pretrained(self.net, cfg.pre_trained, self.logger)
+        elif cfg.scratch_warning and not cfg.resume_ckpt:
+            self.logger.warning(f"warning: training from scratch (no pre_trained): {cfg.scratch_warning}")
         image_shape = next(batches(self.train_data))[0].shape
         graph = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
                                      self.output_dir, (1,) + tuple(image_shape[1:]))

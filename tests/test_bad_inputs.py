@@ -47,8 +47,11 @@ def snapshot(*folders):
 def finished_run(fashion_dir, tmp_path_factory):
     """A finished tiny dense run (2 steps) to point bad commands at."""
     out = tmp_path_factory.mktemp("finished")
-    proc = run(["train.py", "--config_path", DENSE, "--data_path", fashion_dir, "--output_dir", out, *TINY])
+    proc = run(["train.py", "--config_path", DENSE, "--data_path", fashion_dir, "--output_dir", out, *TINY,
+                "--scratch_warning", "published numbers need a pre-trained net"])
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # a recipe whose published number needs pre_trained says so when run without it
+    assert "training from scratch (no pre_trained): published numbers need" in proc.stdout
     return out
 
 
