@@ -7,8 +7,10 @@ Prints a per-layer table (density, numerical rank of the weight matrix and its r
 full) for pruned checkpoints, and parameters / FLOPs (MACs) of the dense and the evaluated
 network (smaller for a compact PSAP checkpoint, whose widths are stored in the file).
 """
+import os
+
 from src.cli import run
-from src.config import check_output_path, parse_args, parse_bool_flag
+from src.config import ConfigError, check_output_path, parse_args, parse_bool_flag
 
 FLAGS = {"ckpt": "", "json_out": "", "report_png": "", "overwrite": "false"}
 
@@ -17,13 +19,15 @@ def main():
     import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
     cfg, flags = parse_args(extra_flags=FLAGS, description=__doc__)
     if not flags["ckpt"]:
-        from src.config import ConfigError
         raise ConfigError("--ckpt FILE is required")
     overwrite = parse_bool_flag("overwrite", flags["overwrite"])
     check_output_path("--json_out", flags["json_out"], overwrite=overwrite)
     check_output_path("--report_png", flags["report_png"], overwrite=overwrite)
+    if flags["json_out"] and os.path.abspath(flags["json_out"]) == os.path.abspath(flags["report_png"] or "/"):
+        raise ConfigError("--json_out and --report_png name the same file")
     from src.dataset import batches, create_dataset
     from src.device import set_up_device
+    from src.interrupt import STOP
     from src.metrics import evaluate
     from src.models import build_network, default_inner_widths, network_from_checkpoint
     from src.models.flops import count_macs_params
@@ -32,6 +36,7 @@ def main():
     from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
 
     set_up_device(cfg)
+    STOP.restore_default()  # imports are done: from here Ctrl-C interrupts at once
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
     data = create_dataset(cfg.dataset, cfg.data_path, False, cfg.eval_batch_size or cfg.batch_size,
                           image_size=cfg.image_size or None, eval_resize=cfg.eval_resize,

@@ -106,9 +106,11 @@ def main():
     import mindspore as ms
     from mindspore import Tensor
     from src.device import set_up_device
+    from src.interrupt import STOP
     from src.models import network_from_checkpoint
 
     set_up_device(cfg)
+    STOP.restore_default()  # imports are done: from here Ctrl-C interrupts at once
     ms.set_context(mode=ms.GRAPH_MODE)  # export traces the graph whatever the recipe's mode
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
     if file_format == "SPARSE":

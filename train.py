@@ -3,13 +3,14 @@
     python train.py --config_path config/resnet20_fashion_mnist.yaml --data_path DIR [--key value ...]
 """
 from src.cli import run
-from src.config import check_launcher, parse_args
+from src.config import check_launcher, check_training_mode, parse_args
 
 
 def main():
     import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
     cfg, _ = parse_args(description=__doc__)
     check_launcher(cfg)
+    check_training_mode(cfg)
     from src.trainer import Trainer  # heavy imports after the config is checked
     Trainer(cfg).train()
 

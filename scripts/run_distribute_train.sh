@@ -26,7 +26,8 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-8118}"
 WORKER_NUM=$((DEVICE_NUM * NODE_NUM))
 ARGS=(--config_path "$CONFIG" --device_target "$DEVICE_TARGET" --run_distribute true "$@")
-OUTPUT_DIR="$(python "$ROOT/scripts/_config_value.py" output_dir "${ARGS[@]}")"
+# the recipe and output_dir are checked before msrun starts: a refused run writes nothing
+OUTPUT_DIR="$(python "$ROOT/scripts/_preflight.py" "${ARGS[@]}")"
 LOG_DIR="$OUTPUT_DIR/msrun_log"
 mkdir -p "$LOG_DIR"
 echo "distributed training: $WORKER_NUM workers ($DEVICE_NUM on node $NODE_RANK of $NODE_NUM), logs in $LOG_DIR"
@@ -37,7 +38,7 @@ msrun --worker_num="$WORKER_NUM" --local_worker_num="$DEVICE_NUM" --node_rank="$
     || { echo "distributed training failed; last lines of the workers' logs ($LOG_DIR/worker_*.log):" >&2
          for log in "$LOG_DIR"/worker_*.log; do
              [ -f "$log" ] || continue
-             grep -v '^\[WARNING\]\|^\[INFO\]' "$log" | tail -n 3 | sed "s|^|  $(basename "$log"): |" >&2
+             { grep -v '^\[WARNING\]\|^\[INFO\]\|^ *$' "$log" || true; } | tail -n 3 | sed "s|^|  $(basename "$log"): |" >&2
          done
          exit 1; }
 echo "done: $OUTPUT_DIR/last.ckpt"

@@ -26,9 +26,9 @@ python "$ROOT/eval.py" "${ARGS[@]}" --json_out "$JSON" "$@" > "$TMP_LOG" 2>&1
 STATUS=$?
 set -e
 if [ "$STATUS" -ne 0 ]; then
-    mv "$TMP_LOG" "$OUT_DIR/eval_failed.log"
-    echo "evaluation failed (exit $STATUS), no result written; last lines of $OUT_DIR/eval_failed.log:" >&2
-    grep -v '^\[WARNING\]' "$OUT_DIR/eval_failed.log" | tail -n 5 >&2
+    cat "$TMP_LOG" >> "$OUT_DIR/eval_failed.log"  # every failed evaluation, oldest first
+    echo "evaluation failed (exit $STATUS), no result written; last lines (kept in $OUT_DIR/eval_failed.log):" >&2
+    grep -v '^\[WARNING\]' "$TMP_LOG" | tail -n 5 >&2 || true
     exit "$STATUS"
 fi
 mv "$TMP_LOG" "$LOG"

@@ -10,15 +10,18 @@ CONFIG="$1"; CKPT="$2"; FORMAT="$3"; NAME="$4"; shift 4
 [ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
 [ -f "$CKPT" ] || { echo "error: checkpoint not found: $CKPT" >&2; exit 1; }
 LOG="$(dirname "$CKPT")/export.log"
+THIS_RUN="$(mktemp)"
+trap 'rm -f "$THIS_RUN"' EXIT
 echo "exporting $CKPT as $FORMAT to $NAME: log $LOG"
 set +e
 python "$ROOT/export.py" --config_path "$CONFIG" --ckpt "$CKPT" --file_format "$FORMAT" \
-    --file_name "$NAME" "$@" > "$LOG" 2>&1
+    --file_name "$NAME" "$@" > "$THIS_RUN" 2>&1
 STATUS=$?
 set -e
+cat "$THIS_RUN" >> "$LOG"  # the log keeps every export of this folder
 if [ "$STATUS" -ne 0 ]; then
-    echo "export failed (exit $STATUS); last lines of $LOG:" >&2
-    grep -v '^\[WARNING\]' "$LOG" | tail -n 5 >&2
+    echo "export failed (exit $STATUS); last lines:" >&2
+    grep -v '^\[WARNING\]' "$THIS_RUN" | tail -n 5 >&2 || true
     exit "$STATUS"
 fi
-grep -v '^\[WARNING\]' "$LOG" || true
+grep -v '^\[WARNING\]' "$THIS_RUN" || true

@@ -12,18 +12,21 @@ CONFIG="$1"; shift
 ARGS=(--config_path "$CONFIG")
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then ARGS+=(--device_target "$1"); shift; fi
 ARGS+=("$@")
-# exits 2 with the config error on stderr if the recipe or an override is wrong
-OUTPUT_DIR="$(python "$ROOT/scripts/_config_value.py" output_dir "${ARGS[@]}")"
+# exits 2 with the config error on stderr if the recipe, an override or the output_dir is wrong
+OUTPUT_DIR="$(python "$ROOT/scripts/_preflight.py" "${ARGS[@]}")"
 mkdir -p "$OUTPUT_DIR"
 LOG="$OUTPUT_DIR/train_stdout.log"
+THIS_RUN="$(mktemp)"
+trap 'rm -f "$THIS_RUN"' EXIT
 echo "training: log $LOG, checkpoints in $OUTPUT_DIR"
 set +e
-python "$ROOT/train.py" "${ARGS[@]}" >> "$LOG" 2>&1
+python "$ROOT/train.py" "${ARGS[@]}" > "$THIS_RUN" 2>&1
 STATUS=$?
 set -e
+cat "$THIS_RUN" >> "$LOG"
 if [ "$STATUS" -ne 0 ]; then
-    echo "training failed (exit $STATUS); last lines of $LOG:" >&2
-    grep -v '^\[WARNING\]' "$LOG" | tail -n 5 >&2
+    echo "training failed (exit $STATUS); last lines of this run in $LOG:" >&2
+    grep -v '^\[WARNING\]' "$THIS_RUN" | tail -n 5 >&2 || true
     exit "$STATUS"
 fi
 echo "done: $OUTPUT_DIR/last.ckpt"

@@ -4,7 +4,7 @@ import os
 import sys
 
 from src.config import ConfigError
-from src.interrupt import EXIT_CODE, Interrupted
+from src.interrupt import EXIT_CODE, STOP, Interrupted
 
 
 def user_errors():
@@ -16,6 +16,7 @@ def user_errors():
 
 def run(main, extra_errors=()):
     """Call ``main()``; turn known user errors into one clear line and a non-zero exit."""
+    STOP.install()  # before the heavy imports: a Ctrl-C inside ``import mindspore`` breaks it
     known = user_errors() + [(e, 1) for e in extra_errors]
     try:
         main()
@@ -23,6 +24,10 @@ def run(main, extra_errors=()):
         code = next(c for cls, c in known if isinstance(err, cls))
         print(f"error: {err}", file=sys.stderr)
         sys.exit(code)
+    except OSError as err:  # the file system said no: read-only, no space, no permission
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        sys.exit(1)
     except (Interrupted, KeyboardInterrupt) as err:
         print(str(err) if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
         # Skip the interpreter's exit handlers: a MindSpore interrupted half-way through its import

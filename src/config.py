@@ -268,6 +268,14 @@ def _check_network(cfg):
                           f"{0.5 / CIFAR_BASE_WIDTHS[0]:.4f}")
 
 
+def check_training_mode(cfg):
+    """Training runs in graph mode: PyNative training breaks in MindSpore 2.8 on CPU (option-A
+    shortcuts: StridedSliceGrad out of bounds; RPG: the optimizer's step counter), so it is refused."""
+    if cfg.mode != "graph":
+        raise ConfigError("config key 'mode': training runs in graph mode only (PyNative training fails "
+                          "in MindSpore 2.8); 'pynative' is for eval.py and export.py")
+
+
 def check_launcher(cfg):
     """A data-parallel run must be started by a launcher; without one MindSpore's init() hangs."""
     if cfg.run_distribute and not any(os.environ.get(v) for v in LAUNCHER_VARIABLES):
@@ -309,7 +317,14 @@ def parse_bool_flag(name, text):
 
 
 def _check_paths(cfg):
+    if not cfg.output_dir.strip():
+        raise ConfigError("config key 'output_dir': must name a directory")
     check_output_path("output_dir", cfg.output_dir, kind="dir")
+    if os.path.isdir(cfg.output_dir) and not os.access(cfg.output_dir, os.W_OK):
+        raise ConfigError(f"config key 'output_dir': {cfg.output_dir} is not writable")
+    unknown = [k for k in cfg.resume_allow_changes if k != "all" and k not in SCHEMA]
+    if unknown:
+        raise _unknown_key_error(unknown[0], "resume_allow_changes")
 
 
 def parse_args(argv=None, extra_flags=None, description=None):

@@ -1,11 +1,13 @@
-"""Ctrl-C (SIGINT) and SIGTERM during training: finish the current step, save, exit 130.
+"""Ctrl-C (SIGINT) and SIGTERM: finish the current step, save, exit 130.
 
-A KeyboardInterrupt raised at an arbitrary point (inside graph compilation, a data-pipeline
-worker or a checkpoint write) either aborts the process or leaves it hanging in MindSpore's
-teardown. Instead the first signal only sets a flag; the training loop looks at it after every
-step, writes a checkpoint and raises ``Interrupted``, which the entry script turns into one line
-and exit code 130. A second signal aborts at once (nothing half-written: checkpoints are written
-to a temporary name and renamed).
+A KeyboardInterrupt raised at an arbitrary point (inside ``import mindspore``, graph compilation,
+a data-pipeline worker or a checkpoint write) either aborts the process with a traceback or leaves
+it hanging in MindSpore's teardown. Instead every entry script starts with ``STOP.install()``: a
+signal only sets a flag. The training loop looks at it after every step, writes a checkpoint and
+raises ``Interrupted``, which the entry script turns into one line and exit code 130; eval.py and
+export.py look at it once their imports are done and then hand Ctrl-C back to Python
+(``STOP.restore_default``). A second signal aborts at once (nothing half-written: outputs are
+written to a temporary name and renamed).
 """
 import os
 import signal
@@ -44,7 +46,7 @@ class StopRequest:
             os._exit(EXIT_CODE)
         self.signal_name = signal.Signals(signum).name
         self.first_at = now
-        print(f"{self.signal_name}: stopping after the current step (send it again to abort now)",
+        print("stop requested: finishing the current step (send the signal again to abort now)",
               flush=True)
 
     @property
@@ -55,3 +57,13 @@ class StopRequest:
         """Raise Interrupted if a stop was requested; ``where`` completes 'interrupted ...'."""
         if self.requested:
             raise Interrupted(f"interrupted {where}")
+
+    def restore_default(self, where="during start-up"):
+        """For short commands: after the imports, Ctrl-C raises KeyboardInterrupt again."""
+        self.check(where)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# One per process: the entry scripts install it first thing (src/cli.py), the trainer polls it.
+STOP = StopRequest()

@@ -40,10 +40,10 @@ def recipe_of(cfg):
     return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in OPERATIONAL_KEYS}))
 
 
-def recipe_changes(saved, cfg):
+def recipe_changes(saved, cfg, allowed=None):
     """Recipe keys whose value in ``cfg`` differs from the ``saved`` recipe (sorted), minus the
-    keys ``cfg.resume_allow_changes`` allows; ``["all"]`` allows any change."""
-    allowed = set(cfg.resume_allow_changes)
+    ``allowed`` keys (default: ``cfg.resume_allow_changes``); ``["all"]`` allows any change."""
+    allowed = set(cfg.resume_allow_changes if allowed is None else allowed)
     if "all" in allowed:
         return []
     current = recipe_of(cfg)
@@ -66,6 +66,14 @@ def training_checkpoints(output_dir):
 def step_checkpoints(output_dir):
     """Step checkpoints in ``output_dir``, oldest first (what keep_checkpoint_max counts)."""
     return [p for p in reversed(training_checkpoints(output_dir)) if _STEP_NAME.search(p)]
+
+
+def remove_stale_temporaries(output_dir):
+    """Checkpoint files half-written by a process killed mid-save (their names start with a dot:
+    ``.<name>.tmp<pid>.ckpt`` and MindSpore's ``.tmp``); only one run writes to a directory."""
+    for pattern in (".*.ckpt.tmp*.ckpt", ".*.ckpt.tmp*.tmp"):
+        for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)):
+            os.remove(path)
 
 
 def read_run(output_dir):

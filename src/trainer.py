@@ -28,7 +28,7 @@ from src.config import ConfigError
 from src.dataset import batches, create_dataset
 from src.device import set_up_device
 from src.errors import TrainingError, require_finite_loss
-from src.interrupt import Interrupted, StopRequest
+from src.interrupt import STOP, Interrupted
 from src.lr_schedule import learning_rates
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
@@ -245,7 +245,7 @@ class Trainer:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.stop = StopRequest().install()
+        self.stop = STOP.install()  # installed by the entry script already; again for library use
         self.rank, self.group_size = init_context(cfg)
         self.output_dir = cfg.output_dir
         self.is_main = self.rank == 0
@@ -380,10 +380,17 @@ class Trainer:
         if record and record["run_id"] != self.run_id and run_record.training_checkpoints(self.output_dir):
             raise ConfigError(f"output_dir {self.output_dir} holds another run's checkpoints; continue "
                               f"{path} in an empty --output_dir")
-        if self.is_main:
-            run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
-        self.pruner.load_state_dict(pruner_state)
         self.start_step = int(meta["step"])
+        if self.start_step >= self.total_steps:
+            changed = [k for k in run_record.recipe_changes(meta.get("recipe") or {}, self.cfg, allowed=())
+                       if k in self.cfg.resume_allow_changes or "all" in self.cfg.resume_allow_changes]
+            if meta.get("recipe") is not None and changed:
+                raise ConfigError(f"the run in {self.output_dir} is already complete ({self.start_step} "
+                                  f"steps): changing {', '.join(changed)} now would have no effect")
+        elif self.is_main:
+            run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
+            run_record.remove_stale_temporaries(self.output_dir)
+        self.pruner.load_state_dict(pruner_state)
         self._advance_schedule(self.start_step)  # checkpoints of older versions lag behind
         self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
         self.logger.info(f"resumed from {path} at step {self.start_step} "

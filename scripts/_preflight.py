@@ -1,0 +1,22 @@
+"""Checks a launcher makes before it writes anything: the recipe parses, and a fresh run's
+output_dir holds no other run. Prints output_dir. Usage: _preflight.py --config_path C [--k v ...]"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from src.cli import run  # noqa: E402
+from src.config import parse_args  # noqa: E402
+
+
+def main():
+    import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
+    from src import run_record
+    cfg, _ = parse_args(sys.argv[1:])
+    if not cfg.resume_ckpt:
+        run_record.claim_fresh(cfg.output_dir, cfg, write=False)
+    print(cfg.output_dir)
+
+
+if __name__ == "__main__":
+    run(main)
