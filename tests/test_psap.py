@@ -146,7 +146,7 @@ def test_width_rounding_meets_the_flops_target(multiple):
         _, lower, caps = count_bounds(n, 0.8, None, None)
         rounded, unrounded = round_pruned_counts(
             counts, n, multiple, lower, caps, lambda c: removed_macs(records, layers, c),
-            ratio * dense)
+            ratio * dense, tolerance=0.005 * dense)
         assert unrounded == []
         kept = n - rounded
         assert np.all((kept % multiple == 0) | (kept == n)), kept
@@ -157,8 +157,9 @@ def test_width_rounding_meets_the_flops_target(multiple):
             widths[layer["block"]][layer["inner"]] = int(k)
         achieved = 1 - _independent_macs("resnet56", widths, shape) / dense
         assert abs(achieved - ratio) <= 0.01, (ratio, achieved)
-        # close to the adaptive allocation: no layer moved by more than a few multiples
-        assert np.max(np.abs(rounded - counts)) <= 3 * multiple
+        # the layer ratios stay the allocation's: widths next to it (one step further where a
+        # cap leaves a layer no multiple on one side)
+        assert np.all(np.abs(rounded - counts) < 2 * multiple), rounded - counts
 
 
 def test_width_rounding_bounds_and_filter_target():

@@ -17,6 +17,8 @@ def test_psap_contract(fashion_dir, tmp_path):
                       "--epoch_size", "2", "--train_samples", "512", "--eval_samples", "256",
                       "--batch_size", "32")
     assert "psap step" in proc.stdout and "protected" in proc.stdout and "regrew" in proc.stdout
+    # the protection outcome per step and the regrown filters that survive to the end
+    assert "won on score" in proc.stdout and "kept to the end" in proc.stdout
     assert (out / "last.ckpt").exists() and (out / "last_compact.ckpt").exists()
 
     result_path = tmp_path / "r.json"

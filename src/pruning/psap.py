@@ -242,14 +242,16 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         _, lower, caps = count_bounds(self.filter_counts, self.cfg.max_layer_ratio, available,
                                       minimum)
         if self.cfg.psap_target == "filters":
-            amount = int(round(target * self.filter_counts.sum()))
+            total = float(self.filter_counts.sum())
             removed = np.sum
         else:
-            amount = target * sum(r["macs"] for r in records)
+            total = float(sum(r["macs"] for r in records))
             removed = lambda c: removed_macs(records, self.layers, c)  # noqa: E731
+        # layers leave the two widths around their allocation only beyond half the tolerance
         rounded, unrounded = round_pruned_counts(counts, self.filter_counts,
                                                  self.cfg.psap_width_multiple, lower, caps,
-                                                 removed, amount)
+                                                 removed, target * total,
+                                                 tolerance=0.5 * TARGET_TOLERANCE * total)
         if unrounded:
             self.logger.info("psap: %d layer(s) have no kept width on a multiple of %d within "
                              "their bounds; left unrounded", len(unrounded),

@@ -8,11 +8,15 @@ per layer between the multiples around the allocation so the global target is st
   ``lower_l`` - filters that must go, e.g. exactly-zero ones - and ``caps_l`` - max_layer_ratio,
   protected filters, at least one filter kept), plus the original width n_l when nothing has to
   go; a layer without any allowed multiple keeps its unrounded count;
-- start from the nearest allowed width of every layer, then move single layers (and, when no single
-  move helps, pairs of layers in opposite directions) to a neighbouring allowed width while that
-  brings the removed amount closer to the target. The removed amount is computed by the caller's
-  exact function (bilinear MACs or filter count), so the result is as close to the target as the
-  allowed widths permit with local moves.
+- every layer first chooses between the two allowed widths around its allocation (the layer
+  ratios stay what the allocation made them, within N filters): start from the nearest, then move
+  single layers (and, when no single move helps, pairs of layers in opposite directions) to the
+  other one while that brings the removed amount closer to the target;
+- only if that misses the target by more than ``tolerance`` (e.g. a max_layer_ratio cap leaves a
+  narrow layer no multiple below its allocation) may layers move further: every layer's choice
+  widens by one allowed width on each side at a time, and the same search runs again, so the
+  compensation is spread over the layers instead of piling onto one.
+The removed amount is computed by the caller's exact function (bilinear MACs or filter count).
 """
 import numpy as np
 
@@ -63,38 +67,67 @@ def _best_move(options, index, error_of, current):
     return best
 
 
-def round_pruned_counts(counts, filter_counts, multiple, lower, caps, removed, target):
+def _search(options, index, error_of):
+    """Local search from ``index`` (positions into ``options``); returns the final positions."""
+    current = abs(error_of(index))
+    while True:
+        moved = _best_move(options, index, error_of, current)
+        if moved is None:
+            return index
+        index = moved
+        current = abs(error_of(index))
+
+
+def _around(opts, count):
+    """The allowed counts just below and just above ``count`` (one if it is allowed itself)."""
+    below = [c for c in opts if c <= count]
+    above = [c for c in opts if c >= count]
+    return sorted({*(below[-1:]), *(above[:1])})
+
+
+def round_pruned_counts(counts, filter_counts, multiple, lower, caps, removed, target,
+                        tolerance=0.0):
     """Pruned counts per layer with kept widths on multiples of ``multiple`` (module doc).
 
     ``counts``: the unrounded allocation; ``lower``/``caps``: bounds of each layer's pruned
     count; ``removed(counts)``: the amount removed by integer counts (MACs or filters), compared
-    with ``target``. Returns (counts, unrounded) where ``unrounded`` lists the layers left as
-    they were because no multiple fits their bounds.
+    with ``target``; ``tolerance``: the miss (in the same unit) above which layers may leave the
+    two widths around their allocation. Returns (counts, unrounded) where ``unrounded`` lists
+    the layers left as they were because no multiple fits their bounds.
     """
     counts = np.asarray(counts, dtype=np.int64)
     if multiple <= 1:
         return counts.copy(), []
-    options, unrounded = [], []
+    allowed, unrounded = [], []
     for layer, (n, c) in enumerate(zip(filter_counts, counts)):
         opts = allowed_pruned_counts(int(n), int(multiple), int(lower[layer]), int(caps[layer]))
         if not opts:
             opts = [int(c)]
             unrounded.append(layer)
-        options.append(opts)
-    index = {layer: opts.index(_nearest(opts, int(c)))
-             for layer, (opts, c) in enumerate(zip(options, counts))}
+        allowed.append(opts)
+    near = [_around(opts, int(c)) for opts, c in zip(allowed, counts)]
 
-    def as_counts(idx):
+    def as_counts(options, idx):
         return np.array([options[layer][idx[layer]] for layer in range(len(options))],
                         dtype=np.int64)
 
-    def error_of(idx):
-        return float(removed(as_counts(idx))) - float(target)
+    def error_fn(options):
+        return lambda idx: float(removed(as_counts(options, idx))) - float(target)
 
-    current = abs(error_of(index))
-    while True:
-        moved = _best_move(options, index, error_of, current)
-        if moved is None:
-            return as_counts(index), unrounded
-        index = moved
-        current = abs(error_of(index))
+    start = {layer: opts.index(_nearest(opts, int(c)))
+             for layer, (opts, c) in enumerate(zip(near, counts))}
+    index = _search(near, start, error_fn(near))
+    result = as_counts(near, index)
+    for radius in range(1, max(len(opts) for opts in allowed)):
+        if abs(float(removed(result)) - float(target)) <= tolerance:
+            break
+        wider = [_widen(opts, ring, radius) for opts, ring in zip(allowed, near)]
+        index = {layer: opts.index(int(c)) for layer, (opts, c) in enumerate(zip(wider, result))}
+        result = as_counts(wider, _search(wider, index, error_fn(wider)))
+    return result, unrounded
+
+
+def _widen(opts, ring, radius):
+    """``ring`` (the widths around the allocation) plus ``radius`` more allowed widths each side."""
+    low, high = opts.index(ring[0]), opts.index(ring[-1])
+    return opts[max(low - radius, 0):high + radius + 1]
