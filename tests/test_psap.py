@@ -716,6 +716,28 @@ def test_width_rounding_through_the_pruner_ends_compact(tmp_path):
     assert abs(achieved - 0.4) <= 0.01
 
 
+def test_width_rounding_lifts_protection_that_blocks_the_target(tmp_path, caplog):
+    """Protected filters can leave no multiple-of-8 widths that meet the target although the
+    unrounded allocation would: the target wins, as when protection leaves too few candidates."""
+    cfg, net, pruner, ctx = _setup(tmp_path, psap_target="flops", psap_ratio=0.4, epoch_size=2,
+                                   psap_end_epoch=1, psap_width_multiple=8, psap_adaptive=False)
+    rng = np.random.default_rng(29)
+    ctx.train(rng, pruner.energy_names)
+    pruner.on_epoch_end(0, ctx)
+    for i, n in enumerate(pruner.filter_counts):   # kept >= n/2 + 1: only wide widths allowed
+        pruner.protect[pruner.offsets[i]:pruner.offsets[i] + n // 2 + 1] = 2
+    ctx.train(rng, pruner.energy_names)
+    caplog.set_level(logging.INFO, logger=LOGGER.name)
+    pruner.on_epoch_end(1, ctx)
+    assert "protection lifted" in caplog.text
+    kept = pruner.filter_counts - pruner.last_counts
+    assert np.all(kept % 8 == 0)
+    records = layer_records(net, (1, 1, 28, 28))
+    achieved = removed_macs(records, pruner.layers, pruner.last_counts) / \
+        sum(r["macs"] for r in records)
+    assert abs(achieved - 0.4) <= 0.01
+
+
 def test_sfp_baseline_has_uniform_ratios(tmp_path):
     cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=3, psap_end_epoch=1,
                                    psap_adaptive=False, psap_protect=False, psap_ratio=0.25)

@@ -256,6 +256,13 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
             self.logger.info("psap: %d layer(s) have no kept width on a multiple of %d within "
                              "their bounds; left unrounded", len(unrounded),
                              self.cfg.psap_width_multiple)
+        miss = abs(float(removed(rounded)) / total - target)
+        if miss > TARGET_TOLERANCE:
+            if np.any(self.protect > 0):
+                # protected filters narrow the allowed widths: let _plan lift protection
+                raise ValueError(f"rounded widths miss the target by {miss:.4f}")
+            self.logger.warning("psap: no kept widths on multiples of %d meet target %.4f (miss "
+                                "%.4f)", self.cfg.psap_width_multiple, target, miss)
         return rounded
 
     def _bn_stats(self, ctx):
@@ -293,7 +300,8 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         try:
             return plan()
         except ValueError:
-            # the protected filters leave too few candidates: the global target wins
+            # the protected filters leave too few candidates (or, with width rounding, no
+            # allowed widths that meet the target): the global target wins
             self.logger.warning("psap: protection leaves too few candidates for target %.4f; "
                                 "protection lifted for this step", target)
             self.protect[:] = 0
