@@ -1,26 +1,32 @@
-"""PSAP against plain soft filter pruning (SFP) and the dense network, Fashion-MNIST ResNet-20:
-top-1, parameters, MACs and measured CPU latency of the exported MINDIR models.
+"""PSAP benchmark matrix on Fashion-MNIST: dense, SFP, FPGM, PSAP with L2 and with a BN-aware
+score, with and without width rounding, at several MACs cuts, from scratch and from a dense
+pre-trained checkpoint, on ResNet-20 and ResNet-56, over seeds.
 
-    python benchmarks/psap_benchmark.py --data_path DIR [--train_samples 10000 --epochs 6]
-                                        [--net resnet56]
+    python benchmarks/psap_benchmark.py --data_path DIR [--nets resnet20 resnet56]
+        [--cuts 0.4 0.6] [--starts scratch pretrained] [--seeds 42 43 44]
+        [--methods dense SFP FPGM PSAP-L2 PSAP-BN] [--round_methods PSAP-L2 PSAP-BN]
+        [--multiple 8] [--bn_score bn_l2] [--train_samples 10000] [--epochs 6]
 
-Runs, all with the same training images, epochs, seed and learning-rate schedule:
-- dense: config/resnet20_fashion_mnist.yaml;
-- PSAP: config/psap_resnet20_fashion_mnist.yaml (40 % MACs cut, sparsity-adaptive layer ratios,
-  gradient-energy protection);
-- SFP: the same PSAP recipe with ``--psap_adaptive false --psap_protect false``: the same soft
-  pruning, the same ASFP-shaped schedule and the same MACs target, uniform layer ratios and no
-  protection. Only adaptation and protection differ from PSAP (the original SFP prunes at the
-  full rate from the first epoch; here both share the gradual schedule).
-Each run is `train.py`, `eval.py --json_out` on the full 10,000-image test set (the compact
-checkpoint for PSAP/SFP), and `export.py --file_format MINDIR --export_batch 1|32`. Latency: each
-MINDIR is loaded (``ms.load`` + ``nn.GraphCell``) and called on a fixed random batch, warm-up
-calls first, then the median of repeated calls, the models interleaved in rounds. Timing waits
-until the machine is quiet (1-min load < --max_load, or the accuracy benchmark has finished; at
-most --max_wait minutes) and the load averages are recorded with the results.
+Runs (every one is ``train.py`` then ``eval.py --json_out``; the same training images, epochs,
+learning-rate schedule and seed for all methods of a cell):
+- dense: config/resnet20_fashion_mnist.yaml (with --net); its last.ckpt of the same seed is the
+  pre-trained checkpoint of the ``pretrained`` start;
+- SFP: config/psap_resnet20_fashion_mnist.yaml with ``--psap_adaptive false --psap_protect false``
+  (soft pruning on the same ASFP-shaped schedule and MACs target, uniform layer ratios, L2 score,
+  no protection); FPGM: the same with ``--filter_score fpgm``;
+- PSAP-L2: the PSAP recipe as it is (adaptive ratios, protection, L2 score); PSAP-BN: the same
+  with ``--filter_score BN_SCORE`` (default bn_l2);
+- methods in --round_methods also run with ``--psap_width_multiple N`` (label suffix +RN);
+- every pruned run: ``--psap_target flops --psap_ratio CUT``; ``pretrained``: additionally
+  ``--pre_trained DENSE/last.ckpt --lr_max --pretrained_lr --warmup_epochs 0``.
+Results are read from the files the runs write: eval.json (top-1, params, MACs, inner widths)
+and train.log (per pruning step: protection outcome, regrown filters kept to the end). The
+first seed's networks are exported to MINDIR at batch 1 and 32 and timed in one process per
+network (``measure_latency``: models interleaved, after waiting for a quiet machine).
 
-Results: benchmarks/results/psap_benchmark[_NET].{json,md,png}. Finished runs are kept under
---work_dir and skipped when the script is started again.
+Results: benchmarks/results/psap_matrix.{json,md,png} (--name). Finished runs are kept under
+--work_dir and skipped when the script is started again; --report_only rewrites the report from
+the JSON.
 """
 import argparse
 import json
@@ -34,14 +40,22 @@ from common import ROOT, machine_info, write_results
 
 DENSE_RECIPE = "resnet20_fashion_mnist.yaml"
 PSAP_RECIPE = "psap_resnet20_fashion_mnist.yaml"
-RUNS = [  # (label, recipe, extra overrides, checkpoint evaluated and exported)
-    ("dense", DENSE_RECIPE, [], "last.ckpt"),
-    ("PSAP", PSAP_RECIPE, [], "last_compact.ckpt"),
-    ("SFP", PSAP_RECIPE, ["--psap_adaptive", "false", "--psap_protect", "false"],
-     "last_compact.ckpt"),
-]
+NO_PSAP = ["--psap_adaptive", "false", "--psap_protect", "false"]
 BATCHES = (1, 32)
 ACCURACY_BENCHMARK = "benchmarks/accuracy_sparsity.py"
+NET_NAMES = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}
+
+
+def method_overrides(method, bn_score):
+    """Overrides of the PSAP recipe that make ``method`` (None for dense)."""
+    table = {"dense": None,
+             "SFP": NO_PSAP + ["--filter_score", "l2"],
+             "FPGM": NO_PSAP + ["--filter_score", "fpgm"],
+             "PSAP-L2": ["--filter_score", "l2"],
+             "PSAP-BN": ["--filter_score", bn_score]}
+    if method not in table:
+        raise SystemExit(f"unknown method '{method}'; choose from {', '.join(table)}")
+    return table[method]
 
 
 def _recipe(name):
@@ -55,90 +69,138 @@ def _call(cmd, log_path):
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def run(args, label, recipe, extra, ckpt_name, work_dir, seed=None, export=True):
-    """Train + evaluate (+ export) one setting; returns its record (cached in the run dir)."""
-    seed = args.seed if seed is None else seed
-    out = os.path.join(work_dir, label)
-    record_path = os.path.join(out, "record.json")
-    if os.path.exists(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            return json.load(handle)
-    os.makedirs(out, exist_ok=True)
-    log = os.path.join(out, "commands.log")
-    config = ["--config_path", _recipe(recipe)]
-    net = ["--net", args.net] if args.net else []
-    train = [sys.executable, "train.py", *config, "--data_path", args.data_path, "--output_dir", out,
-             "--epoch_size", str(args.epochs), "--train_samples", str(args.train_samples),
-             "--seed", str(seed), "--log_interval", "50", "--eval_interval", "0", *net, *extra]
-    ckpt = os.path.join(out, ckpt_name)
+def label_of(method, multiple):
+    return method if multiple <= 1 else f"{method}+R{multiple}"
+
+
+def settings(args):
+    """Every (net, seed, start, cut, method, multiple) of the matrix, dense first per seed."""
+    out = []
+    for net in args.nets:
+        for seed in args.seeds:
+            if "dense" in args.methods or "pretrained" in args.starts:
+                out.append({"net": net, "seed": seed, "start": "scratch", "cut": 0.0,
+                            "method": "dense", "multiple": 1})
+            for start in args.starts:
+                for cut in args.cuts:
+                    for method in (m for m in args.methods if m != "dense"):
+                        multiples = [1] + ([args.multiple] if method in args.round_methods
+                                           and args.multiple > 1 else [])
+                        out += [{"net": net, "seed": seed, "start": start, "cut": cut,
+                                 "method": method, "multiple": k} for k in multiples]
+    return out
+
+
+def run_dir(work_dir, s):
+    base = os.path.join(work_dir, s["net"], f"seed{s['seed']}")
+    if s["method"] == "dense":
+        return os.path.join(base, "dense")
+    # no '+' in paths: ms.export rejects file names outside [0-9a-zA-Z@_-.:/\\]
+    return os.path.join(base, s["start"], f"cut{round(100 * s['cut'])}",
+                        label_of(s["method"], s["multiple"]).replace("+", "_"))
+
+
+def train_command(args, s, out):
+    """The train.py command line of one setting."""
+    extra = method_overrides(s["method"], args.bn_score)
+    recipe = DENSE_RECIPE if extra is None else PSAP_RECIPE
+    cmd = [sys.executable, "train.py", "--config_path", _recipe(recipe), "--net", s["net"],
+           "--data_path", args.data_path, "--output_dir", out, "--epoch_size", str(args.epochs),
+           "--train_samples", str(args.train_samples), "--seed", str(s["seed"]),
+           "--log_interval", "50", "--eval_interval", "0"]
+    if extra is None:
+        return cmd, recipe
+    cmd += extra + ["--psap_target", "flops", "--psap_ratio", str(s["cut"])]
+    if s["multiple"] > 1:
+        cmd += ["--psap_width_multiple", str(s["multiple"])]
+    if s["start"] == "pretrained":
+        dense = run_dir(args.work_dir, dict(s, method="dense", start="scratch", cut=0.0,
+                                            multiple=1))
+        cmd += ["--pre_trained", os.path.join(dense, "last.ckpt"), "--lr_max",
+                str(args.pretrained_lr), "--warmup_epochs", "0"]
+    return cmd, recipe
+
+
+def _train(cmd, out, ckpt, log):
     seconds_path = os.path.join(out, "train_seconds.json")
     if not os.path.exists(ckpt):
         start = time.time()
-        _call(train, log)
+        _call(cmd, log)
         with open(seconds_path, "w", encoding="utf-8") as handle:
             json.dump(time.time() - start, handle)
-    seconds = None
     if os.path.exists(seconds_path):
         with open(seconds_path, encoding="utf-8") as handle:
-            seconds = json.load(handle)
+            return json.load(handle)
+    return None
+
+
+def run(args, s, export):
+    """Train + evaluate (+ export) one setting; returns its record (cached in its directory)."""
+    out = run_dir(args.work_dir, s)
+    record_path = os.path.join(out, "record.json")
+    if os.path.exists(record_path):
+        with open(record_path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        if not export or record.get("mindir"):
+            return record
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(out, "commands.log")
+    cmd, recipe = train_command(args, s, out)
+    ckpt = os.path.join(out, "last.ckpt" if s["method"] == "dense" else "last_compact.ckpt")
+    seconds = _train(cmd, out, ckpt, log)
+    config = ["--config_path", _recipe(recipe), "--net", s["net"]]
     eval_json = os.path.join(out, "eval.json")
-    _call([sys.executable, "eval.py", *config, *net, "--data_path", args.data_path, "--ckpt", ckpt,
-           "--json_out", eval_json], log)
+    samples = ["--eval_samples", str(args.eval_samples)] if args.eval_samples else []
+    _call([sys.executable, "eval.py", *config, "--data_path", args.data_path, "--ckpt", ckpt,
+           "--json_out", eval_json, *samples], log)
     exports = {}
     for batch in BATCHES if export else ():
         name = os.path.join(out, f"model_b{batch}")
-        _call([sys.executable, "export.py", *config, *net, "--ckpt", ckpt, "--file_format", "MINDIR",
+        _call([sys.executable, "export.py", *config, "--ckpt", ckpt, "--file_format", "MINDIR",
                "--file_name", name, "--export_batch", str(batch)], log)
         exports[str(batch)] = name + ".mindir"
     with open(eval_json, encoding="utf-8") as handle:
         result = json.load(handle)
-    record = {"label": label, "seed": seed, "recipe": f"config/{recipe}", "overrides": extra + net,
-              "checkpoint": ckpt, "train_seconds": seconds, "mindir": exports,
-              "train_command": " ".join(["python"] + train[1:]).replace(ROOT + "/", "")}
-    record.update({k: result[k] for k in ("top1", "top5", "loss", "params", "flops", "dense_params",
-                                          "dense_flops") if k in result})
-    if "inner_widths" in result:
-        record["inner_widths"] = result["inner_widths"]
-    record["pruning_steps"] = pruning_log(out)
-    with open(record_path, "w", encoding="utf-8") as handle:
+    record = dict(s, label=label_of(s["method"], s["multiple"]), train_seconds=seconds,
+                  mindir=exports, checkpoint=ckpt,
+                  train_command=" ".join(["python"] + cmd[1:]).replace(ROOT + "/", ""))
+    record.update({k: result[k] for k in ("top1", "top5", "loss", "params", "flops",
+                                          "dense_params", "dense_flops", "inner_widths")
+                   if k in result})
+    record["pruning_steps"], record["regrowth"] = pruning_log(out)
+    with open(record_path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
-    print(f"{label}: top1 {record['top1']:.4f} MACs {record['flops']:,} params {record['params']:,}",
-          flush=True)
+    os.replace(record_path + ".tmp", record_path)
+    print(f"{out}: top1 {record['top1']:.4f} MACs {record['flops']:,} params "
+          f"{record['params']:,}", flush=True)
     return record
 
 
-STEP_LINE = re.compile(r"psap step (\d+) \(epoch (\d+)(?:, final)?\): .*filters zeroed (\d+)/(\d+).*"
-                       r"protected (\d+) \(new (\d+)\), regrew (\d+)")
-PROTECT_LINE = re.compile(r"psap protection \((\w+) energy\): .* over (\d+) zeroed filters: "
-                          r"exactly 0 (\d+), .*> tau (\d+)(?: \(raw interval energies: (\d+)\))?")
+STEP_LINE = re.compile(
+    r"psap step (\d+) \(epoch (\d+)(?:, final)?\): .*filters zeroed (\d+)/(\d+).*"
+    r"protected (\d+) \(new (\d+)\), regrew (\d+).*protected at the previous step (\d+): kept "
+    r"(\d+) \(still protected (\d+), won on score (\d+) of (\d+)\)")
+FINAL_LINE = re.compile(r"regrown filters (\d+), kept to the end (\d+)")
+STEP_FIELDS = ("step", "epoch", "zeroed", "filters", "protected", "newly_protected", "regrew",
+               "protected_before", "kept", "still_protected", "won", "competed")
 
 
 def pruning_log(out):
-    """Per pruning step: filters zeroed, protected (new), regrown, and how many zeroed filters the
-    normalised and the raw energies would protect, parsed from the run's train.log."""
+    """(per pruning step: zeroed, protected, regrew and the outcome of the previous step's
+    protection; {regrown, survived}) parsed from the run's train.log."""
     path = os.path.join(out, "train.log")
+    steps, regrowth = [], None
     if not os.path.exists(path):
-        return []
-    steps, pending = [], None
+        return steps, regrowth
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            match = PROTECT_LINE.search(line)
-            if match:
-                pending = {"energy": match.group(1), "zeroed_before": int(match.group(2)),
-                           "zero_energy": int(match.group(3)), "above_tau": int(match.group(4)),
-                           "raw_above_tau": None if match.group(5) is None else int(match.group(5))}
-                continue
             match = STEP_LINE.search(line)
             if match:
-                step = {"step": int(match.group(1)), "epoch": int(match.group(2)),
-                        "zeroed": int(match.group(3)), "filters": int(match.group(4)),
-                        "protected": int(match.group(5)), "newly_protected": int(match.group(6)),
-                        "regrew": int(match.group(7))}
-                if pending:
-                    step["protection"] = pending
-                steps.append(step)
-                pending = None
-    return steps
+                steps.append(dict(zip(STEP_FIELDS, (int(v) for v in match.groups()))))
+            match = FINAL_LINE.search(line)
+            if match:
+                regrowth = {"regrown": int(match.group(1)), "survived": int(match.group(2))}
+    return steps, regrowth
 
 
 def _accuracy_benchmark_running():
@@ -208,205 +270,221 @@ def measure_latency(records, repeats, warmup, rounds, seed):
     for (label, batch), values in times.items():
         ms_values = 1000 * np.asarray(values)
         result.setdefault(label, {})[str(batch)] = {
-            "median_ms": float(np.median(ms_values)), "p25_ms": float(np.percentile(ms_values, 25)),
+            "median_ms": float(np.median(ms_values)), "min_ms": float(ms_values.min()),
+            "p10_ms": float(np.percentile(ms_values, 10)),
+            "p25_ms": float(np.percentile(ms_values, 25)),
             "p75_ms": float(np.percentile(ms_values, 75)), "runs": int(ms_values.size)}
     return result
 
 
-def plot_widths(records, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _stats(values):
     import numpy as np
-    sys.path.insert(0, ROOT)
-    from src.models import default_inner_widths
-    net = records[0].get("net", "resnet20")
-    dense = [w for block in default_inner_widths(net) for w in block]
-    labels = [f"b{i}" for i in range(len(dense))]
-    pruned = [r for r in records if "inner_widths" in r]
-    x = np.arange(len(dense))
-    width = 0.8 / (len(pruned) + 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(dense)), 3.8))
-    ax.bar(x - 0.4 + width / 2, dense, width, label="dense", color="lightgrey")
-    for k, r in enumerate(pruned):
-        kept = [w for block in r["inner_widths"] for w in block]
-        ax.bar(x - 0.4 + width * (k + 1.5), kept, width, label=r["label"])
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=90 if len(dense) > 12 else 0)
-    ax.set_xlabel("residual block (inner conv)")
-    ax.set_ylabel("filters kept")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    values = np.asarray(values, dtype=np.float64)
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "min": float(values.min()),
+            "max": float(values.max()), "n": int(values.size)}
 
 
-PUBLISHED = """Published numbers of the lineage, as reported in the papers (not reproduced here; PSAP's
-own numbers are unknown, only its abstract is public), top-1 % before -> after pruning:
+def cell_key(r):
+    return f"{r['net']}/{r['start'] if r['method'] != 'dense' else 'dense'}/" \
+           f"{round(100 * r['cut'])}/{r['label']}"
 
-| model / data | method | top-1 (%) | FLOPs cut | source |
-|---|---|---|---|---|
-| ResNet-56 / CIFAR-10 | SFP (from scratch) | 93.59 -> 92.26 | 52.6 % | He et al., IJCAI 2018 |
-| ResNet-56 / CIFAR-10 | FPGM (from pretrained) | 93.59 -> 93.49 | 52.6 % | He et al., CVPR 2019 |
-| ResNet-56 / CIFAR-10 | HRank | 93.26 -> 93.17 | 50.0 % | Lin et al., CVPR 2020 |
-| ResNet-50 / ImageNet | SFP | 76.15 -> 74.61 | 41.8 % | He et al., IJCAI 2018 |
-| ResNet-50 / ImageNet | FPGM | 76.15 -> 75.59 | 42.2 % | He et al., CVPR 2019 |
-| ResNet-50 / ImageNet | FPGM | 76.15 -> 74.83 | 53.5 % | He et al., CVPR 2019 |
-| ResNet-50 / ImageNet | HRank | 76.15 -> 74.98 | 43.8 % | Lin et al., CVPR 2020 |
-| ResNet-50 / ImageNet | HRank | 76.15 -> 71.98 | 62.1 % | Lin et al., CVPR 2020 |"""
+
+def aggregate(records, latency):
+    """One row per (net, start, cut, method, rounding): top-1 over seeds, size, latency."""
+    cells = {}
+    for r in records:
+        cells.setdefault(cell_key(r), []).append(r)
+    rows = []
+    for key, group in cells.items():
+        first = group[0]
+        row = {k: first[k] for k in ("net", "start", "cut", "method", "multiple", "label")}
+        row.update(key=key, top1_by_seed={str(r["seed"]): r["top1"] for r in group},
+                   top1=_stats([100 * r["top1"] for r in group]),
+                   params=int(round(sum(r["params"] for r in group) / len(group))),
+                   flops=int(round(sum(r["flops"] for r in group) / len(group))),
+                   dense_flops=first.get("dense_flops", first["flops"]),
+                   inner_widths=first.get("inner_widths"), regrowth=[r.get("regrowth")
+                                                                     for r in group],
+                   protection=[_protection_totals(r) for r in group])
+        if key in latency:
+            row["latency"] = latency[key]
+        rows.append(row)
+    _speedups(rows)
+    return rows
+
+
+def _protection_totals(record):
+    """Summed over the pruning steps of one run: filters protected at a step, kept at the next,
+    of those competed on score, won."""
+    steps = record.get("pruning_steps") or []
+    return {k: sum(st[k] for st in steps) for k in ("protected_before", "kept", "competed",
+                                                   "won", "regrew")} if steps else None
+
+
+def _speedups(rows):
+    dense = {r["net"]: r for r in rows if r["method"] == "dense"}
+    for r in rows:
+        base = dense.get(r["net"])
+        r["flops_speedup"] = (base["flops"] / r["flops"]) if base else None
+        if base and "latency" in r and "latency" in base:
+            r["latency_speedup"] = {b: base["latency"][b]["median_ms"]
+                                    / r["latency"][b]["median_ms"] for b in r["latency"]}
+            r["latency_over_flops"] = {b: s / r["flops_speedup"]
+                                       for b, s in r["latency_speedup"].items()}
+
+
+def _row_line(r):
+    t = r["top1"]
+    lat = r.get("latency")
+    latency = f"{lat['1']['median_ms']:.3f} / {lat['32']['median_ms']:.2f}" if lat else "-"
+    ratio = (f"{r['latency_over_flops']['1']:.2f} / {r['latency_over_flops']['32']:.2f}"
+             if "latency_over_flops" in r else "-")
+    cut = "-" if r["method"] == "dense" else f"{round(100 * r['cut'])} %"
+    speedup = "-" if r["flops_speedup"] is None else f"{r['flops_speedup']:.2f}x"
+    return (f"| {cut} | {r['label']} | {t['mean']:.2f} ± {t['std']:.2f} | {t['min']:.2f}-"
+            f"{t['max']:.2f} | {t['n']} | {r['params']:,} | {r['flops'] / 1e6:.2f} M | "
+            f"{speedup} | {latency} | {ratio} |")
+
+
+def verdicts(rows):
+    """Best PSAP configuration vs SFP per (net, start, cut): difference of mean top-1, called a
+    win/loss only when it exceeds both spreads (sample std over seeds)."""
+    out = []
+    cells = sorted({(r["net"], r["start"], r["cut"]) for r in rows if r["method"] != "dense"})
+    for net, start, cut in cells:
+        group = [r for r in rows if (r["net"], r["start"], r["cut"]) == (net, start, cut)]
+        sfp = next((r for r in group if r["label"] == "SFP"), None)
+        psap = [r for r in group if r["method"].startswith("PSAP")]
+        if not sfp or not psap:
+            continue
+        best = max(psap, key=lambda r: r["top1"]["mean"])
+        diff = best["top1"]["mean"] - sfp["top1"]["mean"]
+        spread = max(best["top1"]["std"], sfp["top1"]["std"])
+        if min(best["top1"]["n"], sfp["top1"]["n"]) < 2:
+            word = "no verdict from one seed"
+        else:
+            word = "wins" if diff > spread and diff > 0 else \
+                "loses" if -diff > spread and diff < 0 else "ties"
+        out.append(f"- {NET_NAMES.get(net, net)}, {start}, {round(100 * cut)} % MACs cut: best "
+                   f"PSAP ({best['label']}) {best['top1']['mean']:.2f} % vs SFP "
+                   f"{sfp['top1']['mean']:.2f} %: {diff:+.2f} points over {best['top1']['n']} "
+                   f"seed(s), spread (std) {spread:.2f}: {word if word.startswith('no') else 'PSAP ' + word}"
+                   + ("; the acceptance asks for +1.00" if round(100 * cut) == 60 else "") + ".")
+    return out
+
+
+def protection_lines(rows):
+    lines = ["| net | start | cut | method | protected (sum over steps) | kept at the next step | "
+             "competed on score | won | regrown | regrown kept to the end |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        totals = [p for p in r["protection"] if p]
+        regrowth = [g for g in r["regrowth"] if g]
+        if not totals or not r["method"].startswith("PSAP"):
+            continue
+        mean = {k: sum(p[k] for p in totals) / len(totals) for k in totals[0]}
+        survived = sum(g["survived"] for g in regrowth) / len(regrowth) if regrowth else None
+        regrown = sum(g["regrown"] for g in regrowth) / len(regrowth) if regrowth else None
+        lines.append(f"| {r['net']} | {r['start']} | {round(100 * r['cut'])} % | {r['label']} | "
+                     f"{mean['protected_before']:.1f} | {mean['kept']:.1f} | "
+                     f"{mean['competed']:.1f} | {mean['won']:.1f} | {regrown or 0:.1f} | "
+                     f"{survived or 0:.1f} |")
+    return lines
 
 
 def markdown(data):
     a = data["args"]
-    net_name = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}.get(data["net"], data["net"])
-    rows = data["runs"]
-    dense = rows[0]
-    lines = [f"# PSAP vs SFP vs dense: {net_name} on Fashion-MNIST", "",
-             f"Command: `{data['command']}`", "",
-             f"Every run: the first {a['train_samples']} training images, {a['epochs']} epochs, seed "
-             f"{a['seed']}, the same learning-rate schedule; top-1 on the full 10,000-image test "
-             "set. PSAP and SFP: 40 % MACs target, soft pruning after every epoch on the same "
-             "ASFP-shaped schedule, zero filters removed physically at the end (the compact "
-             "network is evaluated and exported). SFP = the PSAP recipe with "
-             "`--psap_adaptive false --psap_protect false` (uniform layer ratios, no protection): "
-             "only adaptation and protection differ. (Filters that are exactly zero, dead ReLUs, "
-             "are pruned first in both, so SFP's final widths are not exactly uniform.)", "",
-             f"Latency: exported MINDIR, `ms.load` + `nn.GraphCell` on this CPU "
-             f"({data['machine']['cpu_count']} cores, MindSpore {data['machine']['mindspore']}), "
-             f"median of {a['repeats_b1']} calls at batch 1 and {a['repeats_b32']} at batch 32 after "
-             f"warm-up, models interleaved in {a['rounds']} rounds. 1-min load average "
-             f"{data['load_before_timing'][0]:.2f} before timing ({data['quiet_reason']}), "
-             f"{data['load_after_timing'][0]:.2f} after. Speed-ups are dense / model; the last two "
-             "columns are latency speed-up divided by FLOPs speed-up (1.0 = latency follows "
-             "FLOPs).", "",
-             ]
-    table = ["| model | top-1 (%) | params | MACs | FLOPs speed-up | latency b1 (ms) | "
-             "latency b32 (ms) | latency speed-up b1 / b32 | latency/FLOPs speed-up b1 / b32 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lat = r["latency"]
-        table.append(
-            f"| {r['label']} | {100 * r['top1']:.2f} | {r['params']:,} | {r['flops'] / 1e6:.2f} M | "
-            f"{r['flops_speedup']:.2f}x | {lat['1']['median_ms']:.3f} | {lat['32']['median_ms']:.2f} | "
-            f"{r['latency_speedup']['1']:.2f}x / {r['latency_speedup']['32']:.2f}x | "
-            f"{r['latency_over_flops']['1']:.2f} / {r['latency_over_flops']['32']:.2f} |")
-    lines += table
-    lines += ["", "Latency interquartile ranges (ms): " + "; ".join(
-        f"{r['label']} b1 {r['latency']['1']['p25_ms']:.3f}-{r['latency']['1']['p75_ms']:.3f}, "
-        f"b32 {r['latency']['32']['p25_ms']:.2f}-{r['latency']['32']['p75_ms']:.2f}" for r in rows) + "."]
-    seeds = data.get("top1_by_seed", {})
-    seed_list = sorted({k for v in seeds.values() for k in v}, key=int)
-    seed_table = []
-    if len(seed_list) > 1:
-        seed_table = ["| model | " + " | ".join(f"top-1 seed {k} (%)" for k in seed_list)
-                      + " | mean (%) |", "|---" * (len(seed_list) + 2) + "|"]
-        for label, values in seeds.items():
-            tops = [100 * values[k] for k in seed_list if k in values]
-            seed_table.append(f"| {label} | " + " | ".join(
-                f"{100 * values[k]:.2f}" if k in values else "-" for k in seed_list)
-                + f" | {sum(tops) / len(tops):.2f} |")
-        lines += ["", "Top-1 over seeds (same data, epochs and recipes; the latency runs are seed "
-                  f"{a['seed']}):", ""] + seed_table
-    widths = [r for r in rows if "inner_widths" in r]
-    if widths:
-        lines += ["", "Kept filters of the inner convs (dense: "
-                  + " ".join(str(w[0]) for w in data["dense_inner_widths"]) + "):"]
-        for r in widths:
-            lines.append(f"- {r['label']}: " + " ".join(str(w[0]) for w in r["inner_widths"]))
-        lines += ["", f"![kept filters per layer]({data['png']})"]
-    psap = next((r for r in rows if r["label"] == "PSAP"), None)
-    if psap and psap.get("pruning_steps"):
-        lines += ["", "What PSAP's protection did at each pruning step (from its train.log): zeroed "
-                  "filters of the previous step whose BN-normalised first-step gradient energy "
-                  "exceeds tau x the median of the layer's kept filters, next to how many the raw "
-                  "interval energies would have protected:", "",
-                  "| step (epoch) | zeroed before | of those with zero gradient (dead ReLU) | "
-                  "protected, normalised | protected, raw | regrew | SFP: regrew (no protection) |",
-                  "|---|---|---|---|---|---|---|"]
-        sfp = next((r for r in rows if r["label"] == "SFP"), {})
-        sfp_regrew = {st["step"]: st["regrew"] for st in sfp.get("pruning_steps", [])}
-        for st in psap["pruning_steps"]:
-            p = st.get("protection")
-            if not p:
-                continue
-            lines.append(f"| {st['step']} ({st['epoch']}) | {p['zeroed_before']} | "
-                         f"{p['zero_energy']} | {p['above_tau']} | {p['raw_above_tau']} | "
-                         f"{st['regrew']} | {sfp_regrew.get(st['step'], '-')} |")
-    lines += ["", "## PSAP (paragraph for the README)", "",
-              f"PSAP (Li & Zhao, arXiv 2303.11881) is implemented from its abstract only: no full "
-              "text, tables or code are public. What follows the abstract: iterative soft filter "
-              "pruning, each layer's ratio set by its own weight sparsity before every pruning "
-              "step, and a protective mechanism driven by gradients. Design choices of this "
-              "project: the ASFP-shaped global schedule (filters or FLOPs target), layer ratio "
-              "proportional to the layer's weight sparsity, L2 or FPGM filter score, pruning of "
-              "the inner convs of residual blocks only, protection of a zeroed filter whose "
-              "BatchNorm-normalised gradient energy on the first step after pruning exceeds tau x "
-              "the median of its layer's kept filters, and physical removal of the zero filters at "
-              "the end. "
-              f"On {net_name} / Fashion-MNIST ({a['train_samples']} training images, {a['epochs']} "
-              f"epochs, CPU) at a {100 * (1 - rows[1]['flops'] / dense['flops']):.1f} % MACs cut:", "",
-              *table, "", *(["Top-1 over seeds:", "", *seed_table, ""] if seed_table else []),
-              *[line for finding in _findings(data) for line in (finding, "")], PUBLISHED]
+    lines = ["# PSAP benchmark matrix: Fashion-MNIST", "", f"Command: `{data['command']}`", "",
+             f"Every run: the first {a['train_samples']} training images, {a['epochs']} epochs, "
+             f"the recipes' schedule (pre-trained start: lr_max {a['pretrained_lr']}, no warm-up,"
+             f" from the dense run of the same seed); top-1 on "
+             f"{a['eval_samples'] or 'all 10,000'} test images of the compact network. Mean ± "
+             "sample std, min-max over seeds. Latency: MINDIR of the first seed, `ms.load` + "
+             f"`nn.GraphCell`, median of {a['repeats_b1']} calls at batch 1 and "
+             f"{a['repeats_b32']} at batch 32, models of a network interleaved; 1-min load "
+             + ", ".join(f"{net} {v[0]:.2f}" for net, v in data["load_before_timing"].items())
+             + " before timing. FLOPs speed-up = dense MACs / MACs; latency/FLOPs speed-up = "
+             "(dense latency / latency) / FLOPs speed-up.", ""]
+    header = ["| cut | method | top-1 (%) | min-max | seeds | params | MACs | FLOPs speed-up | "
+              "latency b1 / b32 (ms) | latency/FLOPs speed-up b1 / b32 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = data["rows"]
+    for net in a["nets"]:
+        dense = [r for r in rows if r["net"] == net and r["method"] == "dense"]
+        for start in a["starts"]:
+            group = [r for r in rows if r["net"] == net and r["start"] == start
+                     and r["method"] != "dense"]
+            lines += [f"## {NET_NAMES.get(net, net)}, {start}", "", *header,
+                      *[_row_line(r) for r in dense + group], ""]
+    lines += ["## PSAP vs SFP", "", *verdicts(rows), "", "## Protection (mean over seeds)", "",
+              *protection_lines(rows), "", f"![top-1 vs MACs cut]({data['png']})", ""]
     return "\n".join(lines)
 
 
-def _findings(data):
-    """Sentences drawn from the numbers: seed spread, what protection did, latency vs FLOPs."""
-    rows = {r["label"]: r for r in data["runs"]}
-    out = []
-    seeds = data.get("top1_by_seed", {})
-    if seeds and len(next(iter(seeds.values()))) > 1:
-        def stats(label):
-            values = [100 * v for v in seeds[label].values()]
-            return sum(values) / len(values), min(values), max(values)
-        parts = [f"{label} {m:.2f} % ({lo:.2f}-{hi:.2f})" for label, (m, lo, hi)
-                 in ((k, stats(k)) for k in seeds)]
-        out.append(f"Mean top-1 over {len(next(iter(seeds.values())))} seeds (range): "
-                   + ", ".join(parts) + ". With these short runs the seed-to-seed spread of a "
-                   "pruned network is several points, larger than the difference between PSAP "
-                   "and SFP: this benchmark does not separate them on accuracy.")
-    else:
-        out.append("One seed only: short CPU runs vary by several points from seed to seed.")
-    psap, sfp = rows.get("PSAP", {}), rows.get("SFP", {})
-    steps = [st for st in psap.get("pruning_steps", []) if st.get("protection")]
-    if steps and sfp.get("pruning_steps"):
-        dead = sum(st["protection"]["zero_energy"] for st in steps)
-        zeroed = sum(st["protection"]["zeroed_before"] for st in steps)
-        protected = sum(st["protection"]["above_tau"] for st in steps)
-        regrew = sum(st["regrew"] for st in steps)
-        sfp_regrew = sum(st["regrew"] for st in sfp["pruning_steps"])
-        out.append(
-            f"Protection (seed {data['args']['seed']}, summed over the {len(steps)} pruning steps "
-            f"that follow another): of {zeroed} zeroed filters, {dead} had exactly zero gradient "
-            "on the first step after zeroing (BatchNorm shift <= 0: the ReLU is dead, and nearly "
-            f"all of them stay zero); {protected} were protected and {regrew} regrew, while SFP "
-            f"without any protection saw {sfp_regrew} regrow. A zeroed filter with a live ReLU "
-            "regrows whether protected or not, so protection changes little here; PSAP and SFP "
-            "differ mainly by the layer widths (above).")
-    pruned = [r for r in data["runs"] if r["label"] != "dense"]
-    if pruned:
-        def span(key):
-            values = [v for r in pruned for v in r[key].values()]
-            return min(values), max(values)
-        (s_lo, s_hi), (q_lo, q_hi) = span("latency_speedup"), span("latency_over_flops")
-        flops = "/".join(sorted({f"{r['flops_speedup']:.2f}x" for r in pruned}))
-        out.append(f"Latency: for {flops} fewer MACs the compact networks are {s_lo:.2f}-{s_hi:.2f}x "
-                   f"faster at batch 1 and 32 on this CPU, i.e. latency speed-up / FLOPs speed-up "
-                   f"= {q_lo:.2f}-{q_hi:.2f}: work that is not counted as MACs and does not shrink "
-                   "with the inner widths (BatchNorm, ReLU and additions on the residual streams, "
-                   "per-operator overhead) keeps its cost.")
-    return out
+def plot(rows, nets, starts, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(nets), len(starts), figsize=(5.5 * len(starts), 3.8 * len(nets)),
+                             squeeze=False)
+    for i, net in enumerate(nets):
+        for j, start in enumerate(starts):
+            ax = axes[i][j]
+            for r in (r for r in rows if r["net"] == net and r["method"] == "dense"):
+                ax.axhline(r["top1"]["mean"], color="grey", linestyle="--", label="dense")
+            labels = sorted({r["label"] for r in rows if r["net"] == net
+                             and r["start"] == start and r["method"] != "dense"})
+            for label in labels:
+                pts = sorted((r["cut"], r["top1"]["mean"], r["top1"]["std"]) for r in rows
+                             if r["net"] == net and r["start"] == start and r["label"] == label)
+                ax.errorbar([100 * p[0] for p in pts], [p[1] for p in pts],
+                            yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
+            ax.set_title(f"{NET_NAMES.get(net, net)}, {start}")
+            ax.set_xlabel("MACs cut (%)")
+            ax.set_ylabel("top-1 (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def main():
+def time_networks(args, records):
+    """Latency of the first seed's exports, one interleaved measurement per network."""
+    latency, loads = {}, {}
+    for net in args.nets:
+        timed = [dict(r, label=cell_key(r)) for r in records
+                 if r["net"] == net and r.get("mindir")]
+        if not timed:
+            continue
+        reason, _ = wait_until_quiet(args.max_load, args.max_wait)
+        loads[net] = list(os.getloadavg()) + [reason]
+        latency.update(measure_latency(timed, {1: args.repeats_b1, 32: args.repeats_b32},
+                                       args.warmup, args.rounds, args.seeds[0]))
+    return latency, loads
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_path", required=True)
+    parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--cuts", type=float, nargs="+", default=[0.4, 0.6])
+    parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"],
+                        choices=["scratch", "pretrained"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--methods", nargs="+",
+                        default=["dense", "SFP", "FPGM", "PSAP-L2", "PSAP-BN"])
+    parser.add_argument("--round_methods", nargs="*", default=["PSAP-L2", "PSAP-BN"],
+                        help="methods also run with --psap_width_multiple --multiple")
+    parser.add_argument("--multiple", type=int, default=8)
+    parser.add_argument("--bn_score", default="bn_l2", help="filter_score of PSAP-BN")
     parser.add_argument("--train_samples", type=int, default=10000)
+    parser.add_argument("--eval_samples", type=int, default=0, help="0 = the full test set")
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--net", default="", help="override the recipes' network (e.g. resnet56)")
+    parser.add_argument("--pretrained_lr", type=float, default=0.01,
+                        help="lr_max of the runs that start from the dense checkpoint")
     parser.add_argument("--repeats_b1", type=int, default=50)
     parser.add_argument("--repeats_b32", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
@@ -414,65 +492,45 @@ def main():
     parser.add_argument("--max_load", type=float, default=1.5)
     parser.add_argument("--max_wait", type=float, default=40, help="minutes")
     parser.add_argument("--work_dir", default="")
+    parser.add_argument("--name", default="psap_matrix", help="results file name")
     parser.add_argument("--report_only", action="store_true",
-                        help="rewrite the markdown from the stored results JSON (no runs, no timing)")
-    parser.add_argument("--extra_seeds", type=int, nargs="*", default=[],
-                        help="also train and evaluate every setting with these seeds (top-1 only)")
+                        help="rewrite the report from the stored results JSON (no runs)")
     args = parser.parse_args()
+    for method in args.methods + args.round_methods:
+        method_overrides(method, args.bn_score)
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join(ROOT, "output", "bench_psap_matrix"))
+    return args
 
-    net = args.net or "resnet20"
-    suffix = "" if net == "resnet20" else f"_{net}"
+
+def command_line(args):
+    parts = ["python benchmarks/psap_benchmark.py --data_path DIR"]
+    for key in ("nets", "cuts", "starts", "seeds", "methods", "round_methods"):
+        parts.append(f"--{key} " + " ".join(map(str, getattr(args, key))))
+    for key in ("multiple", "bn_score", "train_samples", "eval_samples", "epochs",
+                "pretrained_lr"):
+        parts.append(f"--{key} {getattr(args, key)}")
+    return " ".join(parts)
+
+
+def main():
+    args = parse_args()
+    results = os.path.join(ROOT, "benchmarks", "results")
     if args.report_only:
-        path = os.path.join(ROOT, "benchmarks", "results", f"psap_benchmark{suffix}.json")
-        with open(path, encoding="utf-8") as handle:
+        with open(os.path.join(results, f"{args.name}.json"), encoding="utf-8") as handle:
             data = json.load(handle)
-        write_results(f"psap_benchmark{suffix}", data, markdown(data))
+        write_results(args.name, data, markdown(data))
         return
-    work_dir = args.work_dir or os.path.join(ROOT, "output", f"bench_psap{suffix}")
-    records = [run(args, label, recipe, extra, ckpt, work_dir) for label, recipe, extra, ckpt in RUNS]
-    for label, r in zip([x[0] for x in RUNS], records):
-        r["net"] = net
-        r["pruning_steps"] = pruning_log(os.path.join(work_dir, label))
-
-    load_start = os.getloadavg()
-    reason, waits = wait_until_quiet(args.max_load, args.max_wait)
-    load_before = os.getloadavg()
-    latency = measure_latency(records, {1: args.repeats_b1, 32: args.repeats_b32}, args.warmup,
-                              args.rounds, args.seed)
-    load_after = os.getloadavg()
-
-    # more seeds (train + evaluate only, after the timing so that it runs on a quiet machine)
-    seeds = {r["label"]: {str(args.seed): r["top1"]} for r in records}
-    for seed in args.extra_seeds:
-        for label, recipe, extra, ckpt in RUNS:
-            other = run(args, label, recipe, extra, ckpt, os.path.join(work_dir, f"seed{seed}"),
-                        seed=seed, export=False)
-            seeds[label][str(seed)] = other["top1"]
-
-    dense = records[0]
-    for r in records:
-        r["latency"] = latency[r["label"]]
-        r["flops_speedup"] = dense["flops"] / r["flops"]
-        r["latency_speedup"] = {b: dense["latency"][b]["median_ms"] / r["latency"][b]["median_ms"]
-                                for b in r["latency"]}
-        r["latency_over_flops"] = {b: s / r["flops_speedup"] for b, s in r["latency_speedup"].items()}
-    sys.path.insert(0, ROOT)
-    from src.models import default_inner_widths
-    name = f"psap_benchmark{suffix}"
-    png = os.path.join(ROOT, "benchmarks", "results", f"{name}.png")
-    os.makedirs(os.path.dirname(png), exist_ok=True)
-    plot_widths(records, png, f"{net} on Fashion-MNIST: kept filters per inner conv")
-    command = (f"python benchmarks/psap_benchmark.py --data_path DIR --train_samples "
-               f"{args.train_samples} --epochs {args.epochs} --seed {args.seed}"
-               + (f" --net {args.net}" if args.net else "")
-               + (" --extra_seeds " + " ".join(map(str, args.extra_seeds)) if args.extra_seeds else ""))
-    data = {"machine": machine_info(), "command": command, "args": vars(args), "net": net,
-            "load_at_start_of_wait": list(load_start), "load_before_timing": list(load_before),
-            "load_after_timing": list(load_after), "quiet_reason": reason, "wait_log": waits,
-            "dense_inner_widths": default_inner_widths(net), "png": os.path.basename(png),
-            "runs": records, "top1_by_seed": seeds}
-    data["args"]["data_path"] = "DIR"
-    write_results(name, data, markdown(data))
+    records = [run(args, s, export=s["seed"] == args.seeds[0]) for s in settings(args)]
+    latency, loads = time_networks(args, records)
+    rows = aggregate(records, latency)
+    png = os.path.join(results, f"{args.name}.png")
+    os.makedirs(results, exist_ok=True)
+    plot(rows, args.nets, args.starts, png)
+    data = {"machine": machine_info(), "command": command_line(args),
+            "args": dict(vars(args), data_path="DIR", work_dir=os.path.relpath(args.work_dir, ROOT)),
+            "load_before_timing": loads, "png": os.path.basename(png), "rows": rows,
+            "runs": records}
+    write_results(args.name, data, markdown(data))
 
 
 if __name__ == "__main__":

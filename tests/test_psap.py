@@ -12,8 +12,12 @@ from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
 from src.models.resnet import build_resnet, default_inner_widths
 from src.pruning.psap import (PSAPPruner, adaptive_layer_ratios, asfp_target,
-                              bn_normalized_energy, filter_costs, filter_scores, flops_layer_counts,
-                              protected_filters, removed_macs, weight_sparsity_ratio)
+                              bn_normalized_energy, count_bounds, filter_costs, filter_scores,
+                              flops_layer_counts, protected_filters, removed_macs,
+                              weight_sparsity_ratio)
+from src.pruning.psap_protection import OUTCOME_COLUMNS
+from src.pruning.psap_scores import relu_gaussian_variance, taylor_bn_terms
+from src.pruning.psap_widths import round_pruned_counts
 from src.pruning.surgery import prunable_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,6 +125,64 @@ def test_flops_target_on_bottlenecks_is_exact_within_one_percent():
     assert len(filter_costs(records, layers)) == len(layers)
 
 
+def _independent_macs(arch, widths, shape):
+    """MACs of a network built with ``widths`` (the analytic walk of src.models.flops, not
+    removed_macs)."""
+    return count_macs_params(build_resnet(arch, num_classes=10, in_channels=shape[1],
+                                          inner_widths=widths), shape)[0]
+
+
+@pytest.mark.parametrize("multiple", [4, 8])
+def test_width_rounding_meets_the_flops_target(multiple):
+    shape = (1, 3, 32, 32)
+    net = build_resnet("resnet56", num_classes=10, in_channels=3)
+    records = layer_records(net, shape)
+    layers = prunable_layers(net)
+    n = np.array([16] * 9 + [32] * 9 + [64] * 9)
+    dense = sum(r["macs"] for r in records)
+    rng = np.random.default_rng(24)
+    for ratio in (0.2, 0.4, 0.6):
+        counts = flops_layer_counts(rng.uniform(0.05, 0.6, len(n)), n, ratio, 0.8, records, layers)
+        _, lower, caps = count_bounds(n, 0.8, None, None)
+        rounded, unrounded = round_pruned_counts(
+            counts, n, multiple, lower, caps, lambda c: removed_macs(records, layers, c),
+            ratio * dense, tolerance=0.005 * dense)
+        assert unrounded == []
+        kept = n - rounded
+        assert np.all((kept % multiple == 0) | (kept == n)), kept
+        assert np.all(kept >= 1) and np.all(kept <= n)
+        assert np.all(rounded <= np.floor(0.8 * n))
+        widths = default_inner_widths("resnet56")
+        for layer, k in zip(layers, kept):
+            widths[layer["block"]][layer["inner"]] = int(k)
+        achieved = 1 - _independent_macs("resnet56", widths, shape) / dense
+        assert abs(achieved - ratio) <= 0.01, (ratio, achieved)
+        # the layer ratios stay the allocation's: widths next to it (one step further where a
+        # cap leaves a layer no multiple on one side)
+        assert np.all(np.abs(rounded - counts) < 2 * multiple), rounded - counts
+
+
+def test_width_rounding_bounds_and_filter_target():
+    n = np.array([6, 16, 16, 32, 64])
+    counts = np.array([2, 5, 9, 11, 30])
+    lower = np.array([1, 3, 0, 0, 0])           # layers 0, 1 must lose 1, 3 (e.g. dead filters)
+    caps = np.array([5, 12, 12, 25, 51])
+    target = int(counts.sum())
+    rounded, unrounded = round_pruned_counts(counts, n, 8, lower, caps, np.sum, target)
+    kept = n - rounded
+    assert unrounded == [0]             # 6 filters, one must go: no allowed width, left as is
+    assert rounded[0] == counts[0]
+    assert np.all(kept[1:] % 8 == 0)
+    assert np.all(rounded >= lower) and np.all(rounded <= caps)
+    # independent check: brute force over every allowed combination gives the best miss
+    options = [[c for c in range(lower[i], caps[i] + 1) if (n[i] - c) % 8 == 0 or c == 0]
+               for i in range(1, 5)]
+    best = min(abs(counts[0] + sum(combo) - target)
+               for combo in np.array(np.meshgrid(*options)).reshape(4, -1).T)
+    assert abs(int(rounded.sum()) - target) == best
+    assert list(round_pruned_counts(counts, n, 1, lower, caps, np.sum, target)[0]) == list(counts)
+
+
 def test_infeasible_target_raises():
     with pytest.raises(ValueError):
         adaptive_layer_ratios([0.5, 0.5], [10, 10], 0.6, 0.5)
@@ -140,6 +202,61 @@ def test_filter_scores():
     assert np.argmin(filter_scores(w, "fpgm")) == 2
     with pytest.raises(ValueError):
         filter_scores(w, "taylor")
+
+
+def _bn(rng, n, eps=1e-5):
+    return {"gamma": rng.normal(0, 1, n), "beta": rng.normal(0, 0.5, n),
+            "moving_variance": rng.uniform(0.1, 4.0, n), "eps": eps}
+
+
+def test_bn_l2_score_matches_numpy_and_ignores_the_filter_scale():
+    rng = np.random.default_rng(21)
+    w = rng.normal(size=(7, 4, 3, 3))
+    bn = _bn(rng, 7)
+    expected = [abs(bn["gamma"][j]) / np.sqrt(bn["moving_variance"][j] + bn["eps"])
+                * np.sqrt(np.sum(w[j] ** 2)) for j in range(7)]
+    assert np.allclose(filter_scores(w, "bn_l2", bn=bn), expected, rtol=1e-12)
+    # BN divides the filter's scale out: x10 weights (and x100 variance) = same channel, same
+    # score; plain l2 is fooled by the scale
+    scaled_w, scaled_bn = w.copy(), dict(bn, moving_variance=bn["moving_variance"].copy())
+    scaled_w[3] *= 10.0
+    scaled_bn["moving_variance"][3] *= 100.0
+    assert filter_scores(scaled_w, "bn_l2", bn=scaled_bn)[3] == pytest.approx(expected[3],
+                                                                             rel=1e-4)
+    assert filter_scores(scaled_w, "l2")[3] == pytest.approx(10 * np.linalg.norm(w[3]))
+
+
+def test_bn_energy_score_matches_monte_carlo():
+    """Variance of relu(BN output), BN output ~ N(beta, gamma^2 var / (var + eps)), against
+    sampled channels."""
+    rng = np.random.default_rng(22)
+    w = rng.normal(size=(6, 2, 3, 3))
+    bn = {"gamma": np.array([1.0, -2.0, 0.5, 1.0, 3.0, 1.0]),
+          "beta": np.array([0.0, 1.0, -0.2, -4.0, 2.0, 0.5]),
+          "moving_variance": np.array([1.0, 0.5, 2.0, 1.0, 1e-6, 1.0]), "eps": 1e-5}
+    w[5] = 0.0                                  # a zero filter outputs a constant: nothing
+    scores = filter_scores(w, "bn_energy", bn=bn)
+    z = rng.normal(size=400_000)
+    for j in range(5):
+        spread = abs(bn["gamma"][j]) * np.sqrt(bn["moving_variance"][j]
+                                               / (bn["moving_variance"][j] + bn["eps"]))
+        sampled = np.var(np.maximum(bn["beta"][j] + spread * z, 0.0))
+        assert scores[j] == pytest.approx(sampled, rel=0.02, abs=1e-6), j
+    assert scores[3] < 1e-3 * scores[0]         # dead ReLU: beta 4 sigma below zero
+    assert scores[5] == 0.0
+    # the closed form at the textbook point: Var[relu(N(0, 1))] = 1/2 - 1/(2 pi)
+    assert relu_gaussian_variance(0.0, 1.0) == pytest.approx(0.5 - 0.5 / np.pi, rel=1e-12)
+
+
+def test_taylor_bn_terms_match_numpy():
+    rng = np.random.default_rng(23)
+    gamma, beta, g_gamma, g_beta = (rng.normal(size=5) for _ in range(4))
+    expected = [(gamma[j] * g_gamma[j] + beta[j] * g_beta[j]) ** 2 for j in range(5)]
+    assert np.allclose(taylor_bn_terms(gamma, beta, g_gamma, g_beta), expected, rtol=1e-12)
+    taylor = rng.uniform(size=5)
+    assert np.array_equal(filter_scores(np.ones((5, 1, 1, 1)), "taylor_bn", taylor=taylor), taylor)
+    with pytest.raises(ValueError):
+        filter_scores(np.ones((5, 1, 1, 1)), "taylor_bn")
 
 
 def test_protected_filters():
@@ -437,6 +554,188 @@ def test_no_protection_without_pattern_or_when_disabled(tmp_path):
                 energy[names[0]][:] = 50.0
             _epoch_end(pruner, ctx, epoch, energy)
             assert pruner.protect.sum() == 0
+
+
+def _set(ctx, name, index, value):
+    array = ctx.params[name].asnumpy()
+    array[index] = value
+    ctx.params[name].set_data(ms.Tensor(array.astype(np.float32)))
+
+
+@pytest.mark.parametrize("score", ["bn_l2", "l2"])
+def test_protected_filter_wins_back_its_place_on_a_bn_aware_score(tmp_path, score, caplog):
+    """Two zeroed filters are protected for one step and regrow; when protection ends they
+    compete: f (small weights, large BN gamma: a strong channel) and g (huge weights, gamma ~0: a
+    silent channel). bn_l2 keeps f and prunes g; l2 is fooled by g's norm and does the opposite."""
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=4, psap_end_epoch=1, protect_tau=2.0,
+                                   protect_steps=1, psap_adaptive=False, protect_energy="raw",
+                                   filter_score=score)
+    names = pruner.energy_names
+    layer = prunable_layers(net)[0]
+    rng = np.random.default_rng(25)
+    ctx.train(rng, names)
+    _epoch_end(pruner, ctx, 0)
+    f, g = _zeroed(ctx, names)[names[0]][:2]
+    ctx.train(rng, names)
+    energy = {n: np.ones(ctx.params[n].shape[0]) for n in names}
+    energy[names[0]][[f, g]] = 10.0                  # > tau x median(kept): protected
+    _epoch_end(pruner, ctx, 1, energy)
+    assert pruner.protect[f] == pruner.protect[g] == 1 and not pruner.zeroed[[f, g]].any()
+
+    ctx.train(rng, names)
+    _set(ctx, names[0], g, 100.0 * ctx.params[names[0]].asnumpy()[g])
+    _set(ctx, names[0], f, 0.01 * ctx.params[names[0]].asnumpy()[f])
+    _set(ctx, layer["bn"]["gamma"], g, 1e-6)
+    _set(ctx, layer["bn"]["gamma"], f, 1e3)
+    caplog.set_level(logging.INFO, logger=LOGGER.name)
+    _epoch_end(pruner, ctx, 2, {n: np.ones(ctx.params[n].shape[0]) for n in names})
+    row = dict(zip(OUTCOME_COLUMNS, pruner.outcome[2]))
+    assert (row["protected_before"], row["kept"], row["still_protected"], row["competed"],
+            row["won"]) == (2, 1, 0, 2, 1)
+    assert "protected at the previous step 2: kept 1 (still protected 0, won on score 1 of 2)" \
+        in caplog.text
+    winner, loser = (f, g) if score == "bn_l2" else (g, f)
+    assert not pruner.zeroed[winner] and pruner.zeroed[loser]
+
+    ctx.train(rng, names)
+    _epoch_end(pruner, ctx, 3, {n: np.ones(ctx.params[n].shape[0]) for n in names})
+    assert pruner.regrown[winner] and not pruner.zeroed[winner]
+    summary = pruner.regrowth_summary()
+    assert summary["survived"] == int(np.sum(pruner.regrown & ~pruner.zeroed)) >= 1
+    pruner.on_train_end(ctx)
+    _, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
+    assert meta["regrown_survived"] == summary["survived"]
+    assert meta["regrown_filters"] == summary["regrown"]
+    state = pruner.state_dict()
+    assert np.array_equal(state["psap_outcome"], pruner.outcome)
+    assert np.array_equal(state["psap_regrown"].astype(bool), pruner.regrown)
+
+
+def test_bn_aware_layer_sparsity_uses_folded_weights(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=4, filter_score="bn_energy")
+    layers = prunable_layers(net)
+    rng = np.random.default_rng(26)
+    ctx.train(rng, pruner.energy_names)
+    for layer in layers:
+        _set(ctx, layer["bn"]["gamma"], slice(None), rng.uniform(0.01, 3.0, 16 if
+             layer["conv"].startswith("layer1") else 32 if layer["conv"].startswith("layer2")
+             else 64))
+    weights = ctx.get_weights(pruner.conv_names)
+    bn = pruner._bn_stats(ctx)
+    got = pruner._sparsities(weights, bn)
+    for i, layer in enumerate(layers):
+        w = weights[layer["conv"]].astype(np.float64)
+        gamma = ctx.params[layer["bn"]["gamma"]].asnumpy().astype(np.float64)
+        var = ctx.params[layer["bn"]["moving_variance"]].asnumpy().astype(np.float64)
+        folded = np.abs(w * (np.abs(gamma) / np.sqrt(var + EPS))[:, None, None, None])
+        assert got[i] == pytest.approx(np.mean(folded < 0.05 * folded.max()), abs=1e-12)
+        plain = np.mean(np.abs(w) < 0.05 * np.abs(w).max())
+        assert got[i] != pytest.approx(plain, abs=1e-12)    # the gammas do change it
+
+
+class _PlantedGradients:
+    """Stand-in for ctx.dense_gradient_cell: planted gradients of the BN gammas and betas, and a
+    forward that disturbs the BN moving statistics (as a training-mode forward does)."""
+
+    def __init__(self, ctx, names, rng):
+        self.ctx, self.names, self.rng, self.calls = ctx, names, rng, []
+
+    def __call__(self, image, label):
+        grads = [self.rng.normal(size=self.ctx.params[n].shape) for n in self.names]
+        self.calls.append(grads)
+        for name, p in self.ctx.params.items():
+            if name.endswith("moving_variance"):
+                p.set_data(ms.Tensor(p.asnumpy() + 7.0))
+        return None, None, None, tuple(ms.Tensor(g.astype(np.float32)) for g in grads)
+
+
+def test_taylor_bn_is_accumulated_before_the_pruning_step(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=2, filter_score="taylor_bn",
+                                   psap_taylor_batches=3, psap_adaptive=False, psap_protect=False)
+    rng = np.random.default_rng(27)
+    layers = prunable_layers(net)
+    cells = []
+
+    def dense_gradient_cell(names):
+        cells.append(_PlantedGradients(ctx, names, rng))
+        return cells[-1]
+
+    ctx.dense_gradient_cell = dense_gradient_cell
+    ctx.set_weights = lambda arrays: [ctx.params[k].set_data(ms.Tensor(v)) for k, v in
+                                      arrays.items()]
+    ctx.train(rng, pruner.energy_names)
+    for layer in layers:   # non-trivial gamma and beta
+        size = ctx.params[layer["bn"]["gamma"]].shape[0]
+        _set(ctx, layer["bn"]["gamma"], slice(None), rng.normal(1.0, 0.3, size))
+        _set(ctx, layer["bn"]["beta"], slice(None), rng.normal(0.0, 0.3, size))
+    variance = ctx.params[layers[0]["bn"]["moving_variance"]].asnumpy().copy()
+    batch = (np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int32))
+    for step in range(STEPS):
+        assert pruner.before_step(step, batch, ctx) is None
+    assert len(cells) == 1 and len(cells[0].calls) == 3 and pruner.taylor_batches == 3
+    np.testing.assert_array_equal(ctx.params[layers[0]["bn"]["moving_variance"]].asnumpy(),
+                                  variance)                       # put back after each forward
+    gamma = ctx.params[layers[0]["bn"]["gamma"]].asnumpy().astype(np.float64)
+    beta = ctx.params[layers[0]["bn"]["beta"]].asnumpy().astype(np.float64)
+    expected = np.zeros(16)
+    for grads in cells[0].calls:
+        g_gamma = grads[0].astype(np.float32).astype(np.float64)
+        g_beta = grads[1].astype(np.float32).astype(np.float64)
+        expected += np.array([(gamma[j] * g_gamma[j] + beta[j] * g_beta[j]) ** 2
+                              for j in range(16)])
+    np.testing.assert_allclose(pruner.taylor[:16], expected, rtol=1e-10)
+    pruner.on_epoch_end(0, ctx)
+    count = int(pruner.last_counts[0])
+    assert set(np.flatnonzero(pruner.zeroed[:16])) == set(np.argsort(expected)[:count])
+    assert pruner.taylor_batches == 0 and not pruner.taylor.any()   # used once
+    assert not pruner._taylor_step(STEPS)                           # first step of epoch 1
+
+
+def test_width_rounding_through_the_pruner_ends_compact(tmp_path):
+    cfg, net, pruner, ctx = _setup(tmp_path, psap_target="flops", psap_ratio=0.4, epoch_size=3,
+                                   psap_width_multiple=4, filter_score="bn_l2")
+    rng = np.random.default_rng(28)
+    for epoch in range(cfg.epoch_size):
+        ctx.train(rng, pruner.energy_names)
+        pruner.on_epoch_end(epoch, ctx)
+        kept = pruner.filter_counts - pruner.last_counts
+        assert np.all(kept % 4 == 0), kept
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        compact, widths = pruner.on_train_end(ctx)
+        x = ms.Tensor(rng.normal(size=(2, 1, 28, 28)).astype(np.float32))
+        net.set_train(False)
+        compact.set_train(False)
+        assert np.max(np.abs(net(x).asnumpy() - compact(x).asnumpy())) <= 1e-4
+    finally:
+        ms.set_context(mode=previous)
+    assert all(w[0] % 4 == 0 for w in widths)
+    achieved = 1 - _independent_macs("resnet20", widths, (1, 1, 28, 28)) / \
+        count_macs_params(net, (1, 1, 28, 28))[0]
+    assert abs(achieved - 0.4) <= 0.01
+
+
+def test_width_rounding_lifts_protection_that_blocks_the_target(tmp_path, caplog):
+    """Protected filters can leave no multiple-of-8 widths that meet the target although the
+    unrounded allocation would: the target wins, as when protection leaves too few candidates."""
+    cfg, net, pruner, ctx = _setup(tmp_path, psap_target="flops", psap_ratio=0.4, epoch_size=2,
+                                   psap_end_epoch=1, psap_width_multiple=8, psap_adaptive=False)
+    rng = np.random.default_rng(29)
+    ctx.train(rng, pruner.energy_names)
+    pruner.on_epoch_end(0, ctx)
+    for i, n in enumerate(pruner.filter_counts):   # kept >= n/2 + 1: only wide widths allowed
+        pruner.protect[pruner.offsets[i]:pruner.offsets[i] + n // 2 + 1] = 2
+    ctx.train(rng, pruner.energy_names)
+    caplog.set_level(logging.INFO, logger=LOGGER.name)
+    pruner.on_epoch_end(1, ctx)
+    assert "protection lifted" in caplog.text
+    kept = pruner.filter_counts - pruner.last_counts
+    assert np.all(kept % 8 == 0)
+    records = layer_records(net, (1, 1, 28, 28))
+    achieved = removed_macs(records, pruner.layers, pruner.last_counts) / \
+        sum(r["macs"] for r in records)
+    assert abs(achieved - 0.4) <= 0.01
 
 
 def test_sfp_baseline_has_uniform_ratios(tmp_path):

@@ -132,3 +132,32 @@ def test_bottleneck_compact_equals_masked(pynative):
     compact_out = _outputs(compact, x)
     scale = max(1.0, float(np.max(np.abs(masked))))
     assert np.max(np.abs(compact_out - masked)) <= 1e-4 * scale
+
+
+def test_rounded_widths_compact_equals_masked(pynative):
+    """ResNet-56 pruned to kept widths on multiples of 8 (psap_width_multiple) by the width
+    rounding: the compact network has exactly those widths and computes the masked network."""
+    from src.models.flops import layer_records
+    from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs
+    from src.pruning.psap_widths import round_pruned_counts
+
+    rng = np.random.default_rng(2)
+    cfg = build_config({"net": "resnet56", "in_channels": 3}, {})
+    net = build_network(cfg)
+    _randomise_bn(net, rng)
+    layers = prunable_layers(net)
+    records = layer_records(net, (1, 3, 32, 32))
+    n = np.array([r["c_out"] for r in records if r["name"] in {l["conv"] for l in layers}])
+    counts = flops_layer_counts(rng.uniform(0.05, 0.6, len(n)), n, 0.5, 0.8, records, layers)
+    _, lower, caps = count_bounds(n, 0.8, None, None)
+    dense = sum(r["macs"] for r in records)
+    rounded, _ = round_pruned_counts(counts, n, 8, lower, caps,
+                                     lambda c: removed_macs(records, layers, c), 0.5 * dense)
+    for layer, size, cut in zip(layers, n, rounded):
+        _zero(net, layer["conv"], rng.choice(size, size=int(cut), replace=False), layer["bn"])
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    masked = _outputs(net, x)
+    compact, widths = compact_network(net, cfg)
+    assert [w[0] for w in widths] == [int(v) for v in n - rounded]
+    assert all(w[0] % 8 == 0 for w in widths)
+    assert np.max(np.abs(_outputs(compact, x) - masked)) <= 1e-4

@@ -1,0 +1,212 @@
+"""Does width rounding make latency follow FLOPs? Compact ResNets built straight from widths.
+
+    python benchmarks/psap_width_latency.py [--net resnet56] [--cuts 0.4 0.6] [--multiples 1 4 8]
+
+For every MACs cut, two layer-width profiles of the PSAP allocation (``flops_layer_counts``, the
+function the pruner calls): ``uniform`` (equal layer sparsities: SFP's ratios) and ``adaptive``
+(layer sparsities drawn uniformly in [0.05, 0.6], seed --seed: uneven widths like PSAP's), each
+unrounded (multiple 1) and rounded to multiples of N (``round_pruned_counts``, the function behind
+``psap_width_multiple``). Each network is built with those inner widths (random weights: latency
+does not depend on the values), exported to MINDIR at batch 1 and 32 and timed in one process
+with the dense export (``ms.load`` + ``nn.GraphCell``, median of repeated calls, models
+interleaved in rounds; see ``psap_benchmark.measure_latency``). The latency/FLOPs speed-up is
+(dense latency / model latency) / (dense MACs / model MACs): 1.0 means latency follows FLOPs.
+
+Results: benchmarks/results/psap_width_latency[_NET].{json,md}.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from common import ROOT, machine_info, write_results
+from psap_benchmark import measure_latency
+
+import numpy as np  # noqa: E402
+import mindspore as ms  # noqa: E402
+
+from src.config import build_config  # noqa: E402
+from src.models import build_network, default_inner_widths  # noqa: E402
+from src.models.flops import count_macs_params, layer_records  # noqa: E402
+from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
+from src.pruning.psap_widths import round_pruned_counts  # noqa: E402
+from src.pruning.surgery import prunable_layers  # noqa: E402
+
+SHAPE = (1, 1, 28, 28)   # Fashion-MNIST
+
+
+def layer_widths(cfg, dense_net, cut, sparsities, multiple):
+    """inner_widths of the compact network: PSAP's allocation for ``cut`` of the MACs, rounded."""
+    layers = prunable_layers(dense_net)
+    records = layer_records(dense_net, SHAPE)
+    n = np.array([{r["name"]: r["c_out"] for r in records}[l["conv"]] for l in layers])
+    counts = flops_layer_counts(sparsities, n, cut, 0.8, records, layers)
+    _, lower, caps = count_bounds(n, 0.8, None, None)
+    dense = sum(r["macs"] for r in records)
+    counts, _ = round_pruned_counts(counts, n, multiple, lower, caps,
+                                    lambda c: removed_macs(records, layers, c), cut * dense,
+                                    tolerance=0.005 * dense)   # as PSAPPruner does
+    widths = default_inner_widths(cfg.net)
+    for layer, c in zip(layers, counts):
+        widths[layer["block"]][layer["inner"]] -= int(c)
+    return widths
+
+
+def export(net, batch, path):
+    net.set_train(False)
+    sample = ms.Tensor(np.zeros((batch,) + SHAPE[1:], np.float32))
+    ms.export(net, sample, file_name=path, file_format="MINDIR")
+    return path + ".mindir"
+
+
+def build_models(args, work):
+    cfg = build_config({"net": args.net, "in_channels": 1, "num_classes": 10,
+                        "dataset": "fashion_mnist"}, {})
+    ms.set_seed(args.seed)
+    dense = build_network(cfg)
+    rng = np.random.default_rng(args.seed)
+    profiles = {"uniform": np.ones(len(prunable_layers(dense))),
+                "adaptive": rng.uniform(0.05, 0.6, len(prunable_layers(dense)))}
+    models = [("dense", None, None, None, dense)]
+    for cut in args.cuts:
+        for profile, sparsities in profiles.items():
+            for multiple in args.multiples:
+                widths = layer_widths(cfg, dense, cut, sparsities, multiple)
+                models.append((f"{int(100 * cut)}% {profile} N={multiple}", cut, profile,
+                               multiple, build_network(cfg, widths)))
+    records = []
+    for k, (label, cut, profile, multiple, net) in enumerate(models):
+        macs, params = count_macs_params(net, SHAPE)
+        widths = [int(layer.weight.shape[0]) for layer in
+                  (getattr(b, "conv1") for s in net.stage_names for b in getattr(net, s))]
+        records.append({"label": label, "cut": cut, "profile": profile, "multiple": multiple,
+                        "flops": macs, "params": params, "inner_widths_conv1": widths,
+                        "mindir": {str(b): export(net, b, os.path.join(work, f"m{k}_b{b}"))
+                                   for b in (1, 32)}})
+    return records
+
+
+def speedups(records, latency):
+    """Latency and latency/FLOPs speed-ups over dense (records[0]), from the median and from the
+    fastest call (the latter is less sensitive to other jobs on a shared machine)."""
+    dense = records[0]
+    for r in records:
+        r["latency"] = latency[r["label"]]
+        r["flops_speedup"] = dense["flops"] / r["flops"]
+        for stat in ("median", "min"):
+            speed = {b: dense["latency"][b][f"{stat}_ms"] / r["latency"][b][f"{stat}_ms"]
+                     for b in r["latency"]}
+            r[f"latency_speedup_{stat}"] = speed
+            r[f"latency_over_flops_{stat}"] = {b: v / r["flops_speedup"] for b, v in speed.items()}
+        del r["mindir"]
+
+
+def fixed_cost(runs, batch="32"):
+    """Least-squares fit latency = fixed + per_mmac * MMACs over the models (median latency):
+    the part of the time that does not shrink with the inner widths."""
+    macs = np.array([r["flops"] / 1e6 for r in runs])
+    times = np.array([r["latency"][batch]["median_ms"] for r in runs])
+    per_mmac, fixed = np.polyfit(macs, times, 1)
+    return float(fixed), float(per_mmac)
+
+
+def findings(data):
+    """Sentences drawn from the numbers: rounding vs not, and the fixed share of the time."""
+    runs = data["runs"]
+    dense = runs[0]
+    out = []
+    for cut in data["args"]["cuts"]:
+        group = [r for r in runs if r["cut"] == cut]
+        parts = [f"N={r['multiple']} {r['profile']} "
+                 f"{r['latency_over_flops_median']['32']:.2f}" for r in group]
+        missed = [r["label"] for r in group if abs(1 - r["flops"] / dense["flops"] - cut) > 0.01]
+        out.append(f"{round(100 * cut)} % cut, latency/FLOPs speed-up at batch 32 (median): "
+                   + ", ".join(parts) + "."
+                   + (f" Target missed by more than 1 % (no allowed widths reach it): "
+                      f"{', '.join(missed)}." if missed else ""))
+    fixed, slope = fixed_cost(runs)
+    share = fixed / dense["latency"]["32"]["median_ms"]
+    out.append(f"A straight line through all models, batch-32 median latency = {fixed:.1f} ms + "
+               f"{slope:.3f} ms per MMAC, puts {100 * share:.0f} % of the dense network's time in "
+               "a part that does not shrink with the inner widths (e.g. BatchNorm, ReLU and "
+               "additions on the residual streams, which keep their width; per-operator "
+               "overhead). On that line the latency/FLOPs speed-up of a cut c is (1 - c) * (fixed + k M) / (fixed + k M "
+               "(1 - c)), M the dense MMACs: " + ", ".join(
+                   f"{round(100 * c)} % -> {_line_ratio(fixed, slope, dense['flops'] / 1e6, c):.2f}"
+                   for c in data["args"]["cuts"]) + ", whatever the widths are rounded to.")
+    return out
+
+
+def _line_ratio(fixed, per_mmac, dense_mmacs, cut):
+    kept = 1.0 - cut
+    return kept * (fixed + per_mmac * dense_mmacs) / (fixed + per_mmac * dense_mmacs * kept)
+
+
+def markdown(data):
+    a = data["args"]
+    lines = [f"# Width rounding and latency: compact {a['net']} vs dense (MINDIR, this CPU)", "",
+             f"Command: `{data['command']}`", "",
+             f"{data['machine']['cpu_count']} cores shared with other jobs, MindSpore "
+             f"{data['machine']['mindspore']}; 1-min load {data['load_before'][0]:.2f} before "
+             f"timing, {data['load_after'][0]:.2f} after. Median of {a['repeats_b1']} calls at "
+             f"batch 1 and {a['repeats_b32']} at batch 32, models interleaved in {a['rounds']} "
+             "rounds, all in one process. Speed-ups are dense / model, from the median call "
+             "and from the fastest call (min; less sensitive to the other jobs on the machine).",
+             "", "| model | MACs | achieved cut | FLOPs speed-up | latency b1 / b32, median (ms) | "
+             "latency b1 / b32, min (ms) | latency/FLOPs speed-up b1 / b32, median | "
+             "latency/FLOPs speed-up b1 / b32, min |", "|---|---|---|---|---|---|---|---|"]
+    dense = data["runs"][0]
+    for r in data["runs"]:
+        lat, med, low = r["latency"], r["latency_over_flops_median"], r["latency_over_flops_min"]
+        lines.append(
+            f"| {r['label']} | {r['flops'] / 1e6:.2f} M | "
+            f"{100 * (1 - r['flops'] / dense['flops']):.2f} % | {r['flops_speedup']:.2f}x | "
+            f"{lat['1']['median_ms']:.3f} / {lat['32']['median_ms']:.2f} | "
+            f"{lat['1']['min_ms']:.3f} / {lat['32']['min_ms']:.2f} | "
+            f"{med['1']:.2f} / {med['32']:.2f} | {low['1']:.2f} / {low['32']:.2f} |")
+    lines += ["", *findings(data)]
+    lines += ["", "Kept widths of the first inner conv of every block:", ""]
+    lines += [f"- {r['label']}: " + " ".join(map(str, r["inner_widths_conv1"]))
+              for r in data["runs"]]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default="resnet56")
+    parser.add_argument("--cuts", type=float, nargs="+", default=[0.4, 0.6])
+    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats_b1", type=int, default=50)
+    parser.add_argument("--repeats_b32", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--report_only", action="store_true",
+                        help="rewrite the markdown from the stored JSON (no timing)")
+    args = parser.parse_args()
+    suffix = "" if args.net == "resnet56" else f"_{args.net}"
+    if args.report_only:
+        path = os.path.join(ROOT, "benchmarks", "results", f"psap_width_latency{suffix}.json")
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        write_results(f"psap_width_latency{suffix}", data, markdown(data))
+        return
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    with tempfile.TemporaryDirectory() as work:
+        records = build_models(args, work)
+        load_before = os.getloadavg()
+        latency = measure_latency(records, {1: args.repeats_b1, 32: args.repeats_b32},
+                                  args.warmup, args.rounds, args.seed)
+        load_after = os.getloadavg()
+    speedups(records, latency)
+    command = "python benchmarks/psap_width_latency.py " + " ".join(sys.argv[1:])
+    data = {"machine": machine_info(), "command": command.strip(), "args": vars(args),
+            "load_before": list(load_before), "load_after": list(load_after), "runs": records}
+    write_results(f"psap_width_latency{suffix}", data, markdown(data))
+
+
+if __name__ == "__main__":
+    main()
