@@ -373,8 +373,9 @@ PARTIAL_KS = [float(p) for p in np.linspace(0.02, 0.5, 17)] + [0.1, 0.2]
 def test_gram_targets_match_the_float64_svd_reference():
     """Same k on every (matrix, partial_k), and targets equal to the SVD's A_k within 2e-6 of
     max|A_k|: the k rule runs in float64 on both paths; the projection runs in float32 and the
-    target is stored as float32 (rounding alone 6e-8 relative per entry), the products add a
-    few ulps per inner-product term in the worst case (measured up to ~4e-7 on ResNet-50)."""
+    target is stored as float32 (rounding alone 6e-8 relative per entry), and the float32
+    products add rounding that grows with the inner dimension (measured up to ~7e-7 on pruned
+    ResNet-50 convs, 3e-7 on trained ResNet-20 ones)."""
     weights = realistic_weights()
     for p in PARTIAL_KS:
         ref, ref_k, ref_ok = rank_targets_numpy(weights, p, method="svd")
