@@ -8,11 +8,21 @@
 2. ResNet-50 at 224, batch 32: the time of one mask update (dense gradient incl. the SVD of all 53
    convs in the rank loss, global magnitude threshold, drop-and-grow, mask install), split into
    its parts, against a dense step.
+3. The rank loss's host targets of the 53 ResNet-50 convs (the weights of part 2 after its mask
+   update, and the same magnitude-pruned to 90 % and 98 %): the float64 SVD path (before) against
+   the Gram path (after), timed alternately in the same run; whether they choose the same k; and
+   what one of 2 data-parallel workers computes (its share of the eigendecompositions plus the
+   projection of every layer; the two all-reduces that gather the bases are not included).
 """
 import argparse
 import time
 
+import numpy as np
+
 from common import machine_info, random_batch, timed, training_setup, write_results
+from src.pruning.mask_ops import global_magnitude_masks
+from src.pruning.rank_loss import (_as_2d, _project, _unit, layers_for_worker, own_bases,
+                                   rank_targets_numpy)
 
 
 def rpg_setup(net, in_channels, size, classes, batch, delta, steps):
@@ -75,7 +85,71 @@ def resnet50_update(repeats):
     return {"dense_step_s": dense_s, "mask_update_s": update_s, "host_svd_s": svd_s,
             "dense_gradient_with_rank_loss_s": grad_s,
             "host_mask_computation_s": max(update_s - grad_s - svd_s, 0.0),
-            "conv_layers": len(pruner.conv_names), "masked_tensors": len(pruner.names)}
+            "conv_layers": len(pruner.conv_names), "masked_tensors": len(pruner.names),
+            "first_update_density": float(pruner.target_density)}, conv_weights
+
+
+def alternating(functions, repeats):
+    """Median wall time of each function, calling them in turn ``repeats`` times, so that load
+    from other processes hits all of them alike."""
+    times = [[] for _ in functions]
+    for _ in range(repeats):
+        for index, fn in enumerate(functions):
+            start = time.perf_counter()
+            fn()
+            times[index].append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times], times
+
+
+def worker_share(conv_weights, partial_k, rank, group_size):
+    """(function, layers): what worker ``rank`` computes, the eigendecompositions of its share,
+    then the projection of every layer from the gathered bases (taken here from a single-worker
+    run, as the all-reduces would deliver them)."""
+    matrices = [_unit(_as_2d(w)) for w in conv_weights]
+    ks, oks, bases = own_bases(matrices, partial_k, set(range(len(matrices))))
+    share = layers_for_worker([m.shape for m in matrices], rank, group_size)
+
+    def compute():
+        own_bases(matrices, partial_k, share)
+        for wn, basis, k, good in zip(matrices, bases, ks, oks):
+            if good:
+                _project(wn, basis, k)
+    return compute, len(share)
+
+
+def same_k(weights, partial_k):
+    """(layers with the same k, layers, worst |A_new - A_old| / max|A_old|)."""
+    old, old_k, _ = rank_targets_numpy(weights, partial_k, method="svd")
+    new, new_k, _ = rank_targets_numpy(weights, partial_k)
+    worst = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(new, old))
+    return sum(a == b for a, b in zip(old_k, new_k)), len(old_k), worst
+
+
+def host_targets_resnet50(conv_weights, partial_k, repeats, group_size=2):
+    """Old path, new path and each worker's share, timed in turn (see ``alternating``)."""
+    shares = [worker_share(conv_weights, partial_k, r, group_size) for r in range(group_size)]
+    medians, runs = alternating(
+        [lambda: rank_targets_numpy(conv_weights, partial_k, method="svd"),
+         lambda: rank_targets_numpy(conv_weights, partial_k)] + [fn for fn, _ in shares], repeats)
+    old_s, new_s = medians[:2]
+    pruned = {}
+    for sparsity in (0.9, 0.98):
+        named = {str(i): w for i, w in enumerate(conv_weights)}
+        masks = global_magnitude_masks(named, 1.0 - sparsity)
+        pruned[sparsity] = [np.where(masks[str(i)], w, 0.0).astype(np.float32)
+                            for i, w in enumerate(conv_weights)]
+    fidelity = []
+    for label, weights in (("as after the mask update", conv_weights),
+                           ("magnitude-pruned to 90 %", pruned[0.9]),
+                           ("magnitude-pruned to 98 %", pruned[0.98])):
+        for p in (0.1, 0.2):
+            same, layers, worst = same_k(weights, p)
+            fidelity.append({"weights": label, "partial_k": p, "same_k": same, "layers": layers,
+                             "worst_target_diff_rel": worst})
+    return {"partial_k": partial_k, "repeats": repeats, "svd_float64_s": old_s, "gram_s": new_s,
+            "speedup": old_s / new_s, "runs_s": runs, "group_size": group_size,
+            "worker_share_s": medians[2:], "worker_layers": [n for _, n in shares],
+            "fidelity": fidelity}
 
 
 def main():
@@ -83,13 +157,21 @@ def main():
     parser.add_argument("--delta", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--host_repeats", type=int, default=3)
     args = parser.parse_args()
     cycle = cycle_cost(args.delta, args.rounds)
-    big = resnet50_update(args.repeats)
+    big, conv_weights = resnet50_update(args.repeats)
+    host = host_targets_resnet50(conv_weights, 0.1, args.host_repeats)
     info = machine_info()
+    fidelity_rows = "\n".join(
+        f"| {f['weights']} | {f['partial_k']} | {f['same_k']}/{f['layers']} | "
+        f"{f['worst_target_diff_rel']:.1e} |" for f in host["fidelity"])
+    shares = ", ".join(f"worker {r}: {s:.2f} s ({n} layers)" for r, (s, n) in
+                       enumerate(zip(host["worker_share_s"], host["worker_layers"])))
+    share_ratio = max(host["worker_share_s"]) / host["gram_s"]
     md = f"""# RPG cost on this machine (CPU, graph mode)
 
-Command: `python benchmarks/rpg_cost.py --delta {args.delta} --repeats {args.repeats} --rounds {args.rounds}`
+Command: `python benchmarks/rpg_cost.py --delta {args.delta} --repeats {args.repeats} --rounds {args.rounds} --host_repeats {args.host_repeats}`
 ({info['cpu_count']} cores, MindSpore {info['mindspore']}, 1-min load at the end {info['load_average_1min']:.2f})
 
 ## Whole delta cycle, ResNet-20 (1x28x28, batch 128)
@@ -104,11 +186,31 @@ Dense and RPG cycles of {cycle['delta']} steps alternate ({cycle['rounds']} roun
 |---|---|
 | dense training step (reference) | {big['dense_step_s']:.2f} |
 | whole mask update | {big['mask_update_s']:.2f} |
-| of which: host SVD (float64) of the {big['conv_layers']} conv weight matrices | {big['host_svd_s']:.2f} |
+| of which: host rank-loss targets of the {big['conv_layers']} conv weight matrices (Gram path) | {big['host_svd_s']:.2f} |
 | of which: dense gradient of task + lamb * rank loss (forward, backward) | {big['dense_gradient_with_rank_loss_s']:.2f} |
 | of which: the rest (global threshold over 25.5 M weights, drop-and-grow, install) | {big['host_mask_computation_s']:.2f} |
+
+## Rank-loss host targets, ResNet-50 ({big['conv_layers']} convs, partial_k {host['partial_k']})
+The weights above after their mask update (density {big['first_update_density']:.3f}). The old
+path, the new path and each worker's share run in turn, {host['repeats']} times each, median:
+
+| path | seconds |
+|---|---|
+| before: float64 SVD of every layer (`method="svd"`) | {host['svd_float64_s']:.2f} |
+| after: float64 Gram eigh of the smaller side + float32 projection (default) | {host['gram_s']:.2f} |
+| speed-up | {host['speedup']:.1f}x |
+| one of {host['group_size']} data-parallel workers: its share of the eigendecompositions + all projections (max over workers) | {max(host['worker_share_s']):.2f} ({share_ratio:.2f} of one worker's) |
+
+Per worker: {shares}. Not included: the two all-reduces that gather k, flags and bases.
+
+Same k as the float64 SVD (and the largest target difference relative to max|A_k|):
+
+| weights | partial_k | same k | worst diff |
+|---|---|---|---|
+{fidelity_rows}
 """
-    write_results("rpg_cost", {"machine": info, "cycle_resnet20": cycle, "update_resnet50": big}, md)
+    write_results("rpg_cost", {"machine": info, "cycle_resnet20": cycle, "update_resnet50": big,
+                               "host_targets_resnet50": host}, md)
 
 
 if __name__ == "__main__":

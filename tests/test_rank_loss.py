@@ -1,4 +1,13 @@
-"""RPG rank loss: energy rule, value, gradient, graph mode, numerical rank."""
+"""RPG rank loss: energy rule, value, gradient, graph mode, numerical rank, the Gram-path host
+targets and their split across data-parallel workers."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 
@@ -6,9 +15,10 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from src.pruning.rank_loss import (
-    layer_low_rank_targets, layer_rank_losses, layer_rank_terms, low_rank_target_numpy,
-    numerical_rank, rank_loss, rank_loss_from_targets, rank_loss_numpy, rank_targets_numpy,
-    select_rank)
+    _target_cost, layer_low_rank_targets, layer_rank_losses, layer_rank_terms,
+    layers_for_worker, low_rank_target_gram, low_rank_target_numpy, numerical_rank, rank_loss,
+    rank_loss_from_targets, rank_loss_numpy, rank_targets_numpy, select_rank, split_layers)
+from tests.conftest import ROOT
 
 SHAPES = [(8, 4, 3, 3), (16, 8, 1, 1), (6, 3, 7, 7), (32, 16, 1, 1), (5, 40)]
 
@@ -319,3 +329,231 @@ def test_numerical_rank():
     m = np.diag([1.0, 1e-3, 1e-9])
     assert numerical_rank(m) == 3 and numerical_rank(m, rtol=1e-6) == 2
     assert numerical_rank(m) == np.linalg.matrix_rank(m)
+
+
+# ------------------------------------------------- Gram path (default host targets) and split
+REALISTIC_SHAPES = [(16, 1, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3), (64, 64, 3, 3), (64, 32, 1, 1),
+                    (64, 256, 1, 1), (256, 64, 1, 1), (128, 128, 3, 3), (512, 128, 1, 1)]
+
+
+def resnet50_conv_shapes():
+    """The 53 conv weights of the ImageNet ResNet-50."""
+    shapes, cin = [(64, 3, 7, 7)], 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for block in range(blocks):
+            shapes += [(width, cin, 1, 1), (width, width, 3, 3), (width * 4, width, 1, 1)]
+            if block == 0:
+                shapes.append((width * 4, cin, 1, 1))
+            cin = width * 4
+    return shapes
+
+
+def realistic_weights(seed=0):
+    """Conv weights as training leaves them: He-scaled noise plus a decaying low-rank part
+    (trained layers have a few dominant directions), magnitude-pruned to 0, 90 and 98 %, and
+    one with whole output channels pruned (the zero rows of rank collapse)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape in REALISTIC_SHAPES:
+        m, n = shape[0], int(np.prod(shape[1:]))
+        r = min(m, n)
+        low = (rng.standard_normal((m, r)) * np.exp(-np.arange(r) / (0.2 * r))) @ rng.standard_normal((r, n))
+        w = (low / np.sqrt(n) + rng.standard_normal((m, n)) * np.sqrt(2.0 / n)).astype(np.float32)
+        for sparsity in (0.0, 0.9, 0.98):
+            cut = np.quantile(np.abs(w), sparsity) if sparsity else -1.0
+            out.append(np.where(np.abs(w) > cut, w, 0.0).astype(np.float32).reshape(shape))
+    collapsed = out[-1].copy()
+    collapsed[::3] = 0.0
+    return out + [collapsed]
+
+
+PARTIAL_KS = [float(p) for p in np.linspace(0.02, 0.5, 17)] + [0.1, 0.2]
+
+
+def test_gram_targets_match_the_float64_svd_reference():
+    """Same k on every (matrix, partial_k), and targets equal to the SVD's A_k within 2e-6 of
+    max|A_k|: the k rule runs in float64 on both paths; the projection runs in float32 and the
+    target is stored as float32 (rounding alone 6e-8 relative per entry), and the float32
+    products add rounding that grows with the inner dimension (measured up to ~7e-7 on pruned
+    ResNet-50 convs, 3e-7 on trained ResNet-20 ones)."""
+    weights = realistic_weights()
+    for p in PARTIAL_KS:
+        ref, ref_k, ref_ok = rank_targets_numpy(weights, p, method="svd")
+        got, got_k, got_ok = rank_targets_numpy(weights, p)
+        assert got_k == ref_k and got_ok == ref_ok, p
+        for a, b in zip(got, ref):
+            assert np.abs(a - b).max() <= 2e-6 * max(np.abs(b).max(), 1e-30)
+    assert len(set(ref_k)) > 5  # the set covers a range of ranks, not one degenerate case
+
+
+def test_gram_k_is_exact_at_a_near_tie():
+    """p within 1e-9 of the midpoint between two candidate tails: the decision is set by that
+    margin, which float64 resolves (eigenvalue error ~1e-16) and float32 (~1e-7) would not."""
+    rng = np.random.default_rng(5)
+    m, n = 48, 432
+    energies = np.sort(rng.uniform(0.5, 1.5, m))[::-1]
+    energies /= energies.sum()
+    u = np.linalg.qr(rng.standard_normal((m, m)))[0]
+    v = np.linalg.qr(rng.standard_normal((n, m)))[0]
+    w = (u * np.sqrt(energies)) @ v.T
+    tails = np.cumsum(energies[::-1])[::-1]  # tails[k] = sum_{i >= k} energies_i
+    k = 30
+    mid = 0.5 * (tails[k] + tails[k + 1])
+    for offset, want in ((1e-9, k), (-1e-9, k + 1)):
+        for method in ("gram", "svd"):
+            _, got, _ = rank_targets_numpy([w], mid + offset, method=method)
+            assert got == [want], (method, offset)
+
+
+def test_gram_edge_cases():
+    zeros, k = low_rank_target_gram(np.zeros((4, 3, 1, 1)), 0.2)
+    assert zeros.shape == (4, 3)
+    assert k == 0 and not zeros.any()
+    with pytest.raises(np.linalg.LinAlgError):
+        low_rank_target_gram(np.full((4, 3), np.inf), 0.2)
+    w = np.zeros((6, 2, 3, 3), np.float32)
+    w[2, 0, 1, 1] = 3.0  # rank 1: every k >= 1 has tail 0 (closer to 0.2 than 1), A_k = Wn
+    target, k = low_rank_target_gram(w, 0.2)
+    assert k >= 1 and np.allclose(target, w.reshape(6, -1) / 3.0, atol=1e-7)
+    nan = np.full((4, 4, 1, 1), np.nan, np.float32)
+    targets, ranks, ok = rank_targets_numpy([nan, w], 0.2)
+    assert ok == [False, True] and ranks[0] == 0 and not targets[0].any()
+    with pytest.raises(ValueError, match="method"):
+        rank_targets_numpy([w], 0.2, method="qr")
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 3, 4])
+def test_split_gives_each_layer_one_worker_and_balances_cost(group_size):
+    shapes = resnet50_conv_shapes()
+    shares = [layers_for_worker(shapes, r, group_size) for r in range(group_size)]
+    assert sorted(i for share in shares for i in share) == list(range(len(shapes)))
+    costs = [sum(_target_cost(shapes[i]) for i in share) for share in shares]
+    # within 10 % of an even share, unless one layer alone is more (the 2048x1024 downsample
+    # conv is ~30 % of ResNet-50's cost, so 4 workers cannot go below it)
+    biggest = max(_target_cost(s) for s in shapes)
+    assert max(costs) <= max(1.10 * sum(costs) / group_size, biggest)
+    assert split_layers(shapes, group_size) == split_layers(list(shapes), group_size)
+    with pytest.raises(ValueError):
+        layers_for_worker(shapes, group_size, group_size)
+
+
+class FakeWorkers:
+    """In-process stand-in for src.metrics.all_reduce across ``count`` threads: each call waits
+    until every worker has contributed, then returns the float32 sum to all of them."""
+
+    def __init__(self, count):
+        self.barrier = threading.Barrier(count)
+        self.lock = threading.Lock()
+        self.parts = []
+        self.calls = 0
+
+    def all_reduce(self, array):
+        with self.lock:
+            self.parts.append(np.asarray(array, np.float32).copy())
+            self.calls += 1
+        self.barrier.wait()
+        total = np.sum(self.parts, axis=0, dtype=np.float32)
+        if self.barrier.wait() == 0:  # everyone has read the sum: reset for the next call
+            self.parts.clear()
+        self.barrier.wait()
+        return total
+
+
+def run_workers(weights, group_size, partial_k=0.2):
+    fake, results = FakeWorkers(group_size), [None] * group_size
+
+    def worker(rank):
+        results[rank] = rank_targets_numpy(weights, partial_k, rank=rank, group_size=group_size,
+                                           sum_across_workers=fake.all_reduce)
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(group_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results, fake
+
+
+@pytest.mark.parametrize("group_size", [2, 3])
+def test_gathered_targets_equal_the_single_worker_ones(group_size):
+    """Every simulated worker decomposes only its share, and after the two sums holds exactly
+    the single-worker targets, ranks and flags (incl. an all-zero and a non-finite layer)."""
+    weights = realistic_weights(1)[:12]
+    weights += [np.zeros((8, 4, 3, 3), np.float32), np.full((4, 2, 1, 1), np.inf, np.float32)]
+    single = rank_targets_numpy(weights, 0.2)
+    results, fake = run_workers(weights, group_size)
+    assert fake.calls == 2 * group_size
+    for targets, ranks, ok in results:
+        assert ranks == single[1] and ok == single[2]
+        for a, b in zip(targets, single[0]):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_each_worker_decomposes_only_its_share(monkeypatch):
+    import src.pruning.rank_loss as rl
+    weights = realistic_weights(2)[:9]
+    calls, real = [], rl._gram_basis
+    monkeypatch.setattr(rl, "_gram_basis", lambda wn, p: calls.append(wn.shape) or real(wn, p))
+    run_workers(weights, 2)
+    assert sorted(calls) == sorted(_as2d_shape(w) for w in weights)  # once per layer in total
+
+
+def _as2d_shape(w):
+    return (w.shape[0], int(np.prod(w.shape[1:])))
+
+
+def test_several_workers_need_a_sum():
+    with pytest.raises(ValueError, match="sum_across_workers"):
+        rank_targets_numpy(realistic_weights()[:2], 0.2, rank=0, group_size=2)
+    with pytest.raises(ValueError, match="sum_across_workers"):
+        rank_targets_numpy(realistic_weights()[:2], 0.2, method="svd", rank=0, group_size=2,
+                           sum_across_workers=lambda a: a)
+
+
+WORKER_SCRIPT = '''
+import json, os, sys
+sys.path.insert(0, os.environ["PRUNE_ROOT"])
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor
+from mindspore.communication import get_group_size, get_rank, init
+from src.pruning.rank_loss import rank_targets_numpy
+from src.pruning.rpg import RankLossTerm
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+init()
+rank, size = get_rank(), get_group_size()
+rng = np.random.default_rng(0)  # the same weights on every worker, as in data-parallel training
+shapes = [(16, 1, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3), (64, 32, 1, 1), (64, 64, 3, 3)]
+weights = [(rng.standard_normal(s) * np.sqrt(2 / np.prod(s[1:]))).astype(np.float32) for s in shapes]
+weights[1][:] = 0.0  # unusable layer: flagged on every worker
+term = RankLossTerm([Parameter(Tensor(w), name=f"w{i}") for i, w in enumerate(weights)], 0.5, 0.2)
+failed = term.set_host_targets(weights, rank, size)
+single, _, ok = rank_targets_numpy(weights, 0.2)
+same = all(np.array_equal(p.asnumpy(), t) for p, t in zip(term.targets, single))
+same = same and np.array_equal(term.ok_flags.asnumpy(), np.asarray(ok, np.float32))
+with open(os.path.join(os.environ["OUT"], f"rank{rank}.json"), "w") as handle:
+    json.dump({"size": size, "same": bool(same), "failed": failed}, handle)
+'''
+
+
+@pytest.mark.skipif(shutil.which("msrun", path=os.path.dirname(sys.executable)) is None
+                    and shutil.which("msrun") is None, reason="msrun not installed")
+def test_two_worker_gather_end_to_end(tmp_path):
+    """RankLossTerm.set_host_targets in 2 real msrun workers (all_reduce on loopback): both
+    end with exactly the single-worker targets and flags."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    env = dict(os.environ, PATH=path, PRUNE_ROOT=ROOT, OUT=str(tmp_path), GLOG_v="3",
+               PYTHONWARNINGS="ignore")
+    proc = subprocess.run(["msrun", "--worker_num=2", "--local_worker_num=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}",
+                           f"--log_dir={tmp_path / 'log'}", "--join=True", "--cluster_time_out=120",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result == {"size": 2, "same": True, "failed": ["w1"]}

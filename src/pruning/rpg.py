@@ -58,9 +58,14 @@ class RankLossTerm(nn.Cell):
                       name=f"rpg_rank.target.{p.name}", requires_grad=False)
             for p in conv_params]) if not self.in_graph else ()
 
-    def set_host_targets(self, weights):
-        """Host SVD (float64) of every conv weight; returns the names of failed layers."""
-        targets, _, ok = rank_targets_numpy(weights, self.partial_k)
+    def set_host_targets(self, weights, rank=0, group_size=1):
+        """Host targets (float64 k rule) of every conv weight; returns the names of failed layers.
+
+        With several data-parallel workers each decomposes its share of the layers and two
+        all-reduces gather them (a collective then: every worker must call this)."""
+        from src.metrics import all_reduce
+        targets, _, ok = rank_targets_numpy(weights, self.partial_k, rank=rank,
+                                            group_size=group_size, sum_across_workers=all_reduce)
         for param, target in zip(self.targets, targets):
             param.set_data(Tensor(target))
         self.ok_flags.set_data(Tensor(np.asarray(ok, np.float32)))
@@ -109,7 +114,8 @@ class RPGPruner(HardMaskPruner):
             self.grad_cell = ctx.dense_gradient_cell(self.names, self.rank_term)
         weights = ctx.get_weights(self.names)
         if self.rank_term is not None and not self.rank_term.in_graph:
-            self.rank_term.set_host_targets([weights[n] for n in self.conv_names])
+            self.rank_term.set_host_targets([weights[n] for n in self.conv_names],
+                                            ctx.rank, ctx.group_size)
         _, task, extra, grads = self.grad_cell(*batch)
         task = float(task.asnumpy())
         require_finite_loss(task, step + 1, " (an RPG mask update)")  # before NaNs reach the masks
