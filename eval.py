@@ -3,6 +3,10 @@
     python eval.py --config_path CONFIG --ckpt FILE [--data_path DIR] [--json_out R.json] [--report_png P.png]
                    [--overwrite true]   (an existing --json_out / --report_png is refused without it)
 
+--checkpoint_file_path and --ckpt_file (the model zoo's names) are aliases of --ckpt. The images
+come from eval_data_path when set, else from data_path (val/, the zoo's validation_preprocess/, or
+the folder itself for ImageNet; the test files for Fashion-MNIST and CIFAR-10).
+
 Prints a per-layer table (density, numerical rank of the weight matrix and its rank relative to
 full) for pruned checkpoints, and parameters / FLOPs (MACs) of the dense and the evaluated
 network (smaller for a compact PSAP checkpoint, whose widths are stored in the file).
@@ -22,7 +26,7 @@ def main():
     overwrite = parse_bool_flag("overwrite", flags["overwrite"])
     check_output_path("--json_out", flags["json_out"], overwrite=overwrite)
     check_output_path("--report_png", flags["report_png"], overwrite=overwrite)
-    from src.dataset import batches, create_dataset
+    from src.dataset import batches, create_dataset, split_path
     from src.device import set_up_device
     from src.metrics import evaluate
     from src.models import build_network, default_inner_widths, network_from_checkpoint
@@ -33,7 +37,8 @@ def main():
 
     set_up_device(cfg)
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
-    data = create_dataset(cfg.dataset, cfg.data_path, False, cfg.eval_batch_size or cfg.batch_size,
+    path, key = split_path(cfg, training=False)
+    data = create_dataset(cfg.dataset, path, False, cfg.eval_batch_size or cfg.batch_size, path_key=key,
                           image_size=cfg.image_size or None, eval_resize=cfg.eval_resize,
                           num_samples=cfg.eval_samples, num_parallel_workers=cfg.num_parallel_workers)
     result = evaluate(net, data, cfg.label_smoothing)
