@@ -127,7 +127,8 @@ def _batch(seed):
             Tensor(rng.integers(0, 10, 8).astype(np.int32)))
 
 
-def test_twin_shares_float32_parameters_and_computes_in_float16():
+def test_twin_shares_float32_parameters_and_computes_in_float16(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written to the working directory
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = build_config({"net": "resnet20", "in_channels": 1}, {})
     net = build_network(cfg)
@@ -147,6 +148,7 @@ def test_twin_shares_float32_parameters_and_computes_in_float16():
         # float16 rounding shows (a lost cast would give exactly 0), and is small
         assert 0 < diff < 0.05 * np.abs(full.asnumpy()).max(), (level, diff)
     assert training_network(net, "O0", lambda: build_network(cfg)) is net
+    assert not os.listdir(tmp_path)  # (MindSpore's rewrite-based O1 leaves ./rewritten_network/)
 
 
 def test_o2_keeps_pruned_weights_exact_positive_zero_through_rpg_updates():
