@@ -4,7 +4,7 @@ The network a recipe builds (``build_network``) is always float32: evaluation, e
 and checkpoints see float32 master weights. For ``amp_level`` O1-O3 the train step runs a *twin*:
 a second network of the same architecture that holds the very same Parameter objects (so the
 optimizer, the masks and every checkpoint act on the float32 master weights) and is cast with
-MindSpore's own ``ms.amp.auto_mixed_precision``:
+MindSpore's ``Cell.to_float`` (O2/O3: ``ms.amp.auto_mixed_precision``):
 
 - O1: convolutions and the classifier (the Conv2d and Dense cells) in float16, their outputs cast
   back to float32. MindSpore's O1 casts the operators of its white list (Conv2D, MatMul, ReLU, ...)
