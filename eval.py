@@ -3,6 +3,10 @@
     python eval.py --config_path CONFIG --ckpt FILE [--data_path DIR] [--json_out R.json] [--report_png P.png]
                    [--overwrite true]   (an existing --json_out / --report_png is refused without it)
 
+--checkpoint_file_path and --ckpt_file (the model zoo's names) are aliases of --ckpt. The images
+come from eval_data_path when set, else from data_path (val/, the zoo's validation_preprocess/, or
+the folder itself for ImageNet; the test files for Fashion-MNIST and CIFAR-10).
+
 Prints a per-layer table (density, numerical rank of the weight matrix and its rank relative to
 full) for pruned checkpoints, and parameters / FLOPs (MACs) of the dense and the evaluated
 network (smaller for a compact PSAP checkpoint, whose widths are stored in the file).
@@ -25,7 +29,7 @@ def main():
     check_output_path("--report_png", flags["report_png"], overwrite=overwrite)
     if flags["json_out"] and os.path.abspath(flags["json_out"]) == os.path.abspath(flags["report_png"] or "/"):
         raise ConfigError("--json_out and --report_png name the same file")
-    from src.dataset import batches, create_dataset
+    from src.dataset import batches, create_dataset, split_path
     from src.device import set_up_device
     from src.interrupt import STOP
     from src.metrics import evaluate
@@ -38,7 +42,8 @@ def main():
     set_up_device(cfg)
     STOP.restore_default()  # imports are done: from here Ctrl-C interrupts at once
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
-    data = create_dataset(cfg.dataset, cfg.data_path, False, cfg.eval_batch_size or cfg.batch_size,
+    path, key = split_path(cfg, training=False)
+    data = create_dataset(cfg.dataset, path, False, cfg.eval_batch_size or cfg.batch_size, path_key=key,
                           image_size=cfg.image_size or None, eval_resize=cfg.eval_resize,
                           num_samples=cfg.eval_samples, num_parallel_workers=cfg.num_parallel_workers)
     result = evaluate(net, data, cfg.label_smoothing)

@@ -49,9 +49,16 @@ SCHEMA = {
     "seed": Key(int, 42, 0, 2**31 - 1),
     "output_dir": Key(str, "./output"),
     "run_distribute": Key(bool, False),
+    "device_id": Key(int, 0, 0, 4095, help_text="device of a standalone run; a data-parallel launcher "
+                                              "assigns devices itself and this key is ignored"),
+    "amp_level": Key(str, "O0", choices=["O0", "O1", "O2", "O3"],
+                     help_text="mixed precision of the train step: O0 float32; O1 float16 convs/matmuls; "
+                               "O2/O3 float16 except BatchNorm and the loss (see README)"),
     # --- data ---
     "dataset": Key(str, "fashion_mnist", choices=["imagenet", "cifar10", "fashion_mnist"]),
     "data_path": Key(str, ""),
+    "eval_data_path": Key(str, "", help_text="evaluation data; '' = found in data_path (val/, the "
+                                             "model zoo's validation_preprocess/, or the test files)"),
     "image_size": Key(int, 0, 0, 1024, help_text="0 = the data set's native size (224, 32, 28)"),
     "eval_resize": Key(int, 256, 8, 1200),
     "batch_size": Key(int, 128, 1, 65536),
@@ -98,6 +105,15 @@ SCHEMA = {
     "sparsity": Key(float, 0.9, 0.0, 1.0, high_open=True),
     "prune_include": Key(list, [], help_text="name patterns of prunable weights; [] = every conv and FC weight"),
     "prune_exclude": Key(list, [], help_text="name patterns removed from the prunable set"),
+}
+
+
+# Names users of the MindSpore model zoo's official/cv/ResNet type, mapped to ours. A target is a
+# recipe key or an entry script's own flag; an alias whose target the script lacks is unknown.
+ALIASES = {
+    "checkpoint_file_path": "ckpt",   # zoo eval.py
+    "ckpt_file": "ckpt",              # zoo yaml / export.py
+    "eval_dataset_path": "eval_data_path",
 }
 
 
@@ -167,8 +183,10 @@ def _check_range(name, key, value):
         raise ConfigError(f"config key '{name}': got {value!r}, expected {key.describe()}")
 
 
-def _unknown_key_error(name, where):
-    close = difflib.get_close_matches(name, SCHEMA.keys(), n=3, cutoff=0.6)
+def _unknown_key_error(name, where, flags=()):
+    """One line naming the closest recipe keys, entry-script flags and aliases."""
+    known = list(SCHEMA) + list(flags) + [a for a, target in ALIASES.items() if target in SCHEMA or target in flags]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown config key '{name}' in {where}{hint}")
 
@@ -221,7 +239,7 @@ def build_config(values_from_file, overrides, config_path="<defaults>"):
     """Merge defaults, file values and overrides; check every key, type and range."""
     cfg = Config({name: key.default for name, key in SCHEMA.items()})
     for source, values in ((config_path, values_from_file), ("the command line", overrides)):
-        for name, value in values.items():
+        for name, value in _resolve_aliases(values, source).items():
             if name not in SCHEMA:
                 raise _unknown_key_error(name, source)
             cfg[name] = _coerce(name, SCHEMA[name], value)
@@ -230,6 +248,17 @@ def build_config(values_from_file, overrides, config_path="<defaults>"):
     _check_relations(cfg)
     cfg["config_path"] = config_path
     return cfg
+
+
+def _resolve_aliases(values, where):
+    """Recipe-key aliases of a yaml mapping replaced by their key; both given is an error."""
+    resolved = {}
+    for name, value in values.items():
+        key = ALIASES.get(name, name) if ALIASES.get(name) in SCHEMA else name
+        if key in resolved:
+            raise ConfigError(f"config key '{key}' is given twice in {where} (also as '{name}')")
+        resolved[key] = value
+    return resolved
 
 
 def _check_relations(cfg):
@@ -355,9 +384,7 @@ def parse_args(argv=None, extra_flags=None, description=None):
         i += 1
         if value is None:
             raise ConfigError(f"--{name} needs a value")
-        if name in seen:
-            raise ConfigError(f"--{name} is given twice on the command line")
-        seen.add(name)
+        name = _command_line_name(name, extra_flags, seen)
         if name == "config_path":
             config_path = value
         elif name in extra_flags:
@@ -369,12 +396,32 @@ def parse_args(argv=None, extra_flags=None, description=None):
     return cfg, extras
 
 
+def _command_line_name(given, extra_flags, seen):
+    """The key or flag ``--given`` sets (aliases resolved); unknown or repeated is a ConfigError.
+    ``seen`` collects the names already given."""
+    name = given
+    if ALIASES.get(given) in SCHEMA or ALIASES.get(given) in extra_flags:
+        name = ALIASES[given]
+    if name not in SCHEMA and name not in extra_flags and name != "config_path":
+        raise _unknown_key_error(given, "the command line", extra_flags)
+    if name in seen:
+        also = f" (also as --{given})" if given != name else ""
+        raise ConfigError(f"--{name} is given twice on the command line{also}")
+    seen.add(name)
+    return name
+
+
+def _aliases_of(name):
+    names = [alias for alias, target in ALIASES.items() if target == name]
+    return f"  (also --{', --'.join(names)})" if names else ""
+
+
 def _print_help(description, extra_flags):
     print((description or "").strip() + "\n")
     print("usage: --config_path FILE [--key value ...]\n")
     for name in extra_flags:
-        print(f"  --{name}")
+        print(f"  --{name}{_aliases_of(name)}")
     print("\nrecipe keys (any may be overridden):")
     for name, key in SCHEMA.items():
         extra = f"  ({key.help})" if key.help else ""
-        print(f"  --{name:<28} default {key.default!r}; {key.describe()}{extra}")
+        print(f"  --{name:<28} default {key.default!r}; {key.describe()}{extra}{_aliases_of(name)}")

@@ -49,6 +49,14 @@ _FASHION_FILES = {
 }
 
 
+def split_path(cfg, training):
+    """Folder of a split: ``data_path`` for training; ``eval_data_path`` for evaluation when set (the
+    model zoo's ``eval_dataset_path``), else ``data_path``. Returns (path, name of its config key)."""
+    if not training and cfg.eval_data_path:
+        return cfg.eval_data_path, "eval_data_path"
+    return cfg.data_path, "data_path"
+
+
 def dataset_info(dataset):
     """Return dict(num_classes, in_channels, image_size) of a supported data set (native image size)."""
     if dataset not in _INFO:
@@ -58,7 +66,7 @@ def dataset_info(dataset):
 
 def create_dataset(dataset, data_path, training, batch_size, image_size=None, eval_resize=256,
                    num_samples=0, num_shards=1, shard_id=0, num_parallel_workers=2,
-                   crop_padding=4, seed=42, drop_remainder=None):
+                   crop_padding=4, seed=42, drop_remainder=None, path_key="data_path"):
     """Return a batched dataset with columns "image" (float32 NCHW, normalised) and "label" (int32).
 
     dataset: "imagenet" | "cifar10" | "fashion_mnist"; training selects the train split and augmentation.
@@ -67,6 +75,7 @@ def create_dataset(dataset, data_path, training, batch_size, image_size=None, ev
     eval_resize: ImageNet evaluation resizes the short side to this before the centre crop.
     num_samples: 0 = whole split, else a fixed subset of N samples taken before sharding (see module doc).
     drop_remainder: None = drop the last partial batch in training only.
+    path_key: the config key that gave ``data_path``, named when the folder is missing.
     Sets the global dataset seed (``ds.config.set_seed(seed)``) so that shuffling and augmentation repeat.
     """
     info = dataset_info(dataset)
@@ -74,6 +83,7 @@ def create_dataset(dataset, data_path, training, batch_size, image_size=None, ev
     image_size = image_size or info["image_size"]
     drop_remainder = training if drop_remainder is None else drop_remainder
     data_path = os.fspath(data_path)
+    _check_dir(data_path, path_key)
     # DistributedSampler reads the global seed when it is constructed, so the seed goes first.
     ds.config.set_seed(seed)
     sampler = ds.DistributedSampler(num_shards, shard_id, shuffle=training)
@@ -120,13 +130,13 @@ def _check_arguments(batch_size, num_samples, num_shards, shard_id):
         raise DataError(f"shard_id must be in [0, num_shards), got shard_id={shard_id}, num_shards={num_shards}")
 
 
-def _check_dir(path):
+def _check_dir(path, key="data_path"):
     if not os.path.exists(path):
-        raise DataError(f"data_path '{path}' does not exist")
+        raise DataError(f"{key} '{path}' does not exist")
     if not os.path.isdir(path):
-        raise DataError(f"data_path '{path}' is not a directory")
+        raise DataError(f"{key} '{path}' is not a directory")
     if not os.listdir(path):
-        raise DataError(f"data_path '{path}' is an empty directory")
+        raise DataError(f"{key} '{path}' is an empty directory")
 
 
 def _check_labels(labels, path, num_classes):
@@ -168,18 +178,25 @@ def _imagenet(data_path, training, image_size, eval_resize, num_samples, sampler
                     num_parallel_workers=workers)
 
 
+# Split folders looked for inside data_path, in order: ours, then the model zoo's evaluation folder
+# (official/cv/ResNet keeps train/ beside validation_preprocess/).
+_IMAGENET_SPLITS = {True: ("train",), False: ("val", "validation_preprocess")}
+
+
 def _imagenet_root(data_path, training):
-    """The split folder: data_path/train or data_path/val, else data_path itself if it holds class folders."""
+    """The split folder: data_path/train, or data_path/val or data_path/validation_preprocess (the
+    model zoo's layout), else data_path itself if it holds class folders."""
     _check_dir(data_path)
-    split = "train" if training else "val"
-    split_dir = os.path.join(data_path, split)
-    if os.path.isdir(split_dir):
-        if not _has_class_images(split_dir):
-            raise DataError(f"{split_dir}: no class sub-folders holding {'/'.join(_IMAGE_EXTENSIONS)} images")
-        return split_dir
+    splits = _IMAGENET_SPLITS[training]
+    for split in splits:
+        split_dir = os.path.join(data_path, split)
+        if os.path.isdir(split_dir):
+            if not _has_class_images(split_dir):
+                raise DataError(f"{split_dir}: no class sub-folders holding {'/'.join(_IMAGE_EXTENSIONS)} images")
+            return split_dir
     if not _has_class_images(data_path):
-        raise DataError(f"{data_path}: no '{split}/' folder and no class sub-folders holding "
-                        f"{'/'.join(_IMAGE_EXTENSIONS)} images")
+        raise DataError(f"{data_path}: no {' or '.join(s + '/' for s in splits)} folder and no class "
+                        f"sub-folders holding {'/'.join(_IMAGE_EXTENSIONS)} images")
     return data_path
 
 

@@ -25,13 +25,13 @@ from mindspore import nn, Tensor
 
 from src import checkpoint, run_record
 from src.config import ConfigError
-from src.dataset import batches, create_dataset
+from src.dataset import batches, create_dataset, split_path
 from src.device import set_up_device
 from src.errors import TrainingError, require_finite_loss
 from src.interrupt import STOP, Interrupted
 from src.lr_schedule import learning_rates
 from src.metrics import all_reduce, evaluate
-from src.models import build_network
+from src.models import build_network, training_network
 from src.pruning.base import prunable_weight_names, sparsity_of
 from src.pruning.registry import build_pruner
 from src.pruning.train_cell import ENERGY_PREFIX, MASK_PREFIX, DenseGradient, LossCell, MaskedTrainStep
@@ -143,10 +143,12 @@ def average_bn_statistics(net, group_size):
 class TrainContext:
     """What a pruner may see and do during training."""
 
-    def __init__(self, cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape):
+    def __init__(self, cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape,
+                 train_loss_cell=None):
         self.cfg = cfg
         self.net = net
-        self.loss_cell = loss_cell
+        self.loss_cell = loss_cell  # float32 (dense gradients)
+        self.train_loss_cell = train_loss_cell or loss_cell  # amp_level's precision (optimizer steps)
         self.optimizer = optimizer
         self.train_step = train_step
         self.logger = logger
@@ -205,7 +207,8 @@ class TrainContext:
 
     # --- gradients and extra steps -----------------------------------------------------------
     def dense_gradient_cell(self, names, extra_loss=None):
-        """A compiled cell returning (total, task, extra, grads) for the named parameters."""
+        """A compiled cell returning (total, task, extra, grads) for the named parameters, computed
+        in float32 whatever ``amp_level`` the optimizer steps use."""
         return DenseGradient(self.loss_cell, [self._params[n] for n in names], extra_loss)
 
     def train_step_with_extra_loss(self, batch, key, extra_loss):
@@ -213,7 +216,7 @@ class TrainContext:
         if key not in self._extra_steps:
             mask_names = [p.name[len(MASK_PREFIX):] for p in self.train_step.masks]
             self._extra_steps[key] = MaskedTrainStep(
-                self.loss_cell, self.optimizer, mask_names, [], extra_loss=extra_loss,
+                self.train_loss_cell, self.optimizer, mask_names, [], extra_loss=extra_loss,
                 shared_masks=self.train_step.masks)
         step = self._extra_steps[key]
         return float(step(*batch).asnumpy())
@@ -232,11 +235,21 @@ def build_training_graph(cfg, net, steps_per_epoch, logger, output_dir, input_sh
     optimizer = nn.Momentum(weight_decay_groups(net, cfg.weight_decay),
                             learning_rate=Tensor(lrs), momentum=cfg.momentum,
                             loss_scale=cfg.loss_scale)
+    # float32 loss over the float32 network: what pruners differentiate (RPG's dense gradient)
     loss_cell = LossCell(net, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+    # amp_level: the optimizer steps run a float16 twin sharing net's float32 Parameters
+    train_net = training_network(net, cfg.amp_level, lambda: build_network(cfg))
+    if train_net is not net:
+        logger.info(f"mixed precision {cfg.amp_level}: optimizer steps in float16 (BatchNorm, loss and "
+                    f"master weights float32), static loss_scale {cfg.loss_scale:g}")
+    train_loss_cell = loss_cell if train_net is net else \
+        LossCell(train_net, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
     mask_names = pruner.mask_names if pruner.hard_masks else []
-    train_step = MaskedTrainStep(loss_cell, optimizer, mask_names, pruner.energy_names)
+    train_step = MaskedTrainStep(train_loss_cell, optimizer, mask_names, pruner.energy_names)
     train_step.set_train(True)
-    ctx = TrainContext(cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape)
+    net.set_train(True)  # also under a twin: pruners' dense gradients use batch statistics, as at O0
+    ctx = TrainContext(cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape,
+                       train_loss_cell)
     return pruner, lrs, optimizer, train_step, ctx
 
 
@@ -283,7 +296,8 @@ class Trainer:
     def _dataset(self, training, epoch):
         cfg = self.cfg
         batch = cfg.batch_size if training else (cfg.eval_batch_size or cfg.batch_size)
-        return create_dataset(cfg.dataset, cfg.data_path, training, batch,
+        path, key = split_path(cfg, training)
+        return create_dataset(cfg.dataset, path, training, batch, path_key=key,
                               image_size=cfg.image_size or None, eval_resize=cfg.eval_resize,
                               num_samples=cfg.train_samples if training else cfg.eval_samples,
                               num_shards=self.group_size, shard_id=self.rank,

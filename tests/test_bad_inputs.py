@@ -116,6 +116,9 @@ PARSE_CASES = [
                                  "--file_format", "SPARSE", "--file_name", "{tmp}/existing"], 2, "exists"),
     ("export-overwrite-not-bool", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
                                    "--overwrite", "maybe"], 2, "--overwrite"),
+    ("amp-level-unknown", train("--amp_level", "O7"), 2, "'amp_level'"),
+    ("device-id-negative", train("--device_id", "-1"), 2, "'device_id'"),
+    ("eval-zoo-flag-and-ckpt", evaluate("--checkpoint_file_path", "{run}/last.ckpt"), 2, "given twice"),
 ]
 # Mistakes that need the data, the network or a checkpoint to be seen: real processes.
 RUN_CASES = [
@@ -139,6 +142,10 @@ RUN_CASES = [
      2, "already complete"),
     ("eval-missing-checkpoint", ["eval.py", "--config_path", DENSE, "--data_path", "{data}",
                                  "--ckpt", "{tmp}/nothing.ckpt"], 1, "not found"),
+    ("device-id-beyond-devices", train("--device_id", "7"), 2, "'device_id'"),
+    ("train-eval-data-path-missing", train("--eval_data_path", "{tmp}/no_val"), 1, "eval_data_path"),
+    ("eval-eval-data-path-missing", evaluate("--data_path", "{data}", "--eval_data_path", "{tmp}/no_val"), 1,
+     "eval_data_path"),
 ]
 
 

@@ -1,9 +1,11 @@
 """Network construction from a recipe."""
+from src.models.precision import AMP_LEVELS, training_network  # noqa: F401
 from src.models.resnet import build_resnet, count_parameters, default_inner_widths  # noqa: F401
 
 
 def build_network(cfg, inner_widths=None):
-    """The recipe's ResNet; ``inner_widths`` (from a compact checkpoint) shrinks the inner convs."""
+    """The recipe's ResNet in float32 (also under ``amp_level``: only the train step's twin is cast,
+    see src/models/precision.py); ``inner_widths`` (from a compact checkpoint) shrinks the inner convs."""
     shortcut = None if cfg.shortcut == "auto" else cfg.shortcut
     return build_resnet(cfg.net, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                         width_multiplier=cfg.width_multiplier, shortcut=shortcut,
