@@ -24,7 +24,9 @@ def training_setup(overrides, steps_per_epoch=1000):
     """(cfg, net, pruner, train_step, ctx) built exactly as train.py builds them."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    cfg = build_config(overrides, {})
+    # the recipe check ties in_channels to a data set: 3-channel nets are ImageNet/CIFAR-style here
+    dataset = "imagenet" if overrides.get("in_channels", 1) == 3 else "fashion_mnist"
+    cfg = build_config({"dataset": dataset, **overrides}, {})
     ms.set_seed(cfg.seed)
     net = build_network(cfg)
     logger = logging.getLogger("benchmark")

@@ -50,7 +50,7 @@ def test_prunable_convs_are_inner_convs_only():
     assert prunable_filter_convs(basic) == [f"layer{s}.{b}.conv1.weight"
                                             for s in (1, 2, 3) for b in range(3)]
     bottleneck = build_network(build_config({"net": "resnet50", "num_classes": 10,
-                                             "in_channels": 3}, {}))
+                                             "in_channels": 3, "dataset": "imagenet"}, {}))
     names = prunable_filter_convs(bottleneck)
     assert len(names) == 2 * 16
     assert all(n.endswith(("conv1.weight", "conv2.weight")) and n.startswith("layer") for n in names)
@@ -62,7 +62,7 @@ def test_prunable_convs_are_inner_convs_only():
 
 def test_resnet20_compact_equals_masked(pynative):
     rng = np.random.default_rng(0)
-    cfg = build_config({"net": "resnet20", "in_channels": 3}, {})
+    cfg = build_config({"net": "resnet20", "in_channels": 3, "dataset": "cifar10"}, {})
     net = build_network(cfg)
     _randomise_bn(net, rng)
     layers = prunable_layers(net)
@@ -102,7 +102,7 @@ def test_resnet20_compact_equals_masked(pynative):
 
 def test_bottleneck_compact_equals_masked(pynative):
     rng = np.random.default_rng(1)
-    cfg = build_config({"net": "resnet50", "num_classes": 10, "in_channels": 3}, {})
+    cfg = build_config({"net": "resnet50", "num_classes": 10, "in_channels": 3, "dataset": "imagenet"}, {})
     net = build_network(cfg)
     _randomise_bn(net, rng)
     layers = prunable_layers(net)
@@ -142,7 +142,7 @@ def test_rounded_widths_compact_equals_masked(pynative):
     from src.pruning.psap_widths import round_pruned_counts
 
     rng = np.random.default_rng(2)
-    cfg = build_config({"net": "resnet56", "in_channels": 3}, {})
+    cfg = build_config({"net": "resnet56", "in_channels": 3, "dataset": "cifar10"}, {})
     net = build_network(cfg)
     _randomise_bn(net, rng)
     layers = prunable_layers(net)
