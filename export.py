@@ -7,7 +7,8 @@ An existing output file is never replaced unless --overwrite true is given, and 
 file that passed its check (MINDIR: outputs compared with the checkpoint network).
 MINDIR is reloaded after writing and its output compared with the checkpoint network on a random
 batch (fails above 1e-4 max abs difference). AIR needs an Ascend device. SPARSE writes the pruned
-weights as values + a packed bitmask (``NAME.sparse.npz``), reads it back and checks it bit-exact.
+weights as values + Elias-Fano coded positions (``NAME.sparse.npz``), reads it back and checks it
+bit-exact.
 A compact PSAP checkpoint exports the genuinely smaller network.
 """
 import os
@@ -33,7 +34,11 @@ def _export_graph(net, sample, file_name, file_format, verify=None):
     tmp_base = os.path.join(directory, f".{os.path.basename(file_name)}.tmp{os.getpid()}")
     suffix = FORMATS[file_format]
     try:
-        ms.export(net, sample, file_name=tmp_base, file_format=file_format)
+        try:
+            ms.export(net, sample, file_name=tmp_base, file_format=file_format)
+        except (ValueError, TypeError, RuntimeError) as err:  # e.g. MindSpore refuses a '+' in a name
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ExportError(f"MindSpore could not export to {file_name}{suffix}: {first[:200]}") from None
         if verify is not None:
             verify(tmp_base + suffix)
         os.replace(tmp_base + suffix, file_name + suffix)

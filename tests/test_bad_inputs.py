@@ -140,6 +140,8 @@ RUN_CASES = [
     ("allowed-change-on-a-complete-run", train("--resume_ckpt", "auto", "--sparsity", "0.5",
                                                "--resume_allow_changes", "sparsity", config=DENSE, out="{run}"),
      2, "already complete"),
+    ("export-name-mindspore-refuses", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                       "--file_name", "{tmp}/net+v2"], 1, "net+v2"),
     ("eval-missing-checkpoint", ["eval.py", "--config_path", DENSE, "--data_path", "{data}",
                                  "--ckpt", "{tmp}/nothing.ckpt"], 1, "not found"),
     ("device-id-beyond-devices", train("--device_id", "7"), 2, "'device_id'"),

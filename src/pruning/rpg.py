@@ -27,7 +27,7 @@ add_keys({
     "iterative_T_end_percent": Key(float, 0.9, 0.0, 1.0, low_open=True,
                                    help_text="target density reaches its final value here"),
     "rank_svd": Key(str, "host", choices=["host", "graph"],
-                    help_text="where the rank loss's SVD runs: host NumPy float64 (portable) or "
+                    help_text="where the rank loss's low-rank targets are computed: host NumPy (portable) or "
                               "in the graph (ops.svd, float32)"),
     "rpg_apply_update_step": Key(bool, False, help_text="also take the optimizer step on mask-update "
                                                         "iterations (reference: skipped)"),
@@ -38,7 +38,8 @@ class RankLossTerm(nn.Cell):
     """lamb * rank_loss over the conv weights: the extra term of the regrowth gradient.
 
     ``svd: host`` (default, as docs/RPG.md describes, for portability): the pruner computes the
-    constant low-rank targets A_k with a float64 NumPy SVD before each mask update and stores
+    constant low-rank targets A_k on the host (k from a float64 Gram eigendecomposition, see
+    rank_loss.rank_targets_numpy) before each mask update and stores
     them in ``targets``; the graph only runs the cheap differentiable part. ``svd: graph``: the
     SVD runs inside the graph (``ops.svd``, float32; CPU/GPU back ends). Both give the value of
     ``rank_loss`` (mean over the layers whose SVD succeeded) and record which layers failed.
