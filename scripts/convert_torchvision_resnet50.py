@@ -594,6 +594,11 @@ def parse_args(argv):
     if os.path.splitext(args.input)[1].lower() not in EXTENSIONS:
         raise ArgumentError(f"--input {args.input}: unsupported file type (expected "
                             f"{', '.join(EXTENSIONS)})")
+    return check_common_args(args)
+
+
+def check_common_args(args):
+    """Arguments every converter has: --output *.ckpt, --tolerance > 0, --num_classes >= 1."""
     if not args.output.endswith(".ckpt"):
         raise ArgumentError(f"--output {args.output}: the name must end with .ckpt")
     if not args.tolerance > 0:
@@ -604,10 +609,15 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    return run_cli(argv, parse_args, lambda args: convert(
+        args.input, args.output, args.arch, args.num_classes,
+        check="off" if args.no_check else "auto", tolerance=args.tolerance))
+
+
+def run_cli(argv, parse, convert_args):
+    """The converters' command-line behaviour: one error line, exit 2 (arguments), 1 (input), 130."""
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        convert(args.input, args.output, args.arch, args.num_classes,
-                check="off" if args.no_check else "auto", tolerance=args.tolerance)
+        convert_args(parse(sys.argv[1:] if argv is None else argv))
     except ArgumentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

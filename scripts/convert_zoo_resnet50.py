@@ -38,7 +38,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from src.checkpoint import CheckpointError  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
     "convert_torchvision_resnet50", os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -241,37 +240,13 @@ def parse_args(argv):
                         help="max abs logits difference to the symmetric-padding zoo layout, "
                              "relative to max |logit| (default %(default)g)")
     parser.add_argument("--no_check", action="store_true", help="skip the logits check")
-    args = parser.parse_args(argv)
-    if not args.output.endswith(".ckpt"):
-        raise ArgumentError(f"--output {args.output}: the name must end with .ckpt")
-    if not args.tolerance > 0:
-        raise ArgumentError(f"--tolerance must be positive, got {args.tolerance}")
-    if args.num_classes < 1:
-        raise ArgumentError(f"--num_classes must be positive, got {args.num_classes}")
-    return args
+    return tv.check_common_args(parser.parse_args(argv))
 
 
 def main(argv=None):
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        convert(args.input, args.output, args.num_classes,
-                check="off" if args.no_check else "auto", tolerance=args.tolerance)
-    except ArgumentError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001  (no traceback for the user; CONVERT_DEBUG=1 shows it)
-        if os.environ.get("CONVERT_DEBUG"):
-            raise
-        print(f"error: unexpected {type(err).__name__}: {tv._first_line(err)} "
-              "(CONVERT_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
-    return 0
+    return tv.run_cli(argv, parse_args, lambda args: convert(
+        args.input, args.output, args.num_classes,
+        check="off" if args.no_check else "auto", tolerance=args.tolerance))
 
 
 if __name__ == "__main__":

@@ -66,3 +66,36 @@ def error_lines(proc):
     return [line for line in proc.stderr.splitlines()
             if line.strip() and not line.startswith(("[WARNING", "[INFO", "[ERROR] ME", "  warnings.warn"))
             and "Warning" not in line]
+
+
+def load_script(filename):
+    """A script of scripts/ imported as a module (they are not a package)."""
+    import importlib.util
+    name = os.path.splitext(filename)[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resnet50_weight_shapes():
+    """Conv and FC weight shapes of the ImageNet ResNet-50 (53 convs, then the FC layer)."""
+    shapes, cin = [(64, 3, 7, 7)], 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for block in range(blocks):
+            shapes += [(width, cin, 1, 1), (width, width, 3, 3), (width * 4, width, 1, 1)]
+            if block == 0:
+                shapes.append((width * 4, cin, 1, 1))
+            cin = width * 4
+    return shapes + [(1000, 2048)]
+
+
+def batchnorm_like(leaf, shape, rng):
+    """Plausible values for a BatchNorm leaf or a bias (None for weights, which callers fill)."""
+    if leaf == "moving_variance":
+        return rng.uniform(0.5, 2.0, shape)
+    if leaf == "gamma":
+        return rng.uniform(0.5, 1.5, shape)
+    if leaf in ("beta", "moving_mean", "bias"):
+        return rng.normal(0.0, 0.1, shape)
+    return None

@@ -5,7 +5,6 @@ generated below from torchvision's ResNet layout, independently of the converter
 converted back and compared tensor by tensor and logit by logit. With torch (skipped when torch is
 absent): a torch state dict is converted and the logits are compared with torch's.
 """
-import importlib.util
 import json
 import os
 import struct
@@ -23,11 +22,9 @@ import mindspore as ms  # noqa: E402
 
 from src import checkpoint  # noqa: E402
 from src.models.resnet import build_resnet  # noqa: E402
+from tests.conftest import batchnorm_like, load_script  # noqa: E402
 
-SCRIPT = os.path.join(ROOT, "scripts", "convert_torchvision_resnet50.py")
-_spec = importlib.util.spec_from_file_location("convert_torchvision_resnet50", SCRIPT)
-conv = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(conv)
+conv = load_script("convert_torchvision_resnet50.py")
 
 LAYOUT = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -65,15 +62,9 @@ def random_net(arch, num_classes=1000, seed=0):
     net = build_resnet(arch, num_classes=num_classes)
     rng = np.random.default_rng(seed)
     for param in net.get_parameters():
-        shape, leaf = param.shape, param.name.rsplit(".", 1)[1]
-        if leaf == "moving_variance":
-            value = rng.uniform(0.5, 2.0, shape)
-        elif leaf == "gamma":
-            value = rng.uniform(0.5, 1.5, shape)
-        elif leaf in ("beta", "moving_mean", "bias"):
-            value = rng.normal(0.0, 0.1, shape)
-        else:
-            value = param.asnumpy() * rng.uniform(0.9, 1.1, shape)
+        value = batchnorm_like(param.name.rsplit(".", 1)[1], param.shape, rng)
+        if value is None:
+            value = param.asnumpy() * rng.uniform(0.9, 1.1, param.shape)
         param.set_data(ms.Tensor(value.astype(np.float32)))
     net.set_train(False)
     return net
@@ -271,7 +262,7 @@ def test_command_line_error_is_one_line(r18, tmp_path):
     src = tmp_path / "cli.npz"
     np.savez(src, **tv)
     out = tmp_path / "cli.ckpt"
-    proc = subprocess.run([sys.executable, SCRIPT, "--input", str(src), "--output", str(out),
+    proc = subprocess.run([sys.executable, conv.__file__, "--input", str(src), "--output", str(out),
                            "--arch", "resnet18", "--num_classes", "10"],
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 1, proc.stderr

@@ -5,7 +5,6 @@ The zoo's layout (mindspore-ai/models, official/cv/ResNet/src/resnet.py: ``conv1
 below by hand, independently of the converter, with random values and the optimizer entries a
 zoo training run saves; the converted file is loaded through train.py's own pre_trained loader.
 """
-import importlib.util
 import logging
 import os
 import sys
@@ -20,12 +19,10 @@ if ROOT not in sys.path:
 import mindspore as ms  # noqa: E402
 
 from src.models.resnet import build_resnet  # noqa: E402
+from tests.conftest import batchnorm_like, load_script  # noqa: E402
 from src.trainer import load_pretrained  # noqa: E402
 
-SCRIPT = os.path.join(ROOT, "scripts", "convert_zoo_resnet50.py")
-_spec = importlib.util.spec_from_file_location("convert_zoo_resnet50", SCRIPT)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
+zoo = load_script("convert_zoo_resnet50.py")
 
 BN_LEAVES = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -56,16 +53,9 @@ def synthetic_values(shapes, seed=0):
     rng = np.random.default_rng(seed)
     values = {}
     for name, shape in shapes.items():
-        leaf = name.rsplit(".", 1)[1]
-        if leaf == "moving_variance":
-            value = rng.uniform(0.5, 2.0, shape)
-        elif leaf == "gamma":
-            value = rng.uniform(0.5, 1.5, shape)
-        elif leaf in ("beta", "moving_mean", "bias"):
-            value = rng.normal(0.0, 0.1, shape)
-        else:
-            fan_in = int(np.prod(shape[1:]))
-            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        value = batchnorm_like(name.rsplit(".", 1)[1], shape, rng)
+        if value is None:
+            value = rng.normal(0.0, np.sqrt(2.0 / int(np.prod(shape[1:]))), shape)
         values[name] = value.astype(np.float32)
     return values
 

@@ -18,7 +18,7 @@ from src.pruning.rank_loss import (
     _target_cost, layer_low_rank_targets, layer_rank_losses, layer_rank_terms,
     layers_for_worker, low_rank_target_gram, low_rank_target_numpy, numerical_rank, rank_loss,
     rank_loss_from_targets, rank_loss_numpy, rank_targets_numpy, select_rank, split_layers)
-from tests.conftest import ROOT
+from tests.conftest import ROOT, resnet50_weight_shapes
 
 SHAPES = [(8, 4, 3, 3), (16, 8, 1, 1), (6, 3, 7, 7), (32, 16, 1, 1), (5, 40)]
 
@@ -338,14 +338,7 @@ REALISTIC_SHAPES = [(16, 1, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3), (64, 64, 3, 3
 
 def resnet50_conv_shapes():
     """The 53 conv weights of the ImageNet ResNet-50."""
-    shapes, cin = [(64, 3, 7, 7)], 64
-    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
-        for block in range(blocks):
-            shapes += [(width, cin, 1, 1), (width, width, 3, 3), (width * 4, width, 1, 1)]
-            if block == 0:
-                shapes.append((width * 4, cin, 1, 1))
-            cin = width * 4
-    return shapes
+    return resnet50_weight_shapes()[:-1]
 
 
 def realistic_weights(seed=0):

@@ -11,7 +11,7 @@ import pytest
 
 from src.sparse_format import (DENSE_LIMIT, SparseFormatError, canonical_zeros, decode_positions,
                                encode_positions, ideal_size_bytes, read_sparse, write_sparse)
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, resnet50_weight_shapes, run_script
 
 RPG90 = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 
@@ -30,14 +30,7 @@ def resnet20_shapes():
 
 def resnet50_shapes():
     """Conv/FC weights of the ImageNet ResNet-50 (53 convs + FC, 25.5 M weights)."""
-    shapes, cin = [(64, 3, 7, 7)], 64
-    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
-        for block in range(blocks):
-            shapes += [(width, cin, 1, 1), (width, width, 3, 3), (width * 4, width, 1, 1)]
-            if block == 0:
-                shapes.append((width * 4, cin, 1, 1))
-            cin = width * 4
-    return shapes + [(1000, 2048)]
+    return resnet50_weight_shapes()
 
 
 def bn_params(shapes):
