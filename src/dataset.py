@@ -84,6 +84,8 @@ def create_dataset(dataset, data_path, training, batch_size, image_size=None, ev
     drop_remainder = training if drop_remainder is None else drop_remainder
     data_path = os.fspath(data_path)
     _check_dir(data_path, path_key)
+    # MindSpore refuses more workers than cores (a traceback); the ImageNet recipes ask for 8
+    num_parallel_workers = max(1, min(num_parallel_workers, os.cpu_count() or 1))
     # DistributedSampler reads the global seed when it is constructed, so the seed goes first.
     ds.config.set_seed(seed)
     sampler = ds.DistributedSampler(num_shards, shard_id, shuffle=training)

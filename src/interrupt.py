@@ -59,10 +59,17 @@ class StopRequest:
             raise Interrupted(f"interrupted {where}")
 
     def restore_default(self, where="during start-up"):
-        """For short commands: after the imports, Ctrl-C raises KeyboardInterrupt again."""
+        """For short commands: after the imports, Ctrl-C (or the SIGTERM MindSpore's data workers
+        relay) raises KeyboardInterrupt, once, so the command ends with one line and exit 130."""
         self.check(where)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raised = []
+
+        def interrupt(_signum, _frame):
+            if not raised:
+                raised.append(True)
+                raise KeyboardInterrupt
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, interrupt)
 
 
 # One per process: the entry scripts install it first thing (src/cli.py), the trainer polls it.

@@ -395,6 +395,12 @@ class Trainer:
             raise ConfigError(f"output_dir {self.output_dir} holds another run's checkpoints; continue "
                               f"{path} in an empty --output_dir")
         self.start_step = int(meta["step"])
+        saved_steps = meta.get("steps_per_epoch", 0) * (meta.get("recipe") or {}).get("epoch_size", 0)
+        if self.cfg.prune_method != "none" and saved_steps and saved_steps != self.total_steps:
+            # mask updates sit at fractions of the whole run: another length moves every one of them
+            raise ConfigError(f"checkpoint {path} is from a {saved_steps}-step run, this one has "
+                              f"{self.total_steps}: a pruning schedule cannot be stretched mid-run "
+                              "(only a dense run, prune_method none, can be given more epochs)")
         if self.start_step >= self.total_steps:
             changed = [k for k in run_record.recipe_changes(meta.get("recipe") or {}, self.cfg, allowed=())
                        if k in self.cfg.resume_allow_changes or "all" in self.cfg.resume_allow_changes]

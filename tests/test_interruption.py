@@ -208,3 +208,29 @@ def test_ctrl_c_during_start_up_is_one_line(fashion_dir, tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("interrupted"), lines[0]
+
+
+def test_a_pruning_schedule_cannot_be_stretched_on_resume(reference, fashion_dir, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = {p.name: digest(p) for p in out.iterdir() if p.is_file()}
+    longer = [("3" if previous == "--epoch_size" else a) for previous, a in zip([""] + TINY, TINY)]
+    proc = run_script("train.py", *longer, "--data_path", fashion_dir, "--output_dir", out,
+                      "--resume_ckpt", "auto", "--resume_allow_changes", "epoch_size", check=False)
+    assert proc.returncode == 2 and "cannot be stretched" in error_lines(proc)[0], proc.stderr
+    assert {p.name: digest(p) for p in out.iterdir() if p.is_file() and p.name != "train.log"} == \
+        {k: v for k, v in before.items() if k != "train.log"}
+
+
+def test_ctrl_c_during_evaluation_is_one_line(reference, fashion_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "eval.py", "--config_path", RPG, "--data_path", str(fashion_dir),
+                             "--ckpt", str(reference / "last.ckpt"), "--batch_size", "16"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    time.sleep(8)  # imports done, the evaluation under way (10,000 images)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("interrupted"), lines[0]
