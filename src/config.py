@@ -252,12 +252,13 @@ def build_config(values_from_file, overrides, config_path="<defaults>"):
 
 def _resolve_aliases(values, where):
     """Recipe-key aliases of a yaml mapping replaced by their key; both given is an error."""
-    resolved = {}
+    resolved, given_as = {}, {}
     for name, value in values.items():
         key = ALIASES.get(name, name) if ALIASES.get(name) in SCHEMA else name
         if key in resolved:
-            raise ConfigError(f"config key '{key}' is given twice in {where} (also as '{name}')")
-        resolved[key] = value
+            raise ConfigError(f"config key '{key}' is given twice in {where} (as '{given_as[key]}' "
+                              f"and as '{name}')")
+        resolved[key], given_as[key] = value, name
     return resolved
 
 

@@ -45,7 +45,7 @@ from src.pruning.psap_protection import (  # noqa: F401
 from src.pruning.psap_scores import (  # noqa: F401
     BN_SCORES, SCORES, filter_scores, folded_weight, taylor_bn_terms)
 from src.pruning.psap_taylor import TaylorMixin
-from src.pruning.psap_widths import round_pruned_counts
+from src.pruning.psap_widths import allowed_pruned_counts, round_pruned_counts
 from src.pruning.surgery import prunable_layers, zero_filters
 
 add_keys({
@@ -214,14 +214,25 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def _check_feasible(self, records):
         caps = np.minimum(np.floor(self.cfg.max_layer_ratio * self.filter_counts + 1e-9),
                           self.filter_counts - 1).astype(np.int64)
-        if self.cfg.psap_target == "filters":
-            best = caps.sum() / self.filter_counts.sum()
-        else:
-            best = removed_macs(records, self.layers, caps) / sum(r["macs"] for r in records)
+        best = self._prunable_fraction(records, caps)
         if self.cfg.psap_ratio > best + 1e-9:
             raise ConfigError(f"config key 'psap_ratio': got {self.cfg.psap_ratio}, but at most "
                               f"{best:.4f} of the {self.cfg.psap_target} can be pruned with "
                               f"max_layer_ratio={self.cfg.max_layer_ratio}")
+        multiple = self.cfg.psap_width_multiple
+        if multiple > 1:  # the largest prune of each layer that leaves a kept width on a multiple
+            rounded = [max(allowed_pruned_counts(int(n), multiple, 0, int(cap)) or [cap])
+                       for n, cap in zip(self.filter_counts, caps)]
+            best = self._prunable_fraction(records, np.array(rounded, dtype=np.int64))
+            if self.cfg.psap_ratio > best + TARGET_TOLERANCE:
+                raise ConfigError(f"config key 'psap_width_multiple': with kept widths on multiples "
+                                  f"of {multiple} at most {best:.4f} of the {self.cfg.psap_target} "
+                                  f"can be pruned, psap_ratio is {self.cfg.psap_ratio}")
+
+    def _prunable_fraction(self, records, pruned):
+        if self.cfg.psap_target == "filters":
+            return pruned.sum() / self.filter_counts.sum()
+        return removed_macs(records, self.layers, pruned) / sum(r["macs"] for r in records)
 
     def _layer_counts(self, sparsities, target, records, available, minimum):
         cfg = self.cfg
