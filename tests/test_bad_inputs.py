@@ -4,7 +4,6 @@ traceback, and leaves every file that existed before the command byte-identical.
 MindSpore's own log lines are switched off (GLOG_v=4), as the README tells users who want a quiet
 console; what remains on stderr is the project's one line.
 """
-import hashlib
 import json
 import os
 import stat
@@ -14,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, digest
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
@@ -38,8 +37,7 @@ def snapshot(*folders):
         for base, _, files in os.walk(folder):
             for name in files:
                 path = os.path.join(base, name)
-                with open(path, "rb") as handle:
-                    found[path] = hashlib.sha256(handle.read()).hexdigest()
+                found[path] = digest(path)
     return found
 
 

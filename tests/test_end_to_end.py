@@ -1,6 +1,5 @@
 """The command contract, as a user runs it: train -> eval -> export -> reload, resume, pruning
 targets, and bad input that must end with one clear line and leave earlier outputs intact."""
-import hashlib
 import json
 import os
 
@@ -9,17 +8,12 @@ import mindspore as ms
 import pytest
 
 from src.sparse_format import read_sparse
-from tests.conftest import ROOT, error_lines, run_script
+from tests.conftest import ROOT, digest, error_lines, run_script
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 GMP = os.path.join(ROOT, "config", "gmp_resnet20_fashion_mnist_s90.yaml")
 SHORT = ["--epoch_size", "1", "--train_samples", "512", "--eval_samples", "256"]
-
-
-def digest(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def mask_sparsity_and_leaks(path):

@@ -1,7 +1,6 @@
 """export.py in-process: the MINDIR computes what the checkpoint network computes (checked here,
 on an input of the test's own); a failed verification exits 1 and leaves an earlier file byte for
 byte; the SPARSE file reads back bit for bit against the checkpoint."""
-import hashlib
 import importlib.util
 import os
 import sys
@@ -15,17 +14,12 @@ from src.cli import run
 from src.config import build_config
 from src.models import build_network
 from src.sparse_format import read_sparse
-from tests.conftest import ROOT
+from tests.conftest import ROOT, digest
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 _spec = importlib.util.spec_from_file_location("export_script", os.path.join(ROOT, "export.py"))
 export = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(export)
-
-
-def digest(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 @pytest.fixture(scope="module")

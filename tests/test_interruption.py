@@ -7,7 +7,6 @@
 - a non-finite loss stops training with one line naming the step, and the last good checkpoint
   is left byte-for-byte as it was (resuming from it meets the same step again).
 """
-import hashlib
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ import numpy as np
 import mindspore as ms
 import pytest
 
-from tests.conftest import ROOT, error_lines, run_script
+from tests.conftest import ROOT, digest, error_lines, run_script
 
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 # 8 steps per epoch x 2 epochs, mask updates at steps 2, 4, ..., 12, a checkpoint every 3 steps
@@ -28,11 +27,6 @@ RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 TINY = ["--config_path", RPG, "--train_samples", "256", "--eval_samples", "64", "--batch_size", "32",
         "--delta", "2", "--epoch_size", "2", "--eval_interval", "0", "--num_parallel_workers", "1",
         "--save_checkpoint_steps", "3", "--keep_checkpoint_max", "10", "--log_interval", "1"]
-
-
-def digest(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def state(path):
@@ -116,7 +110,7 @@ def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path
 
     # auto: warn naming the file, resume from the previous good one, reach the same final state;
     # keep_checkpoint_max counts the checkpoints already on disk, not only those of this session
-    keep_two = [("2" if previous == "--keep_checkpoint_max" else a) for previous, a in zip([""] + TINY, TINY)]
+    keep_two = tiny_with("--keep_checkpoint_max", "2")
     proc = run_script("train.py", *keep_two, "--data_path", fashion_dir, "--output_dir", out,
                       "--resume_ckpt", "auto")
     assert [step_of(p) for p in step_checkpoints(out)] == [12, 15]
@@ -138,7 +132,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(reference, fashion
     ms.save_checkpoint([{"name": k, "data": v} for k, v in net.items()], str(poisoned))
 
     out = tmp_path / "run"
-    every_step = [("1" if previous == "--save_checkpoint_steps" else a) for previous, a in zip([""] + TINY, TINY)]
+    every_step = tiny_with("--save_checkpoint_steps", "1")
     args = ["train.py", *every_step, "--data_path", fashion_dir, "--output_dir", out, "--prune_method",
             "none", "--pre_trained", poisoned]
     proc = run_script(*args, check=False)
@@ -165,12 +159,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(reference, fashion
     assert step_checkpoints(out) == saved
 
 
-def start_in_own_session(args, out_log=None):
-    """Start train.py as a terminal would: its own process group, so Ctrl-C reaches every process."""
+def start_in_own_session(args, script="train.py"):
+    """Start a script as a terminal would: its own process group, so Ctrl-C reaches every process."""
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, "train.py", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+def tiny_with(key, value):
+    """TINY with one of its keys set to another value (a key may not be given twice)."""
+    return [(value if previous == key else a) for previous, a in zip([""] + TINY, TINY)]
 
 
 def test_ctrl_c_saves_and_resume_matches_uninterrupted(reference, fashion_dir, tmp_path):
@@ -214,7 +213,7 @@ def test_a_pruning_schedule_cannot_be_stretched_on_resume(reference, fashion_dir
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     before = {p.name: digest(p) for p in out.iterdir() if p.is_file()}
-    longer = [("3" if previous == "--epoch_size" else a) for previous, a in zip([""] + TINY, TINY)]
+    longer = tiny_with("--epoch_size", "3")
     proc = run_script("train.py", *longer, "--data_path", fashion_dir, "--output_dir", out,
                       "--resume_ckpt", "auto", "--resume_allow_changes", "epoch_size", check=False)
     assert proc.returncode == 2 and "cannot be stretched" in error_lines(proc)[0], proc.stderr
@@ -223,11 +222,8 @@ def test_a_pruning_schedule_cannot_be_stretched_on_resume(reference, fashion_dir
 
 
 def test_ctrl_c_during_evaluation_is_one_line(reference, fashion_dir, tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "eval.py", "--config_path", RPG, "--data_path", str(fashion_dir),
-                             "--ckpt", str(reference / "last.ckpt"), "--batch_size", "16"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = start_in_own_session(["--config_path", RPG, "--data_path", fashion_dir, "--ckpt",
+                                 reference / "last.ckpt", "--batch_size", "16"], script="eval.py")
     time.sleep(8)  # imports done, the evaluation under way (10,000 images)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

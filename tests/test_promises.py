@@ -2,7 +2,6 @@
 mask update, the final-sparsity error and its exit code, a bit-flipped checkpoint refused, writers
 that fail after writing has begun leave the earlier file byte for byte, and the sparse format
 reads back bit for bit (-0.0 and all-zero tensors included)."""
-import hashlib
 import logging
 import os
 
@@ -19,11 +18,7 @@ from src.metrics import evaluate
 from src.models import build_network
 from src.pruning.hard_mask import FinalSparsityError
 from src.trainer import build_training_graph
-
-
-def digest(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
+from tests.conftest import digest
 
 
 # --------------------------------------------------------------------------- evaluate()
