@@ -7,7 +7,6 @@ from src.config import check_launcher, check_training_mode, parse_args
 
 
 def main():
-    import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
     cfg, _ = parse_args(description=__doc__)
     check_launcher(cfg)
     check_training_mode(cfg)

@@ -62,7 +62,6 @@ def run(args, label, recipe, extra, work_dir):
 def rank_summary(ckpt_dir, recipe):
     """Mean relative numerical and effective rank of the convs of a run's last.ckpt."""
     sys.path.insert(0, ROOT)
-    import src.pruning.registry  # noqa: F401
     from src.config import parse_args
     from src.models import network_from_checkpoint
     from src.report import layer_rows, mean_relative_rank

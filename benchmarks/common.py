@@ -13,11 +13,10 @@ import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
-import src.pruning.registry  # noqa: E402,F401  (declares the pruner keys)
 from src.config import build_config  # noqa: E402
 from src.models import build_network  # noqa: E402
 from src.outputs import write_json_atomic  # noqa: E402
-from src.trainer import build_training_graph  # noqa: E402
+from src.training_graph import build_training_graph  # noqa: E402
 
 
 def training_setup(overrides, steps_per_epoch=1000):
@@ -32,8 +31,8 @@ def training_setup(overrides, steps_per_epoch=1000):
     logger = logging.getLogger("benchmark")
     logger.setLevel(logging.WARNING)
     size = cfg.image_size
-    pruner, _, _, step, ctx = build_training_graph(cfg, net, steps_per_epoch, logger, "/tmp",
-                                                   (1, cfg.in_channels, size, size))
+    session = build_training_graph(cfg, net, steps_per_epoch, logger, (1, cfg.in_channels, size, size))
+    pruner, step, ctx = session.pruner, session.train_step, session.ctx
     return cfg, net, pruner, step, ctx
 
 

@@ -10,7 +10,6 @@ from src.config import parse_args  # noqa: E402
 
 
 def main():
-    import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
     from src import run_record
     cfg, _ = parse_args(sys.argv[1:])
     if not cfg.resume_ckpt:

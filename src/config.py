@@ -1,7 +1,8 @@
 """Recipe configuration: a yaml file plus ``--key value`` overrides, checked against one schema.
 
-Every key a recipe or the command line may set is declared once in ``SCHEMA`` with its type,
-accepted range and default. A typo or an out-of-range value raises ``ConfigError`` with one line
+Every key a recipe or the command line may set is declared once with its type, accepted range
+and default: the run, data, network and optimisation keys in ``BASE_KEYS`` below, each pruning
+method's keys on its class (``src.pruning.registry``); ``schema()`` joins them. A typo or an out-of-range value raises ``ConfigError`` with one line
 that names the key and says what is accepted; the entry scripts turn it into exit code 2.
 """
 import difflib
@@ -42,7 +43,7 @@ class Key:
 
 NETS = ["resnet18", "resnet34", "resnet50", "resnet20", "resnet32", "resnet56", "resnet110"]
 
-SCHEMA = {
+BASE_KEYS = {
     # --- run ---
     "device_target": Key(str, "CPU", choices=["CPU", "GPU", "Ascend"]),
     "mode": Key(str, "graph", choices=["graph", "pynative"]),
@@ -101,7 +102,7 @@ SCHEMA = {
     "scratch_warning": Key(str, "", help_text="logged as a warning when the run starts without "
                                               "pre_trained (recipes whose published number needs one)"),
     # --- pruning (shared) ---
-    "prune_method": Key(str, "none", choices=["none", "gmp", "rpg", "psap"]),
+    "prune_method": Key(str, "none", help_text="a registered pruning method (src/pruning/registry.py)"),
     "sparsity": Key(float, 0.9, 0.0, 1.0, high_open=True),
     "prune_include": Key(list, [], help_text="name patterns of prunable weights; [] = every conv and FC weight"),
     "prune_exclude": Key(list, [], help_text="name patterns removed from the prunable set"),
@@ -117,12 +118,18 @@ ALIASES = {
 }
 
 
-def add_keys(keys):
-    """Let a pruner module declare its own keys (called at import time of that module)."""
-    for name, key in keys.items():
-        if name in SCHEMA:
+def schema():
+    """{key: Key} of every recipe key: BASE_KEYS and the keys of every registered pruning method
+    (imported here, not at the top: the methods import this module)."""
+    from src.pruning import registry
+    keys = dict(BASE_KEYS)
+    method = keys["prune_method"]
+    keys["prune_method"] = Key(str, method.default, choices=list(registry.METHODS), help_text=method.help)
+    for name, key in registry.method_keys().items():
+        if name in keys:
             raise RuntimeError(f"config key '{name}' declared twice")
-        SCHEMA[name] = key
+        keys[name] = key
+    return keys
 
 
 def _coerce(name, key, value):
@@ -185,7 +192,8 @@ def _check_range(name, key, value):
 
 def _unknown_key_error(name, where, flags=()):
     """One line naming the closest recipe keys, entry-script flags and aliases."""
-    known = list(SCHEMA) + list(flags) + [a for a, target in ALIASES.items() if target in SCHEMA or target in flags]
+    keys = schema()
+    known = list(keys) + list(flags) + [a for a, target in ALIASES.items() if target in keys or target in flags]
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown config key '{name}' in {where}{hint}")
@@ -236,25 +244,27 @@ def load_yaml(path):
 
 
 def build_config(values_from_file, overrides, config_path="<defaults>"):
-    """Merge defaults, file values and overrides; check every key, type and range."""
-    cfg = Config({name: key.default for name, key in SCHEMA.items()})
+    """Merge defaults, file values and overrides; check every key, type and range, and the
+    relations between keys (the pruning method's own ones too)."""
+    keys = schema()
+    cfg = Config({name: key.default for name, key in keys.items()})
     for source, values in ((config_path, values_from_file), ("the command line", overrides)):
-        for name, value in _resolve_aliases(values, source).items():
-            if name not in SCHEMA:
+        for name, value in _resolve_aliases(values, source, keys).items():
+            if name not in keys:
                 raise _unknown_key_error(name, source)
-            cfg[name] = _coerce(name, SCHEMA[name], value)
+            cfg[name] = _coerce(name, keys[name], value)
     for name, value in cfg.items():
-        _check_range(name, SCHEMA[name], value)
-    _check_relations(cfg)
+        _check_range(name, keys[name], value)
+    _check_relations(cfg, keys)
     cfg["config_path"] = config_path
     return cfg
 
 
-def _resolve_aliases(values, where):
+def _resolve_aliases(values, where, keys):
     """Recipe-key aliases of a yaml mapping replaced by their key; both given is an error."""
     resolved, given_as = {}, {}
     for name, value in values.items():
-        key = ALIASES.get(name, name) if ALIASES.get(name) in SCHEMA else name
+        key = ALIASES.get(name, name) if ALIASES.get(name) in keys else name
         if key in resolved:
             raise ConfigError(f"config key '{key}' is given twice in {where} (as '{given_as[key]}' "
                               f"and as '{name}')")
@@ -262,14 +272,16 @@ def _resolve_aliases(values, where):
     return resolved
 
 
-def _check_relations(cfg):
+def _check_relations(cfg, keys):
+    from src.pruning import registry
     if cfg.lr_end > cfg.lr_max:
         raise ConfigError(f"config key 'lr_end': got {cfg.lr_end}, expected at most lr_max ({cfg.lr_max})")
     if cfg.warmup_epochs > cfg.epoch_size:
         raise ConfigError(f"config key 'warmup_epochs': got {cfg.warmup_epochs}, "
                           f"expected at most epoch_size ({cfg.epoch_size})")
     _check_network(cfg)
-    _check_paths(cfg)
+    _check_paths(cfg, keys)
+    registry.check_recipe(cfg)
     for epoch in cfg.lr_decay_epochs:
         if not isinstance(epoch, (int, float)) or epoch <= 0:
             raise ConfigError(f"config key 'lr_decay_epochs': got {cfg.lr_decay_epochs!r}, "
@@ -346,13 +358,13 @@ def parse_bool_flag(name, text):
     raise ConfigError(f"--{name}: got {text!r}, expected true or false")
 
 
-def _check_paths(cfg):
+def _check_paths(cfg, keys):
     if not cfg.output_dir.strip():
         raise ConfigError("config key 'output_dir': must name a directory")
     check_output_path("output_dir", cfg.output_dir, kind="dir")
     if os.path.isdir(cfg.output_dir) and not os.access(cfg.output_dir, os.W_OK):
         raise ConfigError(f"config key 'output_dir': {cfg.output_dir} is not writable")
-    unknown = [k for k in cfg.resume_allow_changes if k != "all" and k not in SCHEMA]
+    unknown = [k for k in cfg.resume_allow_changes if k != "all" and k not in keys]
     if unknown:
         raise _unknown_key_error(unknown[0], "resume_allow_changes")
 
@@ -401,9 +413,10 @@ def _command_line_name(given, extra_flags, seen):
     """The key or flag ``--given`` sets (aliases resolved); unknown or repeated is a ConfigError.
     ``seen`` collects the names already given."""
     name = given
-    if ALIASES.get(given) in SCHEMA or ALIASES.get(given) in extra_flags:
+    keys = schema()
+    if ALIASES.get(given) in keys or ALIASES.get(given) in extra_flags:
         name = ALIASES[given]
-    if name not in SCHEMA and name not in extra_flags and name != "config_path":
+    if name not in keys and name not in extra_flags and name != "config_path":
         raise _unknown_key_error(given, "the command line", extra_flags)
     if name in seen:
         also = f" (also as --{given})" if given != name else ""
@@ -423,6 +436,6 @@ def _print_help(description, extra_flags):
     for name in extra_flags:
         print(f"  --{name}{_aliases_of(name)}")
     print("\nrecipe keys (any may be overridden):")
-    for name, key in SCHEMA.items():
+    for name, key in schema().items():
         extra = f"  ({key.help})" if key.help else ""
         print(f"  --{name:<28} default {key.default!r}; {key.describe()}{extra}{_aliases_of(name)}")

@@ -13,71 +13,23 @@ Debugging aid: with the environment variable ``PRUNE_DUMP_RANK_STATE=DIR`` every
 its own final training state to ``DIR/rank<N>.ckpt`` at the end of training (the normal
 checkpoints come from rank 0 only), e.g. to check that the workers ended bit-identical.
 """
-import logging
-import logging.handlers
 import os
-import sys
 import time
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, Tensor
 
 from src import checkpoint, run_record
 from src.config import ConfigError
 from src.dataset import batches, create_dataset, split_path
 from src.device import set_up_device
-from src.errors import TrainingError, require_finite_loss
+from src.errors import TrainingError
 from src.interrupt import STOP, Interrupted
-from src.lr_schedule import learning_rates
+from src.logs import MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
-from src.models import build_network, training_network
+from src.models import build_network
 from src.pruning.base import prunable_weight_names, sparsity_of
-from src.pruning.registry import build_pruner
-from src.pruning.train_cell import ENERGY_PREFIX, MASK_PREFIX, DenseGradient, LossCell, MaskedTrainStep
-
-
-def setup_logger(output_dir, rank=0, name="train"):
-    """Log to stdout and to ``output_dir/<name>.log`` (rank 0) or ``<name>_rank<N>.log``.
-
-    File records are held back until ``open_log_file(logger)``: a run refused during start-up
-    (another run's directory, a mismatched resume) leaves an earlier log byte-identical.
-    """
-    logger = logging.getLogger(f"prune.{name}.{rank}")
-    logger.handlers.clear()
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    os.makedirs(output_dir, exist_ok=True)
-    filename = f"{name}.log" if rank == 0 else f"{name}_rank{rank}.log"
-    file_handler = logging.FileHandler(os.path.join(output_dir, filename), delay=True)
-    file_handler.setFormatter(fmt)
-    logger.addHandler(_HeldBack(0, target=file_handler))
-    if rank == 0:
-        stream = logging.StreamHandler(sys.stdout)
-        stream.setFormatter(fmt)
-        logger.addHandler(stream)
-    return logger
-
-
-class _HeldBack(logging.handlers.MemoryHandler):
-    """Keeps records until released (also at interpreter exit, when logging flushes every handler)."""
-    released = False
-
-    def shouldFlush(self, record):
-        return self.released
-
-    def flush(self):
-        if self.released:
-            super().flush()
-
-
-def open_log_file(logger):
-    """Write the held-back start-up records to the log file and every later record at once."""
-    for handler in logger.handlers:
-        if isinstance(handler, _HeldBack):
-            handler.released = True
-            handler.flush()
+from src.training_graph import average_bn_statistics, build_training_graph, load_pretrained
 
 
 def init_context(cfg):
@@ -92,165 +44,6 @@ def init_context(cfg):
                                      gradients_mean=True, device_num=group_size)
     ms.set_seed(cfg.seed)
     return rank, group_size
-
-
-def weight_decay_groups(net, weight_decay):
-    """Weight decay on conv/FC weights only: BatchNorm parameters and biases are exempt."""
-    decay, no_decay = [], []
-    for param in net.trainable_params():
-        (decay if param.name.endswith("weight") and len(param.shape) > 1 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {"order_params": net.trainable_params()}]
-
-
-def load_pretrained(net, path, logger):
-    """Load weights; a classifier with another class count is skipped with a warning."""
-    params, _, _ = checkpoint.load(path)
-    skip = []
-    for name in ("fc.weight", "fc.bias"):
-        own = dict(net.parameters_and_names()).get(name)
-        if own is not None and name in params and tuple(params[name].shape) != tuple(own.shape):
-            skip.append(name)
-    if skip:
-        logger.warning(f"pre_trained {path}: classifier shape differs from this network's "
-                       f"({len(skip)} tensors); the classifier keeps its fresh initialisation")
-    checkpoint.load_into(net, params, path, strict=True, skip=skip)
-    logger.info(f"loaded pre-trained weights from {path}")
-
-
-BN_STATISTICS = ("moving_mean", "moving_variance")
-
-
-def average_bn_statistics(net, group_size):
-    """Average BatchNorm moving statistics over the data-parallel workers, in place.
-
-    A collective call (every worker must make it). Each worker's statistics come from its own
-    batches; afterwards every worker holds the same model. Training is unaffected (it normalises
-    with batch statistics).
-    """
-    params = [p for p in net.get_parameters() if p.name.endswith(BN_STATISTICS)]
-    if group_size <= 1 or not params:
-        return
-    values = [p.asnumpy() for p in params]
-    flat = all_reduce(np.concatenate([v.reshape(-1) for v in values])) / group_size
-    offset = 0
-    for param, value in zip(params, values):
-        param.set_data(Tensor(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype)))
-        offset += value.size
-
-
-class TrainContext:
-    """What a pruner may see and do during training."""
-
-    def __init__(self, cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape,
-                 train_loss_cell=None):
-        self.cfg = cfg
-        self.net = net
-        self.loss_cell = loss_cell  # float32 (dense gradients)
-        self.train_loss_cell = train_loss_cell or loss_cell  # amp_level's precision (optimizer steps)
-        self.optimizer = optimizer
-        self.train_step = train_step
-        self.logger = logger
-        self.output_dir = output_dir
-        self.input_shape = input_shape
-        self.epoch = 0
-        self.step = 0
-        self.rank = 0
-        self.group_size = 1
-        self._params = {p.name: p for p in net.get_parameters()}
-        self._moments = {p.name: m for p, m in zip(optimizer.parameters, optimizer.moments)}
-        self._extra_steps = {}
-
-    # --- weights -------------------------------------------------------------------------
-    def get_weights(self, names):
-        """Host copies; BatchNorm moving statistics are first averaged over the data-parallel
-        workers (a collective call: pruners make the same calls on every worker)."""
-        if self.group_size > 1 and any(name.endswith(BN_STATISTICS) for name in names):
-            average_bn_statistics(self.net, self.group_size)
-        return {name: self._params[name].asnumpy() for name in names}
-
-    def set_weights(self, arrays):
-        for name, value in arrays.items():
-            param = self._params[name]
-            param.set_data(Tensor(value.astype(np.float32).reshape(param.shape)))
-
-    def apply_masks(self, masks):
-        """Multiply parameters and their momentum by (broadcastable) masks, on the host."""
-        for name, mask in masks.items():
-            keep = np.asarray(mask, np.float32) > 0
-            param = self._params[name]
-            param.set_data(Tensor(np.where(keep, param.asnumpy(), np.float32(0.0))))
-            if name in self._moments:
-                moment = self._moments[name]
-                moment.set_data(Tensor(np.where(keep, moment.asnumpy(), np.float32(0.0))))
-
-    # --- in-graph masks (hard-mask pruners) -------------------------------------------------
-    def get_masks(self):
-        return {p.name[len(MASK_PREFIX):]: p.asnumpy() for p in self.train_step.masks}
-
-    def set_masks(self, masks):
-        """Install new masks in the train graph and zero the masked weights and their momentum."""
-        for param in self.train_step.masks:
-            name = param.name[len(MASK_PREFIX):]
-            if name in masks:
-                param.set_data(Tensor(np.asarray(masks[name], np.float32).reshape(param.shape)))
-        self.apply_masks(masks)
-
-    # --- gradient energy (PSAP) -------------------------------------------------------------
-    def read_energy(self, reset=True):
-        energy = {p.name[len(ENERGY_PREFIX):]: p.asnumpy() for p in self.train_step.energy}
-        if reset:
-            for param in self.train_step.energy:
-                param.set_data(Tensor(np.zeros(param.shape, np.float32)))
-        return energy
-
-    # --- gradients and extra steps -----------------------------------------------------------
-    def dense_gradient_cell(self, names, extra_loss=None):
-        """A compiled cell returning (total, task, extra, grads) for the named parameters, computed
-        in float32 whatever ``amp_level`` the optimizer steps use."""
-        return DenseGradient(self.loss_cell, [self._params[n] for n in names], extra_loss)
-
-    def train_step_with_extra_loss(self, batch, key, extra_loss):
-        """An ordinary (masked) optimizer step whose loss also contains ``extra_loss``."""
-        if key not in self._extra_steps:
-            mask_names = [p.name[len(MASK_PREFIX):] for p in self.train_step.masks]
-            self._extra_steps[key] = MaskedTrainStep(
-                self.train_loss_cell, self.optimizer, mask_names, [], extra_loss=extra_loss,
-                shared_masks=self.train_step.masks)
-        step = self._extra_steps[key]
-        return float(step(*batch).asnumpy())
-
-
-def build_training_graph(cfg, net, steps_per_epoch, logger, output_dir, input_shape):
-    """Pruner, per-step learning rates, optimizer, masked train step and the pruner's context.
-
-    Shared by the Trainer and the benchmarks, so both time exactly the same graph.
-    """
-    pruner = build_pruner(cfg, net, steps_per_epoch, logger)
-    total_steps = steps_per_epoch * cfg.epoch_size
-    lrs = learning_rates(cfg.lr_schedule, cfg.lr_max, total_steps, steps_per_epoch,
-                         cfg.warmup_epochs, cfg.lr_end, cfg.lr_decay_epochs,
-                         cfg.lr_decay_rate, cfg.poly_power)
-    optimizer = nn.Momentum(weight_decay_groups(net, cfg.weight_decay),
-                            learning_rate=Tensor(lrs), momentum=cfg.momentum,
-                            loss_scale=cfg.loss_scale)
-    # float32 loss over the float32 network: what pruners differentiate (RPG's dense gradient)
-    loss_cell = LossCell(net, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
-    # amp_level: the optimizer steps run a float16 twin sharing net's float32 Parameters
-    train_net = training_network(net, cfg.amp_level, lambda: build_network(cfg))
-    if train_net is not net:
-        logger.info(f"mixed precision {cfg.amp_level}: optimizer steps in float16 (BatchNorm, loss and "
-                    f"master weights float32), static loss_scale {cfg.loss_scale:g}")
-    train_loss_cell = loss_cell if train_net is net else \
-        LossCell(train_net, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
-    mask_names = pruner.mask_names if pruner.hard_masks else []
-    train_step = MaskedTrainStep(train_loss_cell, optimizer, mask_names, pruner.energy_names)
-    train_step.set_train(True)
-    net.set_train(True)  # also under a twin: pruners' dense gradients use batch statistics, as at O0
-    ctx = TrainContext(cfg, net, loss_cell, optimizer, train_step, logger, output_dir, input_shape,
-                       train_loss_cell)
-    return pruner, lrs, optimizer, train_step, ctx
 
 
 class Trainer:
@@ -280,10 +73,16 @@ class Trainer:
         elif cfg.scratch_warning and not cfg.resume_ckpt:
             self.logger.warning(f"warning: training from scratch (no pre_trained): {cfg.scratch_warning}")
         image_shape = next(batches(self.train_data))[0].shape
-        graph = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
-                                     self.output_dir, (1,) + tuple(image_shape[1:]))
-        self.pruner, self.lrs, self.optimizer, self.train_step, self.ctx = graph
+        self.session = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
+                                            (1,) + tuple(image_shape[1:]))
+        self.pruner, self.lrs = self.session.pruner, self.session.lrs
+        self.optimizer, self.train_step, self.ctx = (self.session.optimizer, self.session.train_step,
+                                                     self.session.ctx)
         self.ctx.rank, self.ctx.group_size = self.rank, self.group_size
+        if self.group_size > 1:  # methods read the statistics every worker holds
+            self.ctx.before_reading_statistics = lambda: average_bn_statistics(self.net, self.group_size)
+        self.metrics = MetricsFile(self.output_dir, enabled=self.is_main)
+        self.ctx.recorders.append(self.metrics)
         self.start_step = 0
         self.best = {"top1": None, "epoch": None}
         self.last_periodic = (None, None)
@@ -317,13 +116,6 @@ class Trainer:
 
     def _optimizer_step(self):
         return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
-
-    def _advance_schedule(self, iterations):
-        """The learning-rate schedule is indexed by the optimizer's step counter, which only moves
-        when the optimizer runs: after an iteration a pruner used without an optimizer step (RPG's
-        mask update, as the reference) it is set to the iteration count, so the schedule stays
-        indexed by iteration, as the reference's is."""
-        self.optimizer.global_step.set_data(Tensor(np.array([iterations], np.int32)))
 
     def _save(self, path, step):
         average_bn_statistics(self.net, self.group_size)  # rank 0 saves what every worker holds
@@ -410,8 +202,9 @@ class Trainer:
         elif self.is_main:
             run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
             run_record.remove_stale_temporaries(self.output_dir)
-        self.pruner.load_state_dict(pruner_state)
-        self._advance_schedule(self.start_step)  # checkpoints of older versions lag behind
+        # also sets the learning-rate schedule's step (checkpoints of older versions lag behind)
+        self.session.load_state_dict(pruner_state, self.start_step)
+        self.metrics.truncate_after(self.start_step)
         self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
         self.logger.info(f"resumed from {path} at step {self.start_step} "
                          f"(epoch {self.start_step // self.steps_per_epoch})")
@@ -460,20 +253,34 @@ class Trainer:
         best = "-" if self.best["top1"] is None else f"{self.best['top1']:.4f}"
         self.logger.info(f"eval epoch {epoch + 1}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
                          f"loss {result['loss']:.4f} sparsity {result['sparsity']:.4f} best {best}{note}")
+        self.ctx.record({"event": "eval", "step": step, "epoch": epoch + 1, "counted_as_best": counted,
+                         **{k: result[k] for k in ("top1", "top5", "loss", "sparsity")}})
         return result
 
-    # --- the loop ---------------------------------------------------------------------------
-    def _iteration(self, epoch, step, image, label):
-        """One training iteration; returns its loss."""
-        loss = self.pruner.before_step(step, (image, label), self.ctx)
-        if loss is None:
-            loss = float(self.train_step(image, label).asnumpy())
-        else:
-            self._advance_schedule(step + 1)
-        require_finite_loss(loss, step + 1, f" (epoch {epoch + 1})")
-        self.pruner.after_step(step, self.ctx)
-        return loss
+    def _log_progress(self, epoch, step, loss, images_per_s):
+        report = self.pruner.report()
+        extra = "".join(f" {k} {v:.4f}" if isinstance(v, float) else f" {k} {v}" for k, v in report.items())
+        self.logger.info(f"epoch {epoch + 1}/{self.cfg.epoch_size} step {step}/{self.total_steps} "
+                         f"loss {loss:.4f} lr {self.lrs[step - 1]:.6f} img/s {images_per_s:.1f}{extra}")
+        self.ctx.record({"event": "train", "step": step, "epoch": epoch + 1, "loss": loss,
+                         "lr": float(self.lrs[step - 1]), "images_per_s": images_per_s, **report})
 
+    def _finish(self, step):
+        """last.ckpt, the method's extra outputs (PSAP's compact network) beside it."""
+        self._save(os.path.join(self.output_dir, "last.ckpt"), step)
+        dump_dir = os.environ.get("PRUNE_DUMP_RANK_STATE")
+        if dump_dir:  # debugging aid, see the module docstring
+            checkpoint.save_atomic(self._state_params(), os.path.join(dump_dir, f"rank{self.rank}.ckpt"),
+                                   meta={"step": step, "rank": self.rank})
+        outputs = self.session.finish()
+        if self.is_main:
+            for name, (cell, meta) in outputs.items():
+                path = os.path.join(self.output_dir, name)
+                checkpoint.save_atomic(cell, path, meta=meta)
+                self.logger.info(f"saved {path}")
+            self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
+
+    # --- the loop ---------------------------------------------------------------------------
     def train(self):
         cfg, log = self.cfg, self.logger
         if self.start_step >= self.total_steps:
@@ -493,17 +300,13 @@ class Trainer:
             for index, (image, label) in enumerate(batches(data)):
                 if index < skip:
                     continue
-                self.ctx.epoch, self.ctx.step = epoch, step
-                loss = self._iteration(epoch, step, image, label)
+                self.ctx.epoch = epoch
+                loss = self.session.step(image, label)
                 step += 1
                 window_images += image.shape[0] * self.group_size
                 if step % cfg.log_interval == 0 or step == self.total_steps:
                     elapsed = max(time.time() - window_start, 1e-9)
-                    extra = "".join(f" {k} {v:.4f}" if isinstance(v, float) else f" {k} {v}"
-                                    for k, v in self.pruner.report().items())
-                    log.info(f"epoch {epoch + 1}/{cfg.epoch_size} step {step}/{self.total_steps} "
-                             f"loss {loss:.4f} lr {self.lrs[step - 1]:.6f} "
-                             f"img/s {window_images / elapsed:.1f}{extra}")
+                    self._log_progress(epoch, step, loss, window_images / elapsed)
                     window_start, window_images = time.time(), 0
                 # at an epoch's end the epoch hooks run first (a resume starts after them)
                 if step % self.steps_per_epoch and self._stop_requested(step):
@@ -513,7 +316,7 @@ class Trainer:
                         and step % self.steps_per_epoch != 0:
                     self._save_periodic(step)
             self.ctx.epoch, self.ctx.step = epoch, step
-            self.pruner.on_epoch_end(epoch, self.ctx)
+            self.session.end_epoch()
             last_epoch = epoch + 1 == cfg.epoch_size
             if self.eval_data is not None and (
                     last_epoch or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0)):
@@ -523,12 +326,5 @@ class Trainer:
                 self._save_periodic(step)
             if not last_epoch and self._stop_requested(step):
                 self._interrupt(step)
-        self._save(os.path.join(self.output_dir, "last.ckpt"), step)
-        dump_dir = os.environ.get("PRUNE_DUMP_RANK_STATE")
-        if dump_dir:  # debugging aid, see the module docstring
-            checkpoint.save_atomic(self._state_params(), os.path.join(dump_dir, f"rank{self.rank}.ckpt"),
-                                   meta={"step": step, "rank": self.rank})
-        self.pruner.on_train_end(self.ctx)
-        if self.is_main:
-            log.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
+        self._finish(step)
         return result

@@ -4,7 +4,6 @@ import os
 
 import pytest
 
-import src.pruning.registry  # noqa: F401  (declares the pruner keys)
 from src.config import ConfigError, build_config, load_yaml, parse_args
 from tests.conftest import ROOT, error_lines, run_script
 

@@ -20,7 +20,7 @@ import mindspore as ms  # noqa: E402
 
 from src.models.resnet import build_resnet  # noqa: E402
 from tests.conftest import batchnorm_like, load_script  # noqa: E402
-from src.trainer import load_pretrained  # noqa: E402
+from src.training_graph import load_pretrained  # noqa: E402
 
 zoo = load_script("convert_zoo_resnet50.py")
 

@@ -9,11 +9,10 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor
 
-import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
 from src.config import build_config
 from src.models import build_network
-from src.pruning.train_cell import ENERGY_PREFIX
-from src.trainer import build_training_graph
+from src.pruning.psap_energy import ENERGY_PREFIX
+from src.training_graph import build_training_graph
 
 RATIO = 0.3
 
@@ -39,9 +38,13 @@ def _build(tmp_path, **overrides):
     cfg = build_config(values, {})
     ms.set_seed(0)
     net = build_network(cfg)
-    pruner, _, _, _, ctx = build_training_graph(cfg, net, 10, logging.getLogger("t.psap"),
-                                                str(tmp_path), (1, 1, 28, 28))
+    session = build_training_graph(cfg, net, 10, logging.getLogger("t.psap"), (1, 1, 28, 28))
+    pruner, ctx = session.pruner, session.ctx
     return pruner, ctx
+
+
+def _moments(ctx):
+    return {p.name: m for p, m in zip(ctx.optimizer.parameters, ctx.optimizer.moments)}
 
 
 def _plant(ctx, names, seed):
@@ -54,12 +57,12 @@ def _plant(ctx, names, seed):
         directions /= np.sqrt((directions.reshape(shape[0], -1) ** 2).sum(1)).reshape(-1, 1, 1, 1)
         norms = rng.permutation(np.linspace(0.5, 2.0, shape[0]))
         param.set_data(Tensor((directions * norms.reshape(-1, 1, 1, 1)).astype(np.float32)))
-        ctx._moments[name].set_data(Tensor(np.ones(shape, np.float32)))
+        _moments(ctx)[name].set_data(Tensor(np.ones(shape, np.float32)))
 
 
 def _state(ctx, names):
     return ({n: ctx._params[n].asnumpy().copy() for n in names},
-            {n: ctx._moments[n].asnumpy().copy() for n in names})
+            {n: _moments(ctx)[n].asnumpy().copy() for n in names})
 
 
 def _zeroed_filters(weights):
@@ -100,7 +103,7 @@ def test_protection_keeps_the_planted_filter(tmp_path):
     first = {n: _zeroed_filters(ctx._params[n].asnumpy()) for n in names}
     # the next interval's gradient energies: kept filters 1, zeroed 0 except the planted one
     target, favourite = names[3], first[names[3]][1]
-    for buffer in ctx.train_step.energy:
+    for buffer in pruner.energy_piece.energy:
         name = buffer.name[len(ENERGY_PREFIX):]
         energy = np.ones(buffer.shape, np.float32)
         energy[first[name]] = 0.0

@@ -17,11 +17,10 @@ import mindspore as ms
 import pytest
 from mindspore import nn, ops, ParameterTuple, Tensor
 
-import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
 from src.config import build_config
 from src.errors import TrainingError
 from src.models import build_network
-from src.trainer import build_training_graph
+from src.training_graph import build_training_graph
 
 STEPS = 40            # one epoch of 40 iterations
 DELTA = 4
@@ -103,8 +102,8 @@ def _build(lamb=LAMB):
                         "alpha": ALPHA, "lamb": lamb, "partial_k": PARTIAL_K, "rank_svd": "host"}, {})
     ms.set_seed(0)
     net = build_network(cfg)
-    pruner, _, _, _, ctx = build_training_graph(cfg, net, STEPS, logging.getLogger("t.rpg"),
-                                                "/tmp", (1, 1, 28, 28))
+    session = build_training_graph(cfg, net, STEPS, logging.getLogger("t.rpg"), (1, 1, 28, 28))
+    pruner, ctx = session.pruner, session.ctx
     return pruner, ctx
 
 
@@ -140,7 +139,7 @@ def schedule():
         task, total = _independent_grads(task_grad, names, conv_names, weights, batch, LAMB)
         loss = pruner.before_step(step, batch, ctx)
         records.append({"step": step, "weights": weights, "task": task, "total": total,
-                        "loss": loss, "masks": {k: v > 0 for k, v in ctx.get_masks().items()},
+                        "loss": loss, "masks": pruner.masks(),
                         "after": _copies(ctx, names), "density": pruner.target_density})
     # the regrowth gradient as the pruner computes it, at the final weights
     weights = ctx.get_weights(names)
@@ -234,12 +233,12 @@ def _assert_nan_update_changes_nothing(poison, message):
     poisoned = image.asnumpy()
     poison(poisoned, ctx)
     before_w = _copies(ctx, pruner.names)
-    before_m = {n: m.copy() for n, m in ctx.get_masks().items()}
+    before_m = {n: m.copy() for n, m in pruner.masks().items()}
     with pytest.raises(TrainingError, match=message):
         pruner.before_step(pruner.update_steps[0], (Tensor(poisoned), label), ctx)
     for name, weight in ctx.get_weights(pruner.names).items():
         assert np.array_equal(weight, before_w[name]), name
-    for name, mask in ctx.get_masks().items():
+    for name, mask in pruner.masks().items():
         assert np.array_equal(mask, before_m[name]), name
     assert pruner.updates_done == 0
 

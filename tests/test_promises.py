@@ -10,14 +10,13 @@ import mindspore as ms
 import pytest
 from mindspore import nn, Tensor
 
-import src.pruning.registry  # noqa: F401
 from src import checkpoint, sparse_format
 from src.cli import run
 from src.config import build_config
 from src.metrics import evaluate
 from src.models import build_network
 from src.pruning.hard_mask import FinalSparsityError
-from src.trainer import build_training_graph
+from src.training_graph import build_training_graph
 from tests.conftest import digest
 
 
@@ -66,8 +65,8 @@ def _rpg(sparsity=0.9):
                         "epoch_size": 1}, {})
     ms.set_seed(0)
     net = build_network(cfg)
-    pruner, _, _, _, ctx = build_training_graph(cfg, net, 40, logging.getLogger("t.promise"),
-                                                "/tmp", (1, 1, 28, 28))
+    session = build_training_graph(cfg, net, 40, logging.getLogger("t.promise"), (1, 1, 28, 28))
+    pruner, ctx = session.pruner, session.ctx
     return pruner, ctx
 
 

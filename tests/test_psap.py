@@ -319,12 +319,13 @@ class FakeContext:
     def get_weights(self, names):
         return {n: self.params[n].asnumpy() for n in names}
 
-    def apply_masks(self, masks):
+    def zero_outside(self, masks):
         for name, mask in masks.items():
             p = self.params[name]
             p.set_data(ms.Tensor((p.asnumpy() * np.asarray(mask, np.float32)).astype(np.float32)))
 
-    def read_energy(self, reset=True):
+    def read(self, reset=True):
+        """The pruner's gradient-energy piece (``GradientEnergy.read``), played by the context."""
         energy = {k: v.copy() for k, v in self.energy.items()}
         if reset:
             self.energy = {}
@@ -349,7 +350,17 @@ def _setup(tmp_path, **overrides):
     net = build_network(cfg)
     pruner = PSAPPruner(cfg, net, steps_per_epoch=10, logger=LOGGER)
     ctx = FakeContext(cfg, net, str(tmp_path), (1, 1, 28, 28))
+    pruner.energy_piece = ctx
     return cfg, net, pruner, ctx
+
+
+def finish(pruner, ctx):
+    """on_train_end, and its outputs saved as train.py saves them; returns (compact, widths)."""
+    outputs = pruner.on_train_end(ctx)
+    for name, (cell, meta) in outputs.items():
+        checkpoint.save_atomic(cell, os.path.join(ctx.output_dir, name), meta=meta)
+    compact, meta = outputs["last_compact.ckpt"]
+    return compact, meta["inner_widths"]
 
 
 def _zeroed(ctx, names):
@@ -378,7 +389,7 @@ def test_pruner_follows_schedule_and_ends_compact(tmp_path):
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
-        compact, widths = pruner.on_train_end(ctx)
+        compact, widths = finish(pruner, ctx)
         x = ms.Tensor(np.random.default_rng(6).normal(size=(2, 1, 28, 28)).astype(np.float32))
         net.set_train(False)
         compact.set_train(False)
@@ -403,7 +414,7 @@ def test_flops_target_met_at_the_end(tmp_path):
     for epoch in range(cfg.epoch_size):
         ctx.train(rng, pruner.energy_names)
         pruner.on_epoch_end(epoch, ctx)
-    pruner.on_train_end(ctx)
+    finish(pruner, ctx)
     _, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
     achieved = 1 - meta["compact_macs"] / meta["dense_macs"]
     assert abs(achieved - 0.4) <= 0.004
@@ -602,7 +613,7 @@ def test_protected_filter_wins_back_its_place_on_a_bn_aware_score(tmp_path, scor
     assert pruner.regrown[winner] and not pruner.zeroed[winner]
     summary = pruner.regrowth_summary()
     assert summary["survived"] == int(np.sum(pruner.regrown & ~pruner.zeroed)) >= 1
-    pruner.on_train_end(ctx)
+    finish(pruner, ctx)
     _, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
     assert meta["regrown_survived"] == summary["survived"]
     assert meta["regrown_filters"] == summary["regrown"]
@@ -703,7 +714,7 @@ def test_width_rounding_through_the_pruner_ends_compact(tmp_path):
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
-        compact, widths = pruner.on_train_end(ctx)
+        compact, widths = finish(pruner, ctx)
         x = ms.Tensor(rng.normal(size=(2, 1, 28, 28)).astype(np.float32))
         net.set_train(False)
         compact.set_train(False)
@@ -796,7 +807,7 @@ def test_dead_filters_count_toward_the_target(tmp_path):
     assert selected[dead].all() and selected.sum() == 10
     total = int(pruner.filter_counts.sum())
     assert pruner.zeroed.sum() == round(0.4 * total)
-    _, widths = pruner.on_train_end(ctx)
+    _, widths = finish(pruner, ctx)
     assert total - sum(w[0] for w in widths) == round(0.4 * total)
 
 
@@ -806,7 +817,7 @@ def test_missed_target_is_an_error(tmp_path):
     pruner.on_epoch_end(0, ctx)
     ctx.train(np.random.default_rng(13), pruner.energy_names)   # the zeroed filters come back
     with pytest.raises(ValueError, match="misses the target"):
-        pruner.on_train_end(ctx)
+        finish(pruner, ctx)
 
 
 @pytest.mark.parametrize("recipe", ["psap_resnet20_fashion_mnist.yaml",

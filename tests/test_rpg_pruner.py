@@ -7,10 +7,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-import src.pruning.registry  # noqa: F401
 from src.config import build_config
 from src.models import build_network
-from src.trainer import build_training_graph
+from src.training_graph import build_training_graph
 
 
 def _setup(rank_svd, apply_update_step=False):
@@ -20,8 +19,8 @@ def _setup(rank_svd, apply_update_step=False):
                         "rank_svd": rank_svd, "rpg_apply_update_step": apply_update_step}, {})
     ms.set_seed(0)
     net = build_network(cfg)
-    pruner, _, _, step, ctx = build_training_graph(cfg, net, 40, logging.getLogger("t"), "/tmp",
-                                                   (1, 1, 28, 28))
+    session = build_training_graph(cfg, net, 40, logging.getLogger("t"), (1, 1, 28, 28))
+    pruner, step, ctx = session.pruner, session.train_step, session.ctx
     return pruner, step, ctx
 
 
@@ -38,7 +37,7 @@ def test_update_host_and_graph_svd_agree():
         before = ctx.get_weights(pruner.names)
         loss = pruner.before_step(pruner.update_steps[0], _batch(), ctx)
         assert loss is not None  # the update consumed the batch: no optimizer step
-        results[svd] = (ctx.get_masks(), ctx.get_weights(pruner.names), before, pruner)
+        results[svd] = (pruner.masks(), ctx.get_weights(pruner.names), before, pruner)
     host_masks, host_weights, before, pruner = results["host"]
     graph_masks, _, _, _ = results["graph"]
     agree = np.mean([np.mean(host_masks[n] == graph_masks[n]) for n in host_masks])
@@ -60,7 +59,7 @@ def test_applied_update_step_keeps_pruned_weights_zero():
     pruner, _, ctx = _setup("host", apply_update_step=True)
     before = ctx.get_weights(pruner.names)
     pruner.before_step(pruner.update_steps[0], _batch(), ctx)
-    masks, weights = ctx.get_masks(), ctx.get_weights(pruner.names)
+    masks, weights = pruner.masks(), ctx.get_weights(pruner.names)
     for name, mask in masks.items():
         assert np.all(weights[name][mask == 0] == 0), name
     # the optimizer step was applied this time: surviving weights moved

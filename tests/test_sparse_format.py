@@ -228,7 +228,6 @@ def pruned_checkpoint(path, sparsity):
     tensors get random values as after training: at init they are constant and deflate to
     nothing, which would make the ratio look far better than on a trained network."""
     import mindspore as ms
-    import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
     from src import checkpoint
     from src.config import build_config, load_yaml
     from src.models import build_network

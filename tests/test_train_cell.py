@@ -6,7 +6,19 @@ from mindspore import nn, Tensor
 
 from src.models.resnet import build_resnet
 from src.pruning.base import prunable_weight_names
-from src.pruning.train_cell import DenseGradient, LossCell, MaskedTrainStep
+from src.pruning.hard_mask import HardMasks
+from src.pruning.psap_energy import GradientEnergy
+from src.pruning.train_cell import DenseGradient, LossCell, TrainStep
+
+
+def masked_step(loss_cell, opt, mask_names=(), energy_names=()):
+    """A train step with the gradient-energy piece (PSAP's) and the hard-mask piece; the pieces
+    are returned too (step, masks piece, energy piece)."""
+    energy = GradientEnergy(opt, list(energy_names)) if energy_names else None
+    masks = HardMasks(opt, list(mask_names)) if mask_names else None
+    step = TrainStep(loss_cell, opt, [p for p in (energy, masks) if p is not None])
+    step.set_train(True)
+    return step, masks, energy
 
 
 def _setup(mask_names=(), energy_names=()):
@@ -15,9 +27,8 @@ def _setup(mask_names=(), energy_names=()):
     net = build_resnet("resnet20", 10, 1)
     opt = nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9, weight_decay=1e-3)
     loss = LossCell(net, nn.CrossEntropyLoss())
-    step = MaskedTrainStep(loss, opt, list(mask_names), list(energy_names))
-    step.set_train(True)
-    return net, opt, loss, step
+    step, masks, energy = masked_step(loss, opt, mask_names, energy_names)
+    return net, opt, loss, (step, masks, energy)
 
 
 def _batch(seed):
@@ -29,12 +40,12 @@ def _batch(seed):
 def test_masked_weights_and_momentum_stay_zero():
     net = build_resnet("resnet20", 10, 1)
     names = prunable_weight_names(net)
-    net, opt, _, step = _setup(names)
+    net, opt, _, (step, pieces, _) = _setup(names)
     params = {p.name: p for p in net.trainable_params()}
     moments = {p.name: m for p, m in zip(opt.parameters, opt.moments)}
     rng = np.random.default_rng(1)
     masks = {}
-    for mask_param in step.masks:
+    for mask_param in pieces.masks:
         name = mask_param.name[len("pruning_mask."):]
         mask = (rng.random(mask_param.shape) > 0.8).astype(np.float32)
         masks[name] = mask
@@ -56,13 +67,13 @@ def test_masked_weights_and_momentum_stay_zero():
 def test_gradient_energy_accumulates_per_filter():
     net = build_resnet("resnet20", 10, 1)
     name = "layer1.0.conv1.weight"
-    net, _, loss, step = _setup(energy_names=[name])
+    net, _, loss, (step, _, energy_piece) = _setup(energy_names=[name])
     image, label = _batch(3)
     grad = DenseGradient(loss, [p for p in net.trainable_params() if p.name == name])
     _, _, _, (expected,) = grad(image, label)
     expected = (expected.asnumpy() ** 2).sum(axis=(1, 2, 3))
     step(image, label)
-    energy = step.energy[0].asnumpy()
+    energy = energy_piece.read(reset=False)[name]
     assert energy.shape == (16,)
     np.testing.assert_allclose(energy, expected, rtol=1e-4, atol=1e-12)
 
@@ -76,13 +87,13 @@ def _train_with_loss_scale(loss_scale, steps=16):
     energy_name = "layer1.0.conv1.weight"
     opt = nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9, weight_decay=1e-3,
                       loss_scale=loss_scale)
-    step = MaskedTrainStep(LossCell(net, nn.CrossEntropyLoss()), opt, names, [energy_name])
-    step.set_train(True)
+    step, masks, energy = masked_step(LossCell(net, nn.CrossEntropyLoss()), opt, names, [energy_name])
     rng = np.random.default_rng(5)
-    for mask in step.masks:
+    for mask in masks.masks:
         mask.set_data(Tensor((rng.random(mask.shape) > 0.5).astype(np.float32)))
     losses = [float(step(*_batch(i)).asnumpy()) for i in range(steps)]
-    return {p.name: p.asnumpy() for p in net.trainable_params()}, step.energy[0].asnumpy(), losses
+    return ({p.name: p.asnumpy() for p in net.trainable_params()}, energy.read(reset=False)[energy_name],
+            losses)
 
 
 def test_static_loss_scale_gives_the_unscaled_update():

@@ -7,7 +7,7 @@ import pytest
 from src import checkpoint
 from src.lr_schedule import learning_rates
 from src.models.resnet import build_resnet
-from src.trainer import load_pretrained, weight_decay_groups
+from src.training_graph import load_pretrained, weight_decay_groups
 
 
 def test_warmup_then_cosine():

@@ -9,12 +9,11 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor, nn, ops, ParameterTuple
 
-import src.pruning.registry  # noqa: F401  (declares the pruner keys)
 from src.config import ConfigError, build_config, parse_args
 from src.dataset import DataError, create_dataset, split_path
 from src.device import standalone_device_id
 from src.models import build_network, training_network
-from src.trainer import build_training_graph
+from src.training_graph import build_training_graph
 from tests.conftest import ROOT, run_script
 from tests.test_dataset import collect, write_image_tree
 
@@ -116,8 +115,8 @@ def _graph(amp_level, sparsity=0.9, delta=2):
                         "amp_level": amp_level}, {})
     ms.set_seed(0)
     net = build_network(cfg)
-    pruner, _, _, step, ctx = build_training_graph(cfg, net, 12, logging.getLogger("t.amp"), "/tmp",
-                                                   (1, 1, 28, 28))
+    session = build_training_graph(cfg, net, 12, logging.getLogger("t.amp"), (1, 1, 28, 28))
+    pruner, step, ctx = session.pruner, session.train_step, session.ctx
     return net, pruner, step, ctx
 
 
@@ -162,7 +161,7 @@ def test_o2_keeps_pruned_weights_exact_positive_zero_through_rpg_updates():
         assert np.isfinite(loss), it
     assert pruner.updates_done == len(pruner.update_steps) == 4
     assert pruner.target_density == pytest.approx(0.1)
-    masks = ctx.get_masks()
+    masks = pruner.masks()
     for name, mask in masks.items():
         weight = params[name].asnumpy()
         assert weight.dtype == np.float32

@@ -1,26 +1,22 @@
-"""The pruner plug-in contract of the training loop.
+"""The pruning-method contract. The training loop (``src/trainer.py``, through the public
+``src.pruning.api.SparseTraining``) never tells methods apart; a method is one class:
 
-The loop (``src/trainer.py``) knows nothing about any pruning method. It asks the pruner, chosen by
-``prune_method``, a few questions and calls a few hooks:
-
-- ``mask_names`` / ``hard_masks``: which parameters carry a mask inside the training graph. With
-  hard masks the train step zeroes their gradients, and after every optimizer step multiplies the
-  weights and their momentum by the mask, so a pruned weight is exactly 0.0 at every step.
-- ``energy_names``: parameters (conv weights) whose per-output-filter gradient energy
-  sum(grad**2) the train step accumulates (PSAP's protection needs it).
+- ``name`` and ``keys`` (its recipe keys, ``src.config.Key``; the schema is built from the
+  registry), ``check_recipe(cfg)`` (constraints the yaml alone decides, checked at parse time).
+- ``graph_pieces(optimizer)``: the cells its train step needs (``src.pruning.train_cell``): hard
+  masks (``HardMasks``), gradient energy (PSAP's ``GradientEnergy``) or nothing.
 - ``before_step(step, batch, ctx)``: called before iteration ``step`` (0-based count of finished
-  iterations). Returning a float (the iteration's loss) means "this iteration is mine": the pruner
-  did its own work on the batch (e.g. RPG's mask update with a dense gradient) and the loop skips
-  the ordinary train step. Returning None lets the ordinary step run.
-- ``after_step(step, ctx)``, ``on_epoch_end(epoch, ctx)``, ``on_train_end(ctx)``.
+  iterations). Returning a float (the iteration's loss) means "this iteration is mine": the method
+  did its own work on the batch (e.g. RPG's mask update with a dense gradient) and the ordinary
+  train step is skipped. Returning None lets the ordinary step run.
+- ``after_step(step, ctx)``, ``on_epoch_end(epoch, ctx)``, ``on_train_end(ctx)`` (which returns
+  the extra outputs the caller saves: {file name: (cell, metadata)}, e.g. PSAP's compact network).
 - ``state_dict()`` / ``load_state_dict(state)``: everything needed to resume the schedule exactly.
   Values are numpy arrays, ints, floats or strings; they are stored in every checkpoint.
 - ``report()``: a short dict for the log line (e.g. {"sparsity": 0.9}).
 
-``ctx`` is the loop's ``TrainContext``: it gives the network, the masks of the train step
-(``ctx.get_masks()`` / ``ctx.set_masks(dict)``, which also resets the momentum of masked-out
-weights and zeroes them), gradient energies (``ctx.read_energy(reset=True)``), dense gradients
-on a batch (``ctx.dense_gradient_cell(names, extra_loss)``, a cell called on it) and a logger.
+``ctx`` is a ``src.pruning.context.TrainContext``: the network, host copies of weights, dense
+gradients on a batch, train-step variants with an extra loss, a logger and ``record(event)``.
 """
 import fnmatch
 
@@ -59,7 +55,11 @@ class Pruner:
     """No pruning: the dense baseline and the base class of every pruner."""
 
     name = "none"
-    hard_masks = False
+    keys = {}
+
+    @classmethod
+    def check_recipe(cls, cfg):
+        """Recipe constraints the yaml alone decides (raise ConfigError naming the key)."""
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         self.cfg = cfg
@@ -68,12 +68,7 @@ class Pruner:
         self.total_steps = steps_per_epoch * cfg.epoch_size
         self.logger = logger
 
-    @property
-    def mask_names(self):
-        return []
-
-    @property
-    def energy_names(self):
+    def graph_pieces(self, optimizer):
         return []
 
     def before_step(self, step, batch, ctx):
@@ -86,7 +81,7 @@ class Pruner:
         pass
 
     def on_train_end(self, ctx):
-        pass
+        return {}
 
     def state_dict(self):
         return {}

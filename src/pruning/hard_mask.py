@@ -1,11 +1,24 @@
-"""Shared machinery of the unstructured pruners (RPG, GMP): masks kept in the training graph, a
-list of mask-update steps, state for resume, the final sparsity check."""
-import numpy as np
+"""Hard masks: pruned weights stay exactly +0.0 between mask updates (RPG, GMP and any method
+built on ``HardMaskPruner``).
 
-from src.config import ConfigError
+``HardMasks`` is the graph piece (see ``train_cell``): inside every train step it zeroes the
+gradients of pruned weights before the optimizer and, after it, sets pruned weights and their
+optimizer state to +0.0 (weight decay cannot revive them either, since it acts through the
+gradient). ``HardMaskPruner`` runs the generic mask update (``update.mask_update``) on the
+method's schedule; a method supplies its schedule, distribution and grow score.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
+
+from src.config import ConfigError, Key
 from src.errors import TrainingError
 from src.pruning.base import Pruner, prunable_weight_names, sparsity_of
+from src.pruning.mask_ops import global_magnitude_masks
+from src.pruning.train_cell import optimizer_state
+from src.pruning.update import mask_update
 
+MASK_PREFIX = "pruning_mask."
 # The final sparsity may differ from the target by at most this much (0.1 percentage point).
 SPARSITY_TOLERANCE = 1e-3
 
@@ -14,31 +27,111 @@ class FinalSparsityError(TrainingError):
     """Training ended with a sparsity that misses the target."""
 
 
+class _ZeroOutside(nn.Cell):
+    """Sets tensors to +0.0 where their mask is 0 (``select``, not a multiply: w * 0 gives -0.0
+    for negative w, and sparse encodings compare bits)."""
+
+    def __init__(self, masks, tensors, mask_of):
+        super().__init__(auto_prefix=False)
+        self.masks = masks
+        self.tensors = ParameterTuple(tensors)
+        self.mask_of = tuple(mask_of)
+        self.count = len(tensors)
+
+    def construct(self):
+        done = ops.zeros((), ms.float32)
+        for i in range(self.count):
+            tensor = self.tensors[i]
+            keep = self.masks[self.mask_of[i]] > 0
+            done = ops.depend(done, ops.assign(tensor, ops.select(keep, tensor, ops.zeros_like(tensor))))
+        return done
+
+
+class HardMasks(nn.Cell):
+    """Graph piece: one float32 mask per named weight, applied to its gradient before the
+    optimizer and to the weight and its optimizer state after it."""
+
+    def __init__(self, optimizer, names):
+        super().__init__(auto_prefix=False)
+        params = {p.name: p for p in optimizer.parameters}
+        state = optimizer_state(optimizer, names)
+        self.names = list(names)
+        self.masks = ParameterTuple([
+            Parameter(Tensor(np.ones(params[n].shape, np.float32)), name=MASK_PREFIX + n,
+                      requires_grad=False) for n in names])
+        self.mask_slot = tuple(self.names.index(p.name) if p.name in params and p.name in self.names
+                               else -1 for p in optimizer.parameters)
+        self.num_params = len(self.mask_slot)
+        tensors, mask_of = [], []
+        for slot, name in enumerate(names):
+            for tensor in [params[name]] + state[name]:
+                tensors.append(tensor)
+                mask_of.append(slot)
+        self.zero_outside = _ZeroOutside(self.masks, tensors, mask_of)
+
+    def on_gradients(self, grads):
+        masked = ()
+        for i in range(self.num_params):
+            slot = self.mask_slot[i]
+            if slot >= 0:
+                masked = masked + (grads[i] * self.masks[slot],)
+            else:
+                masked = masked + (grads[i],)
+        return masked
+
+    def after_update(self):
+        return self.zero_outside()
+
+    def read(self):
+        """{weight name: bool mask} (host copies)."""
+        return {name: p.asnumpy() > 0 for name, p in zip(self.names, self.masks)}
+
+    def install(self, masks):
+        """New boolean masks into the graph (one host -> device copy each); the weights and their
+        optimizer state outside them are zeroed on the device."""
+        for name, param in zip(self.names, self.masks):
+            if name in masks:
+                param.set_data(Tensor(np.asarray(masks[name], np.float32).reshape(param.shape)))
+        self.zero_outside()
+
+
 class HardMaskPruner(Pruner):
-    """Base of pruners whose pruned weights stay exactly zero between mask updates.
+    """Base of the unstructured methods: masks in the graph, a schedule of mask updates, the
+    generic update, state for resume and the final sparsity check.
 
-    Subclasses set ``self.update_steps`` (iterations before which a mask update happens) and
-    implement ``update_masks(step, batch, ctx)``, returning the iteration's loss if they consumed
-    the batch themselves, else None.
-    """
+    A method sets ``self.schedule`` (``update_steps``, ``density(index, step)``,
+    ``drop_fraction(step)``) and may override ``distribute`` (per-layer target masks; default one
+    global magnitude threshold) and ``grow_signal`` (grow scores, and the iteration's loss when
+    the method consumed the batch)."""
 
-    hard_masks = True
+    keys = {
+        "T_end_percent": Key(float, 0.901, 0.0, 1.0, low_open=True,
+                             help_text="mask updates stop at this fraction of training"),
+    }
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
         self.names = prunable_weight_names(net, cfg.prune_include, cfg.prune_exclude)
         if not self.names:
             raise ConfigError(f"config keys 'prune_include' / 'prune_exclude': {cfg.prune_include} / "
-                              f"{cfg.prune_exclude} select no conv or FC weight of {cfg.net}")
+                              f"{cfg.prune_exclude} select no conv or FC weight of the network")
         self.final_density = 1.0 - cfg.sparsity
-        self.update_steps = []
+        self.schedule = None
         self.updates_done = 0
         self.layer_sparsity = np.zeros(len(self.names), np.float64)
         self.target_density = 1.0
+        self.masks_piece = None
 
     @property
-    def mask_names(self):
-        return list(self.names)
+    def update_steps(self):
+        return self.schedule.update_steps
+
+    def graph_pieces(self, optimizer):
+        self.masks_piece = HardMasks(optimizer, self.names)
+        return [self.masks_piece]
+
+    def masks(self):
+        return self.masks_piece.read()
 
     @property
     def last_update_step(self):
@@ -51,15 +144,44 @@ class HardMaskPruner(Pruner):
             return loss
         return None
 
+    # --- the generic update --------------------------------------------------------------------
+    def distribute(self, weights, density):
+        """Per-layer target masks at ``density``: one global magnitude threshold (RPG's)."""
+        return global_magnitude_masks(weights, density)
+
+    def grow_signal(self, step, batch, ctx, weights):
+        """(grow scores {name: array} or None for no regrowth, the iteration's loss or None)."""
+        return None, None
+
     def update_masks(self, step, batch, ctx):
-        raise NotImplementedError
-
-    def install(self, masks, ctx):
-        """Put new boolean masks into the graph (zeroing weights and momentum) and record stats."""
-        ctx.set_masks({name: mask.astype(np.float32) for name, mask in masks.items()})
+        weights = ctx.get_weights(self.names)            # the only device -> host copy
+        scores, loss = self.grow_signal(step, batch, ctx, weights)
+        self.target_density = self.schedule.density(self.updates_done + 1, step)
+        fraction = self.schedule.drop_fraction(step) if scores is not None else 0.0
+        target = self.distribute(weights, self.target_density)
+        masks, weights, regrown = mask_update(weights, target, scores, fraction)
+        ctx.set_weights(weights)                         # the only host -> device copy
+        self.masks_piece.install(masks)
         self.layer_sparsity = np.array([1.0 - masks[n].mean() for n in self.names])
-        return sparsity_of([m.astype(np.uint8) for m in masks.values()])
+        sparsity = sparsity_of([m.astype(np.uint8) for m in masks.values()])
+        event = {"event": "mask_update", "method": self.name, "update": self.updates_done + 1,
+                 "updates": len(self.update_steps), "step": step,
+                 "target_density": self.target_density, "sparsity": sparsity,
+                 "drop_fraction": fraction, "regrown": regrown}
+        return self.after_update(step, batch, ctx, weights, loss, event)
 
+    def after_update(self, step, batch, ctx, weights, loss, event):
+        """Log and record the update; returns the iteration's loss (None: the ordinary step runs)."""
+        ctx.record(event)
+        self.logger.info(f"{self.name} mask update {event['update']}/{event['updates']} at step "
+                         f"{step}: target density {event['target_density']:.6f} sparsity "
+                         f"{event['sparsity']:.6f}" + self.update_details(event))
+        return loss
+
+    def update_details(self, event):
+        return ""
+
+    # --- bookkeeping ---------------------------------------------------------------------------
     def mask_sparsity(self):
         sizes = np.array([int(np.prod(p.shape)) for p in self.net.trainable_params()
                           if p.name in set(self.names)], np.float64)
@@ -80,6 +202,7 @@ class HardMaskPruner(Pruner):
             raise FinalSparsityError(
                 f"final sparsity {achieved:.4%} misses the target {self.cfg.sparsity:.4%} by more than "
                 f"{SPARSITY_TOLERANCE:.1%} (mask updates done: {self.updates_done}/{len(self.update_steps)})")
+        return {}
 
     def state_dict(self):
         # The masks themselves are parameters of the train step and are saved with it.

@@ -32,12 +32,13 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
 """
 import numpy as np
 
-from src.config import ConfigError, Key, add_keys
+from src.config import ConfigError, Key
 from src.models.flops import layer_records
 from src.pruning.base import Pruner
 from src.pruning.psap_allocation import (  # noqa: F401  (re-exported: the public PSAP functions)
     adaptive_layer_ratios, asfp_target, count_bounds, filter_costs, flops_layer_counts,
     removed_macs, weight_sparsity_ratio)
+from src.pruning.psap_energy import GradientEnergy
 from src.pruning.psap_compact import (  # noqa: F401
     TARGET_TOLERANCE, PruningTargetError, finish_compact)
 from src.pruning.psap_protection import (  # noqa: F401
@@ -48,42 +49,6 @@ from src.pruning.psap_taylor import TaylorMixin
 from src.pruning.psap_widths import allowed_pruned_counts, round_pruned_counts
 from src.pruning.surgery import prunable_layers, zero_filters
 
-add_keys({
-    "psap_target": Key(str, "flops", choices=["filters", "flops"],
-                       help_text="psap_ratio is a fraction of prunable filters or of the dense MACs"),
-    "psap_ratio": Key(float, 0.4, 0.0, 1.0, high_open=True,
-                      help_text="final fraction of prunable filters (or of MACs) to remove"),
-    "psap_interval_epochs": Key(int, 1, 1, None, help_text="epochs between pruning steps"),
-    "psap_curve_k": Key(float, 4.0, 0.0, 100.0,
-                        help_text="shape of P(t)=P(1-exp(-k t/T))/(1-exp(-k)); 0 = linear"),
-    "psap_end_epoch": Key(int, 0, 0, None,
-                          help_text="epoch at which P(t) reaches psap_ratio; 0 = last epoch, "
-                                    "1 = full ratio from the first step (SFP)"),
-    "psap_eps": Key(float, 0.05, 0.0, 1.0, low_open=True, high_open=True,
-                    help_text="a weight counts as sparse when |w| < psap_eps * max|W| of its layer"),
-    "max_layer_ratio": Key(float, 0.8, 0.0, 1.0, low_open=True,
-                           help_text="cap on the fraction of filters pruned in one layer"),
-    "filter_score": Key(str, "l2", choices=list(SCORES),
-                        help_text="l2, fpgm: the conv filter alone; bn_l2, bn_energy, taylor_bn: "
-                                  "the channel seen through its BatchNorm"),
-    "psap_taylor_batches": Key(int, 8, 1, None,
-                               help_text="taylor_bn: batches before each pruning step on which "
-                                         "the Taylor importance is accumulated (one extra "
-                                         "forward-backward each)"),
-    "psap_width_multiple": Key(int, 1, 1, None,
-                               help_text="round every pruned layer's kept filters to a multiple "
-                                         "of this (1 = off)"),
-    "protect_tau": Key(float, 1.0, 0.0, None, low_open=True,
-                       help_text="protect a zeroed filter whose gradient energy exceeds tau x the "
-                                 "median of the layer's kept filters"),
-    "protect_steps": Key(int, 2, 1, None, help_text="pruning steps a protected filter is spared"),
-    "protect_energy": Key(str, "normalized", choices=["normalized", "raw"],
-                          help_text="normalized: gradient energy of the first step after a pruning "
-                                    "step with the BN scale divided out (default); raw: sum(grad^2) "
-                                    "over the whole interval, as is"),
-    "psap_adaptive": Key(bool, True, help_text="false = uniform layer ratios (SFP baseline)"),
-    "psap_protect": Key(bool, True, help_text="false = no protection (SFP baseline)"),
-})
 
 
 def _compact_ratios(ratios):
@@ -94,7 +59,42 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     """Soft filter pruning with sparsity-adaptive layer ratios and gradient-energy protection."""
 
     name = "psap"
-    hard_masks = False
+    keys = {
+        "psap_target": Key(str, "flops", choices=["filters", "flops"],
+                           help_text="psap_ratio is a fraction of prunable filters or of the dense MACs"),
+        "psap_ratio": Key(float, 0.4, 0.0, 1.0, high_open=True,
+                          help_text="final fraction of prunable filters (or of MACs) to remove"),
+        "psap_interval_epochs": Key(int, 1, 1, None, help_text="epochs between pruning steps"),
+        "psap_curve_k": Key(float, 4.0, 0.0, 100.0,
+                            help_text="shape of P(t)=P(1-exp(-k t/T))/(1-exp(-k)); 0 = linear"),
+        "psap_end_epoch": Key(int, 0, 0, None,
+                              help_text="epoch at which P(t) reaches psap_ratio; 0 = last epoch, "
+                                        "1 = full ratio from the first step (SFP)"),
+        "psap_eps": Key(float, 0.05, 0.0, 1.0, low_open=True, high_open=True,
+                        help_text="a weight counts as sparse when |w| < psap_eps * max|W| of its layer"),
+        "max_layer_ratio": Key(float, 0.8, 0.0, 1.0, low_open=True,
+                               help_text="cap on the fraction of filters pruned in one layer"),
+        "filter_score": Key(str, "l2", choices=list(SCORES),
+                            help_text="l2, fpgm: the conv filter alone; bn_l2, bn_energy, taylor_bn: "
+                                      "the channel seen through its BatchNorm"),
+        "psap_taylor_batches": Key(int, 8, 1, None,
+                                   help_text="taylor_bn: batches before each pruning step on which "
+                                             "the Taylor importance is accumulated (one extra "
+                                             "forward-backward each)"),
+        "psap_width_multiple": Key(int, 1, 1, None,
+                                   help_text="round every pruned layer's kept filters to a multiple "
+                                             "of this (1 = off)"),
+        "protect_tau": Key(float, 1.0, 0.0, None, low_open=True,
+                           help_text="protect a zeroed filter whose gradient energy exceeds tau x the "
+                                     "median of the layer's kept filters"),
+        "protect_steps": Key(int, 2, 1, None, help_text="pruning steps a protected filter is spared"),
+        "protect_energy": Key(str, "normalized", choices=["normalized", "raw"],
+                              help_text="normalized: gradient energy of the first step after a pruning "
+                                        "step with the BN scale divided out (default); raw: sum(grad^2) "
+                                        "over the whole interval, as is"),
+        "psap_adaptive": Key(bool, True, help_text="false = uniform layer ratios (SFP baseline)"),
+        "psap_protect": Key(bool, True, help_text="false = no protection (SFP baseline)"),
+    }
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
@@ -114,6 +114,7 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         self._check_feasible(self._geometry(None))
         self._init_state(int(self.filter_counts.sum()))
         self._taylor_cell = None
+        self.energy_piece = None
 
     def _init_state(self, total):
         self.steps_done = 0
@@ -136,6 +137,13 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     @property
     def energy_names(self):
         return list(self.conv_names)
+
+    def graph_pieces(self, optimizer):
+        self.energy_piece = GradientEnergy(optimizer, self.energy_names)
+        return [self.energy_piece]
+
+    def read_energy(self, reset):
+        return self.energy_piece.read(reset) if self.energy_piece is not None else {}
 
     def on_epoch_end(self, epoch, ctx):
         if self._prunes_after(epoch):
@@ -344,7 +352,7 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         cfg = self.cfg
         target = asfp_target(epoch + 1, cfg.psap_ratio, self.end_epoch, cfg.psap_curve_k)
         weights = ctx.get_weights(self.conv_names)
-        energy = ctx.read_energy(reset=True) or {}
+        energy = self.read_energy(reset=True)
         newly_protected = self._update_protection(energy)
         bn = self._bn_stats(ctx)
         sparsities = self._sparsities(weights, bn)
@@ -357,7 +365,7 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         counts = self._plan(sparsities, target, records, dead)
         protected = self.protect > 0
         masks, new_zeroed = self._select(weights, bn, counts, dead, protected, final)
-        ctx.apply_masks(masks)
+        ctx.zero_outside(masks)
         self._reset_taylor()
 
         outcome = self._record_outcome(protected, new_zeroed)

@@ -1,7 +1,4 @@
-"""The end of a PSAP run: the physically smaller network, its checkpoint and the target check."""
-import os
-
-from src.checkpoint import save_atomic
+"""The end of a PSAP run: the physically smaller network, its metadata and the target check."""
 from src.errors import TrainingError
 from src.models.flops import count_macs_params
 from src.pruning.surgery import compact_network, plan_removal
@@ -23,10 +20,14 @@ def _plans(pruner, ctx):
     return plans
 
 
+COMPACT_FILE = "last_compact.ckpt"
+
+
 def finish_compact(pruner, ctx):
-    """Remove the zeroed filters, save ``last_compact.ckpt`` (inner widths, MACs, params and the
-    protection outcome in its metadata), log the summary; raise PruningTargetError when the
-    achieved ratio misses ``psap_ratio`` by more than TARGET_TOLERANCE. Returns (compact, widths)."""
+    """Remove the zeroed filters and log the summary; raise PruningTargetError when the achieved
+    ratio misses ``psap_ratio`` by more than TARGET_TOLERANCE. Returns the output for the caller
+    to save: {"last_compact.ckpt": (compact network, metadata: inner widths, MACs, params and the
+    protection outcome)}."""
     cfg = pruner.cfg
     shape = tuple(ctx.input_shape)
     plans = _plans(pruner, ctx)
@@ -39,7 +40,6 @@ def finish_compact(pruner, ctx):
     flops_ratio = 1.0 - compact_macs / dense_macs
     achieved = flops_ratio if cfg.psap_target == "flops" else filter_ratio
     regrowth = pruner.regrowth_summary()
-    path = os.path.join(ctx.output_dir, "last_compact.ckpt")
     meta = {"inner_widths": widths, "net": cfg.net, "prune_method": "psap",
             "dense_macs": int(dense_macs), "compact_macs": int(compact_macs),
             "dense_params": int(dense_params), "compact_params": int(compact_params),
@@ -47,17 +47,15 @@ def finish_compact(pruner, ctx):
             "achieved_ratio": float(achieved), "input_shape": list(shape),
             "filter_score": cfg.filter_score, "psap_width_multiple": int(cfg.psap_width_multiple),
             "regrown_filters": regrowth["regrown"], "regrown_survived": regrowth["survived"]}
-    if getattr(ctx, "rank", 0) == 0:
-        save_atomic(compact, path, meta=meta)
     pruner.logger.info(
-        "psap: compact network saved to %s: MACs %d -> %d (-%.2f%%), params %d -> %d "
+        "psap: compact network: MACs %d -> %d (-%.2f%%), params %d -> %d "
         "(-%.2f%%), prunable filters %d -> %d (-%.2f%%); regrown filters %d, kept to the end %d",
-        path, dense_macs, compact_macs, 100 * flops_ratio, dense_params, compact_params,
+        dense_macs, compact_macs, 100 * flops_ratio, dense_params, compact_params,
         100 * (1 - compact_params / dense_params), total_filters, kept_filters,
         100 * filter_ratio, regrowth["regrown"], regrowth["survived"])
     if abs(achieved - cfg.psap_ratio) > TARGET_TOLERANCE:
         raise PruningTargetError(f"psap: achieved {cfg.psap_target} ratio {achieved:.4f} "
                                  f"misses the target {cfg.psap_ratio:.4f} by more than "
                                  f"{TARGET_TOLERANCE}")
-    return compact, widths
+    return {COMPACT_FILE: (compact, meta)}
 

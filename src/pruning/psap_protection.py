@@ -79,7 +79,7 @@ class ProtectionMixin:
         epoch = step // self.steps_per_epoch   # the epoch this step belongs to
         if epoch == 0 or epoch % self.cfg.psap_interval_epochs != 0:
             return                             # the previous epoch ended without a pruning step
-        energy = ctx.read_energy(reset=False)  # the buffer was reset at the pruning step
+        energy = self.read_energy(reset=False)  # the buffer was reset at the pruning step
         self.measured[:] = np.nan
         compared = self._normalized_energy(energy, ctx)
         for i, name in enumerate(self.conv_names):

@@ -10,28 +10,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
-from src.config import ConfigError, Key, add_keys
+from src.config import ConfigError, Key
 from src.errors import TrainingError, require_finite_loss
 from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.mask_ops import drop_and_grow, global_magnitude_masks
 from src.pruning.rank_loss import layer_rank_terms, rank_loss_from_targets, rank_targets_numpy
-from src.pruning.schedules import drop_fraction, exponential_density, rpg_update_steps
+from src.pruning.schedules import ExponentialSchedule
 
-add_keys({
-    "lamb": Key(float, 0.5, 0.0, 1e4, help_text="weight of the rank loss in the regrowth gradient"),
-    "partial_k": Key(float, 0.2, 0.0, 1.0, help_text="energy left out of the low-rank target"),
-    "delta": Key(int, 100, 1, None, help_text="iterations between mask updates"),
-    "alpha": Key(float, 0.3, 0.0, 1.0, help_text="initial drop-and-grow fraction"),
-    "T_end_percent": Key(float, 0.901, 0.0, 1.0, low_open=True,
-                         help_text="mask updates stop at this fraction of training"),
-    "iterative_T_end_percent": Key(float, 0.9, 0.0, 1.0, low_open=True,
-                                   help_text="target density reaches its final value here"),
-    "rank_svd": Key(str, "host", choices=["host", "graph"],
-                    help_text="where the rank loss's low-rank targets are computed: host NumPy (portable) or "
-                              "in the graph (ops.svd, float32)"),
-    "rpg_apply_update_step": Key(bool, False, help_text="also take the optimizer step on mask-update "
-                                                        "iterations (reference: skipped)"),
-})
 
 
 class RankLossTerm(nn.Cell):
@@ -84,19 +68,36 @@ class RankLossTerm(nn.Cell):
 
 class RPGPruner(HardMaskPruner):
     name = "rpg"
+    keys = {
+        "lamb": Key(float, 0.5, 0.0, 1e4, help_text="weight of the rank loss in the regrowth gradient"),
+        "partial_k": Key(float, 0.2, 0.0, 1.0, help_text="energy left out of the low-rank target"),
+        "delta": Key(int, 100, 1, None, help_text="iterations between mask updates"),
+        "alpha": Key(float, 0.3, 0.0, 1.0, help_text="initial drop-and-grow fraction"),
+        "iterative_T_end_percent": Key(float, 0.9, 0.0, 1.0, low_open=True,
+                                       help_text="target density reaches its final value here"),
+        "rank_svd": Key(str, "host", choices=["host", "graph"],
+                        help_text="where the rank loss's low-rank targets are computed: host NumPy (portable) or "
+                                  "in the graph (ops.svd, float32)"),
+        "rpg_apply_update_step": Key(bool, False, help_text="also take the optimizer step on mask-update "
+                                                            "iterations (reference: skipped)"),
+    }
 
-    def __init__(self, cfg, net, steps_per_epoch, logger):
-        super().__init__(cfg, net, steps_per_epoch, logger)
+    @classmethod
+    def check_recipe(cls, cfg):
         if cfg.iterative_T_end_percent > cfg.T_end_percent:
             raise ConfigError(f"config key 'iterative_T_end_percent': got {cfg.iterative_T_end_percent}, "
                               f"expected at most T_end_percent ({cfg.T_end_percent}): the density must "
                               "reach its target before mask updates stop")
+
+    def __init__(self, cfg, net, steps_per_epoch, logger):
+        super().__init__(cfg, net, steps_per_epoch, logger)
+        self.check_recipe(cfg)
         try:
-            self.update_steps, self.total_updates = rpg_update_steps(
-                self.total_steps, cfg.delta, cfg.T_end_percent, cfg.iterative_T_end_percent)
+            self.schedule = ExponentialSchedule(self.total_steps, cfg.delta, cfg.T_end_percent,
+                                                cfg.iterative_T_end_percent, self.final_density,
+                                                cfg.alpha)
         except ValueError as err:
             raise ConfigError(f"config keys 'delta' / 'T_end_percent': {err}") from None
-        self.t_end = int(cfg.T_end_percent * self.total_steps + 1e-9)  # floored, as the reference
         params = {p.name: p for p in net.trainable_params()}
         self.conv_names = [n for n in self.names if len(params[n].shape) == 4]
         self.rank_term = None
@@ -106,21 +107,24 @@ class RPGPruner(HardMaskPruner):
         self.grad_cell = None
         logger.info(f"rpg: {len(self.names)} masked weights, {len(self.update_steps)} mask updates "
                     f"(every {cfg.delta} iterations, first {self.update_steps[0]}, last "
-                    f"{self.update_steps[-1]}), final density reached at update {self.total_updates}, "
-                    f"lamb {cfg.lamb}, partial_k {cfg.partial_k}")
+                    f"{self.update_steps[-1]}), final density reached at update "
+                    f"{self.schedule.total_updates}, lamb {cfg.lamb}, partial_k {cfg.partial_k}")
 
-    def update_masks(self, step, batch, ctx):
-        cfg = self.cfg
-        if self.grad_cell is None:
-            self.grad_cell = ctx.dense_gradient_cell(self.names, self.rank_term)
-        weights = ctx.get_weights(self.names)
+    def _set_rank_targets(self, weights, ctx):
         if self.rank_term is not None and not self.rank_term.in_graph:
             self.rank_term.set_host_targets([weights[n] for n in self.conv_names],
                                             ctx.rank, ctx.group_size)
+
+    def grow_signal(self, step, batch, ctx, weights):
+        """|dense gradient of task + lamb * rank loss| on this iteration's batch; the iteration
+        is consumed (its optimizer step skipped, as the reference)."""
+        if self.grad_cell is None:
+            self.grad_cell = ctx.dense_gradient_cell(self.names, self.rank_term)
+        self._set_rank_targets(weights, ctx)
         _, task, extra, grads = self.grad_cell(*batch)
         task = float(task.asnumpy())
         require_finite_loss(task, step + 1, " (an RPG mask update)")  # before NaNs reach the masks
-        rank = float(extra.asnumpy()) / cfg.lamb if self.rank_term is not None else None
+        self.rank_value = float(extra.asnumpy()) / self.cfg.lamb if self.rank_term is not None else None
         grads = {name: g.asnumpy() for name, g in zip(self.names, grads)}
         bad = [name for name, grad in grads.items() if not np.isfinite(grad).all()]
         if bad:  # a NaN input can leave the loss finite; the masks must not be built from NaN
@@ -132,31 +136,18 @@ class RPGPruner(HardMaskPruner):
             if failed:
                 self.logger.warning(f"rank loss: SVD failed or weight is all zero for {len(failed)} "
                                     f"layer(s), they contribute 0: {', '.join(failed[:5])}")
+        return grads, task
 
-        index = self.updates_done + 1
-        self.target_density = exponential_density(index, self.final_density, self.total_updates)
-        fraction = drop_fraction(step, cfg.alpha, self.t_end)
-        target = global_magnitude_masks(weights, self.target_density)
-        masks, regrown = {}, 0
-        for name in self.names:
-            mask, grown = drop_and_grow(weights[name], target[name], grads[name], fraction)
-            masks[name] = mask
-            regrown += int(grown.sum())
-        # Regrown weights start at zero: installing the masks zeroes everything outside them,
-        # and grown positions were outside the magnitude target (so already zero or dropped).
-        for name in self.names:
-            weights[name][~target[name]] = 0.0
-        ctx.set_weights(weights)
-        sparsity = self.install(masks, ctx)
-        loss = task
-        if cfg.rpg_apply_update_step:
-            if self.rank_term is not None and not self.rank_term.in_graph:
-                # the step's rank loss must see the pruned weights, not the pre-update ones
-                pruned = ctx.get_weights(self.conv_names)
-                self.rank_term.set_host_targets([pruned[n] for n in self.conv_names])
-            loss = ctx.train_step_with_extra_loss(batch, "rpg", self.rank_term)
-        self.logger.info(f"rpg mask update {index}/{len(self.update_steps)} at step {step}: "
-                         f"target density {self.target_density:.6f} sparsity {sparsity:.6f} "
-                         f"drop fraction {fraction:.4f} regrown {regrown} task loss {task:.4f} "
-                         f"rank loss {'off' if rank is None else f'{rank:.6f}'}")
+    def after_update(self, step, batch, ctx, weights, loss, event):
+        event.update(task_loss=loss, rank_loss=self.rank_value)
+        loss = super().after_update(step, batch, ctx, weights, loss, event)
+        if self.cfg.rpg_apply_update_step:
+            # the step's rank loss must see the pruned weights, not the pre-update ones
+            self._set_rank_targets(weights, ctx)
+            loss = float(ctx.step_with_extra_loss("rpg", self.rank_term)(*batch).asnumpy())
         return loss
+
+    def update_details(self, event):
+        rank = event["rank_loss"]
+        return (f" drop fraction {event['drop_fraction']:.4f} regrown {event['regrown']} task loss "
+                f"{event['task_loss']:.4f} rank loss {'off' if rank is None else f'{rank:.6f}'}")

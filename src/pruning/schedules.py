@@ -130,8 +130,8 @@ def rpg_update_steps(total_steps, delta, t_end_percent, iterative_t_end_percent)
             f"iterative_t_end_percent ({iterative_t_end_percent}) must not exceed "
             f"t_end_percent ({t_end_percent}): the density must reach its target before "
             "topology updates stop")
-    t_end = math.floor(t_end_percent * total_steps + _FLOOR_EPS)
-    iterative_t_end = math.floor(iterative_t_end_percent * total_steps + _FLOOR_EPS)
+    t_end = t_end_step(t_end_percent, total_steps)
+    iterative_t_end = t_end_step(iterative_t_end_percent, total_steps)
     update_steps = list(range(delta, t_end, delta))  # t < T_end, strict as in the reference
     if not update_steps:
         raise ValueError(
@@ -167,3 +167,44 @@ def gmp_update_steps(begin_step, end_step, frequency):
     steps = list(range(begin_step, end_step, frequency))
     steps.append(end_step)
     return steps
+
+
+def t_end_step(t_end_percent, total_steps):
+    """T_end = floor(t_end_percent * total_steps), robust to 0.29 * 100 = 28.999999999999996 (the
+    reference truncates with ``int()``; the one place every method computes it)."""
+    return math.floor(t_end_percent * total_steps + _FLOOR_EPS)
+
+
+class ExponentialSchedule:
+    """RPG's schedule: an update every ``delta`` iterations before T_end, target density
+    d ** (r / R) after update r, and the RigL cosine drop fraction annealed to 0 at T_end."""
+
+    def __init__(self, total_steps, delta, t_end_percent, iterative_t_end_percent, final_density,
+                 alpha):
+        self.update_steps, self.total_updates = rpg_update_steps(
+            total_steps, delta, t_end_percent, iterative_t_end_percent)
+        self.t_end = t_end_step(t_end_percent, total_steps)
+        self.final_density = final_density
+        self.alpha = alpha
+
+    def density(self, index, step):
+        return exponential_density(index, self.final_density, self.total_updates)
+
+    def drop_fraction(self, step):
+        return drop_fraction(step, self.alpha, self.t_end)
+
+
+class CubicSchedule:
+    """GMP's schedule (Zhu & Gupta): updates every ``frequency`` iterations from ``begin`` to
+    ``end`` (always included), sparsity on the cubic curve; no regrowth (drop fraction 0)."""
+
+    def __init__(self, begin, end, frequency, final_sparsity):
+        self.update_steps = gmp_update_steps(begin, end, frequency)
+        self.begin, self.end = begin, end
+        self.final_sparsity = final_sparsity
+
+    def density(self, index, step):
+        return 1.0 - cubic_sparsity(step, self.final_sparsity, self.begin, self.end)
+
+    def drop_fraction(self, step):
+        return 0.0

@@ -1,26 +1,39 @@
-"""Training-graph cells that keep pruned weights at exactly zero.
+"""The train step, assembled from the graph pieces the pruning method declares.
 
-``MaskedTrainStep`` is one ordinary optimizer step (forward, backward, gradient all-reduce in
-data-parallel runs, optimizer) with the pruning bookkeeping compiled into the same graph:
-- hard masks: the gradients of masked-out weights are zeroed before the optimizer; after the step
-  the weights and their momentum are multiplied by the mask, so a pruned weight is exactly 0.0
-  after every step (weight decay cannot revive it either, since it acts through the gradient);
-- gradient energy: for chosen conv weights, sum(grad**2) per output filter is accumulated into a
-  buffer the pruner reads (PSAP's protection), measured before any masking.
-``DenseGradient`` computes unmasked gradients of task loss (+ an extra loss such as RPG's rank
-loss) without touching the optimizer: the signal RPG regrows by.
+``TrainStep`` is one ordinary optimizer step (forward, backward, gradient all-reduce in
+data-parallel runs, optimizer) around which a method's *pieces* run in the same compiled graph.
+A piece is an ``nn.Cell`` with two methods:
 
-In data-parallel runs both cells average the gradients over the workers (so RPG's regrowth
-gradient and PSAP's gradient energies are the same on every worker) and also return the loss
+- ``on_gradients(grads)`` -> grads: sees the (all-reduced) gradients of every trained parameter
+  before the optimizer, and may observe them (PSAP's gradient energy) or change them (hard masks
+  zero the gradients of pruned weights);
+- ``after_update()`` -> a scalar: runs after the optimizer step (hard masks set pruned weights
+  and their optimizer state to +0.0).
+
+Pieces run in the order given. A method with no pieces gets a plain optimizer step; nothing of
+another method is compiled into it. ``DenseGradient`` computes unmasked gradients of task loss
+(+ an extra loss such as RPG's rank loss) without touching the optimizer.
+
+In data-parallel runs both cells average the gradients over the workers and also return the loss
 averaged over the workers: every worker logs the same loss and stops at the same step when it is
 not finite.
 """
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
+from mindspore import nn, ops, ParameterTuple
 
-MASK_PREFIX = "pruning_mask."
-ENERGY_PREFIX = "grad_energy."
+# optimizer state tensors shaped like their parameter (nn.Momentum: moments; Adam-type: moment1/2)
+STATE_ATTRIBUTES = ("moments", "moment1", "moment2")
+
+
+def optimizer_state(optimizer, names):
+    """{parameter name: [state Parameters shaped like it]} for the named trained parameters."""
+    index = {p.name: i for i, p in enumerate(optimizer.parameters)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f"the optimizer does not train {len(missing)} of the pruned parameters "
+                         f"(first: {missing[0]})")
+    tuples = [getattr(optimizer, a) for a in STATE_ATTRIBUTES if hasattr(optimizer, a)]
+    return {n: [t[index[n]] for t in tuples if len(t) == len(index)] for n in names}
 
 
 def _grad_reducer(params):
@@ -58,11 +71,11 @@ class LossCell(nn.Cell):
         return self.criterion(self.network(image), label)
 
 
-class MaskedTrainStep(nn.Cell):
-    """One optimizer step with in-graph masks and gradient-energy accumulation."""
+class TrainStep(nn.Cell):
+    """One optimizer step with the method's pieces (see the module notes) and an optional extra
+    loss term (a cell without inputs, e.g. lamb * rank loss)."""
 
-    def __init__(self, loss_cell, optimizer, mask_names=(), energy_names=(), extra_loss=None,
-                 shared_masks=None):
+    def __init__(self, loss_cell, optimizer, pieces=(), extra_loss=None):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.optimizer = optimizer
@@ -76,28 +89,9 @@ class MaskedTrainStep(nn.Cell):
         self.reducer = _grad_reducer(self.weights)
         self.use_reducer = self.reducer is not None
         self.loss_mean = _WorkerMean() if self.use_reducer else None
-
-        names = [p.name for p in self.weights]
-        index = {name: i for i, name in enumerate(names)}
-        missing = [n for n in list(mask_names) + list(energy_names) if n not in index]
-        if missing:
-            raise ValueError(f"cannot mask parameters the optimizer does not train: {missing[:3]}")
-        moments = optimizer.moments
-        self.mask_slot = tuple(mask_names.index(n) if n in mask_names else -1 for n in names)
-        self.num_params = len(names)
-        self.num_masks = len(mask_names)
-        # ``shared_masks``: the masks of another step over the same optimizer (one set of masks
-        # however many step variants are compiled)
-        self.masks = shared_masks if shared_masks is not None else ParameterTuple([
-            Parameter(Tensor(np.ones(self.weights[index[n]].shape, np.float32)),
-                      name=MASK_PREFIX + n, requires_grad=False) for n in mask_names])
-        self.masked_weights = ParameterTuple([self.weights[index[n]] for n in mask_names])
-        self.masked_moments = ParameterTuple([moments[index[n]] for n in mask_names])
-        self.energy_slot = tuple(index[n] for n in energy_names)
-        self.num_energy = len(energy_names)
-        self.energy = ParameterTuple([
-            Parameter(Tensor(np.zeros(self.weights[index[n]].shape[0], np.float32)),
-                      name=ENERGY_PREFIX + n, requires_grad=False) for n in energy_names])
+        # no prefix: a piece holds the network's own Parameters, whose names must not change
+        self.pieces = nn.CellList(list(pieces), auto_prefix=False)
+        self.num_pieces = len(pieces)
 
     def _loss(self, image, label):
         loss = self.loss_cell(image, label)
@@ -111,27 +105,11 @@ class MaskedTrainStep(nn.Cell):
         if self.use_reducer:
             grads = self.reducer(grads)
             loss = self.loss_mean(loss)
-        for k in range(self.num_energy):
-            grad = grads[self.energy_slot[k]] / self.loss_scale
-            ops.assign_add(self.energy[k], ops.reduce_sum(grad * grad, (1, 2, 3)))
-        if self.num_masks > 0:
-            masked = ()
-            for i in range(self.num_params):
-                slot = self.mask_slot[i]
-                if slot >= 0:
-                    masked = masked + (grads[i] * self.masks[slot],)
-                else:
-                    masked = masked + (grads[i],)
-            grads = masked
+        for piece in self.pieces:
+            grads = piece.on_gradients(grads)
         loss = ops.depend(loss, self.optimizer(grads))
-        for k in range(self.num_masks):
-            # select, not multiply: w * 0 gives -0.0 for negative w, and pruned weights should be
-            # +0.0 bit for bit (sparse encodings compare bits)
-            keep = self.masks[k] > 0
-            weight = self.masked_weights[k]
-            moment = self.masked_moments[k]
-            ops.assign(weight, ops.select(keep, weight, ops.zeros_like(weight)))
-            ops.assign(moment, ops.select(keep, moment, ops.zeros_like(moment)))
+        for piece in self.pieces:
+            loss = ops.depend(loss, piece.after_update())
         return loss
 
 

@@ -1,0 +1,103 @@
+"""Training logs: stdout and ``output_dir/<name>.log``, with start-up records held back until the
+run is accepted, and ``metrics.jsonl``, the structured record benchmarks and plots read."""
+import json
+import logging
+import logging.handlers
+import os
+import sys
+
+
+def setup_logger(output_dir, rank=0, name="train"):
+    """Log to stdout and to ``output_dir/<name>.log`` (rank 0) or ``<name>_rank<N>.log``.
+
+    File records are held back until ``open_log_file(logger)``: a run refused during start-up
+    (another run's directory, a mismatched resume) leaves an earlier log byte-identical.
+    """
+    logger = logging.getLogger(f"prune.{name}.{rank}")
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    os.makedirs(output_dir, exist_ok=True)
+    filename = f"{name}.log" if rank == 0 else f"{name}_rank{rank}.log"
+    file_handler = logging.FileHandler(os.path.join(output_dir, filename), delay=True)
+    file_handler.setFormatter(fmt)
+    logger.addHandler(_HeldBack(0, target=file_handler))
+    if rank == 0:
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
+    return logger
+
+
+class _HeldBack(logging.handlers.MemoryHandler):
+    """Keeps records until released (also at interpreter exit, when logging flushes every handler)."""
+    released = False
+
+    def shouldFlush(self, record):
+        return self.released
+
+    def flush(self):
+        if self.released:
+            super().flush()
+
+
+def open_log_file(logger):
+    """Write the held-back start-up records to the log file and every later record at once."""
+    for handler in logger.handlers:
+        if isinstance(handler, _HeldBack):
+            handler.released = True
+            handler.flush()
+
+
+class MetricsFile:
+    """``output_dir/metrics.jsonl``: one JSON object per event (train log interval, evaluation,
+    mask update, PSAP pruning step), appended and flushed as it happens, written by rank 0.
+
+    On resume the events after the checkpoint's step are dropped first (they belong to the part
+    of the run that is repeated), so the file reads as one uninterrupted run."""
+
+    NAME = "metrics.jsonl"
+
+    def __init__(self, output_dir, enabled=True):
+        self.path = os.path.join(output_dir, self.NAME)
+        self.enabled = enabled
+
+    def truncate_after(self, step):
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        with open(self.path, encoding="utf-8") as handle:
+            kept = [line for line in handle if line.strip() and _step_of(line) <= step]
+        from src.outputs import write_atomic
+        write_atomic(self.path, lambda out: out.write("".join(kept)))
+
+    def __call__(self, event):
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(_plain(event), sort_keys=False) + "\n")
+
+
+def _step_of(line):
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+def _plain(event):
+    """JSON-safe values (numpy scalars to Python numbers)."""
+    out = {}
+    for key, value in event.items():
+        if hasattr(value, "item") and getattr(value, "size", 1) == 1:
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def read_metrics(output_dir, event=None):
+    """The events of a run's metrics.jsonl (those named ``event`` only, when given)."""
+    path = os.path.join(output_dir, MetricsFile.NAME)
+    with open(path, encoding="utf-8") as handle:
+        events = [json.loads(line) for line in handle if line.strip()]
+    return [e for e in events if event is None or e.get("event") == event]

@@ -1,0 +1,120 @@
+"""Prune any MindSpore network while training it in your own loop.
+
+    from src.pruning.api import SparseTraining
+    sparse = SparseTraining(net, nn.CrossEntropyLoss(), optimizer, method="rpg",
+                            steps_per_epoch=len(batches), epochs=10, sparsity=0.9, delta=50)
+    for epoch in range(10):
+        for image, label in batches:
+            loss = sparse.step(image, label)     # an optimizer step, or a mask update
+        sparse.end_epoch()
+    sparse.finish()                              # checks the final sparsity
+    print(sparse.report())                       # sparsity, per-layer density and rank
+
+``method`` is any registered method (``rpg``, ``gmp``, ``psap`` for this project's ResNets, or
+one you ``register``); every other keyword is a recipe key of that method (see ``python train.py
+--help``) with the recipe's defaults. Prunable weights are the conv (4-D) and Dense (2-D)
+``*weight`` parameters, narrowed by ``prune_include`` / ``prune_exclude`` name patterns.
+The optimizer must train every pruned weight; its per-parameter state (``moments`` of
+nn.Momentum, ``moment1``/``moment2`` of Adam-type optimizers) is zeroed with the pruned weights.
+Graph mode (``ms.set_context(mode=ms.GRAPH_MODE)``) is required, as for train.py.
+
+Why not ``ms.Model.train``: RPG's mask update replaces an iteration's optimizer step with a dense
+gradient and host work on that iteration's batch, and the learning-rate schedule must then be
+moved on by hand; a callback sees a step only after it ran (and with dataset sinking, after many
+steps), so it could not reproduce the reference. ``step`` runs exactly what train.py runs.
+"""
+import logging
+
+import numpy as np
+from mindspore import Tensor
+
+from src.config import ConfigError, build_config
+from src.errors import require_finite_loss
+from src.pruning.base import sparsity_of
+from src.pruning.context import TrainContext
+from src.pruning.registry import build_pruner
+from src.pruning.train_cell import LossCell, TrainStep
+
+
+class SparseTraining:
+    """A pruning method around a network, loss and optimizer: a train step for your own loop.
+
+    ``amp_network``: a float16 twin of ``network`` sharing its Parameters for the optimizer steps
+    (train.py's ``amp_level``); dense gradients for the method always use ``network``.
+    ``input_shape``: one input's shape with batch 1 (methods that count MACs, e.g. PSAP).
+    """
+
+    def __init__(self, network, loss_fn, optimizer, method="rpg", steps_per_epoch=None, epochs=1,
+                 logger=None, amp_network=None, input_shape=None, settings=None, **keys):
+        if not steps_per_epoch or steps_per_epoch < 1:
+            raise ConfigError("steps_per_epoch: give the number of iterations of an epoch (>= 1)")
+        self.cfg = settings or build_config({"prune_method": method, "epoch_size": epochs, **keys}, {},
+                                            "SparseTraining")
+        self.logger = logger or logging.getLogger("prune")
+        self.network = network
+        self.optimizer = optimizer
+        self.pruner = build_pruner(self.cfg, network, steps_per_epoch, self.logger)
+        loss_cell = LossCell(network, loss_fn)
+        train_loss_cell = loss_cell if amp_network is None else LossCell(amp_network, loss_fn)
+        self.train_step = TrainStep(train_loss_cell, optimizer, self.pruner.graph_pieces(optimizer))
+        self.train_step.set_train(True)
+        network.set_train(True)  # also under a twin: dense gradients use batch statistics
+        self.ctx = TrainContext(network, loss_cell, optimizer, self.train_step, self.logger,
+                                train_loss_cell, input_shape)
+        self.iterations = 0
+
+    # --- the loop ----------------------------------------------------------------------------
+    def step(self, image, label):
+        """One iteration on a batch; returns its loss (a float)."""
+        step = self.iterations
+        self.ctx.step = step
+        loss = self.pruner.before_step(step, (image, label), self.ctx)
+        if loss is None:
+            loss = float(self.train_step(image, label).asnumpy())
+        else:
+            self.advance_schedule(step + 1)
+        require_finite_loss(loss, step + 1, f" (epoch {self.ctx.epoch + 1})")
+        self.pruner.after_step(step, self.ctx)
+        self.iterations = step + 1
+        return loss
+
+    def advance_schedule(self, iterations):
+        """The learning-rate schedule is indexed by the optimizer's step counter, which only moves
+        when the optimizer runs: after an iteration the method used without an optimizer step
+        (RPG's mask update, as the reference) it is set to the iteration count, so the schedule
+        stays indexed by iteration, as the reference's is."""
+        self.optimizer.global_step.set_data(Tensor(np.array([iterations], np.int32)))
+
+    def end_epoch(self):
+        """Call at the end of every epoch (PSAP prunes there; RPG and GMP need nothing)."""
+        self.pruner.on_epoch_end(self.ctx.epoch, self.ctx)
+        self.ctx.epoch += 1
+
+    def finish(self):
+        """End of training: the method's final check (e.g. the exact target sparsity); returns its
+        extra outputs {file name: (cell, metadata)} (PSAP: the compact network) to save."""
+        return self.pruner.on_train_end(self.ctx)
+
+    # --- what pruning did ------------------------------------------------------------------------
+    def masks(self):
+        """{weight name: bool mask} of a hard-mask method."""
+        return self.pruner.masks()
+
+    def report(self):
+        """{"sparsity": over the pruned weights, "layers": [{name, shape, density, rank,
+        full_rank, effective_rank, ...}]} (numerical and effective rank of each weight matrix)."""
+        from src.report import layer_rows
+        names = getattr(self.pruner, "names", None) or []
+        rows = [row for row in layer_rows(self.network) if row["name"] in names]
+        weights = self.ctx.get_weights(names).values()
+        return {"sparsity": sparsity_of(weights) if names else 0.0, "layers": rows}
+
+    def state_dict(self):
+        return self.pruner.state_dict()
+
+    def load_state_dict(self, state, iterations):
+        """Continue a run: the method's state and the number of finished iterations."""
+        self.pruner.load_state_dict(state)
+        self.iterations = iterations
+        self.ctx.epoch = iterations // self.pruner.steps_per_epoch
+        self.advance_schedule(iterations)
