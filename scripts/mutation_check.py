@@ -64,7 +64,7 @@ MUTANTS = [
     m("final_sparsity_error_disabled", "src/pruning/hard_mask.py",
       "if abs(achieved - self.cfg.sparsity) > SPARSITY_TOLERANCE:", "if False:",
       f"{PROM_T}::test_final_sparsity_error_and_its_exit_code"),
-    m("mindir_verification_disabled", "export.py",
+    m("mindir_verification_disabled", "src/export_model.py",
       "if not diff <= TOLERANCE:", "if False:",
       "tests/test_export.py::test_failed_verification_exits_1_and_keeps_the_earlier_file"),
     m("masking_by_multiplication", "src/pruning/train_cell.py",
@@ -76,11 +76,9 @@ MUTANTS = [
       "sum(1 for t in update_steps if t < iterative_t_end)",
       f"{RPG_T}::test_every_update_reaches_the_scheduled_density"),
     # --- the other promises of the issue -------------------------------------------------------
-    m("export_renames_before_verifying", "export.py",
-      "        if verify is not None:\n            verify(tmp_base + suffix)\n"
-      "        os.replace(tmp_base + suffix, file_name + suffix)",
-      "        os.replace(tmp_base + suffix, file_name + suffix)\n"
-      "        if verify is not None:\n            verify(file_name + suffix)",
+    m("export_renames_before_verifying", "src/export_model.py",
+      "            if verify is not None:\n                verify(tmp)\n    finally:",
+      "        if verify is not None:\n            verify(final)\n    finally:",
       "tests/test_export.py::test_failed_verification_exits_1_and_keeps_the_earlier_file"),
     m("rpg_no_finite_loss_check", "src/pruning/rpg.py",
       '        require_finite_loss(task, step + 1, " (an RPG mask update)")', "        pass",
@@ -92,13 +90,16 @@ MUTANTS = [
       "raw = ms.load_checkpoint(path, crc_check=True)", "raw = ms.load_checkpoint(path, crc_check=False)",
       f"{PROM_T}::test_bit_flipped_checkpoint_is_refused"),
     m("checkpoint_written_in_place", "src/checkpoint.py",
-      'tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.ckpt")',
-      "tmp_path = path",
+      "        ms.save_checkpoint(items, tmp_path,",  # in place first, so a failure lands on the file
+      "        ms.save_checkpoint(items, path, append_dict=append or None, crc_check=True)\n"
+      "        ms.save_checkpoint(items, tmp_path,",
       f"{PROM_T}::test_checkpoint_writer_failing_mid_write_keeps_the_earlier_file"),
     m("sparse_written_in_place", "src/sparse_format.py",
-      'tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.npz")',
-      "tmp = path",
+      'with open(tmp, "wb") as handle:', 'with open(path, "wb") as handle:',
       f"{PROM_T}::test_sparse_writer_failing_mid_write_keeps_the_earlier_file"),
+    m("failed_write_leaves_its_temporary", "src/outputs.py",
+      "            if os.path.exists(leftover):\n                os.remove(leftover)", "            pass",
+      f"{PROM_T}::test_checkpoint_writer_failing_mid_write_keeps_the_earlier_file"),
     # --- spot checks: a subject replaced by a constant or a no-op ------------------------------
     m("const_evaluate", "src/metrics.py",
       'return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss_sum / count,',
@@ -174,7 +175,7 @@ MUTANTS = [
       "for old in run_record.step_checkpoints(self.output_dir)[:-self.cfg.keep_checkpoint_max]:",
       "for old in [p for p in run_record.step_checkpoints(self.output_dir) if p == path][:-self.cfg.keep_checkpoint_max]:",
       "tests/test_interruption.py::test_truncated_newest_checkpoint_falls_back"),
-    m("onnx_folder_mode_not_restored", "export.py",
+    m("onnx_folder_mode_not_restored", "src/export_model.py",
       "        os.chmod(directory, mode)", "        pass",
       "tests/test_export.py::test_onnx_export_keeps_the_folders_permissions"),
     m("launcher_forces_cpu", "scripts/run_standalone_train.sh",

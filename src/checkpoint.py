@@ -15,11 +15,10 @@ import numpy as np
 import mindspore as ms
 
 from src.errors import CheckpointError  # noqa: F401  (raised here, imported from here by callers)
+from src.outputs import atomic_output
 
 META_PREFIX = "meta."
 PRUNER_PREFIX = "pruner."
-
-
 
 
 def save_atomic(params, path, meta=None, pruner_state=None):
@@ -36,39 +35,14 @@ def save_atomic(params, path, meta=None, pruner_state=None):
             items = list(items.get_parameters())
         items = items + [ms.Parameter(ms.Tensor(np.asarray(v)), name=PRUNER_PREFIX + k,
                                       requires_grad=False) for k, v in pruner_state.items()]
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix;
     # it writes "<name>.tmp" first and renames that to "<name>.ckpt" itself
-    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.ckpt")
-    try:
+    with atomic_output(path, ".ckpt", leftovers=(".tmp",), catch=(OSError, RuntimeError),
+                       failure=lambda reason: CheckpointError(
+                           f"cannot write checkpoint {path}: {reason}; earlier checkpoints are "
+                           "left as they were")) as tmp_path:
         ms.save_checkpoint(items, tmp_path, append_dict=append or None, crc_check=True)
-        with open(tmp_path, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-        _fsync_directory(directory)
-    except (OSError, RuntimeError) as err:  # full disk, file size limit, permissions
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; earlier checkpoints are "
-                              "left as they were") from None
-    finally:
-        for leftover in (tmp_path, tmp_path[:-len(".ckpt")] + ".tmp"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-
-
-def _fsync_directory(directory):
-    """Make the rename durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path):

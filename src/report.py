@@ -1,6 +1,7 @@
 """Per-layer reports of a pruned network: density and numerical rank, tables and plots."""
 import numpy as np
 
+from src.outputs import atomic_output
 from src.pruning.base import prunable_weight_names
 from src.pruning.rank_loss import numerical_rank
 
@@ -56,10 +57,8 @@ def format_layer_table(rows):
 
 
 def _save_figure(fig, path):
-    import os
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_output(path, ".png") as tmp:  # the extension tells matplotlib the format
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def plot_layers(rows, path, title=""):

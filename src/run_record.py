@@ -70,7 +70,8 @@ def step_checkpoints(output_dir):
 
 def remove_stale_temporaries(output_dir):
     """Checkpoint files half-written by a process killed mid-save (their names start with a dot:
-    ``.<name>.tmp<pid>.ckpt`` and MindSpore's ``.tmp``); only one run writes to a directory."""
+    ``.<name>.tmp<pid>.ckpt`` and MindSpore's ``.tmp``, see src/outputs.py temporary_name and
+    checkpoint.save_atomic); only one run writes to a directory."""
     for pattern in (".*.ckpt.tmp*.ckpt", ".*.ckpt.tmp*.tmp"):
         for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)):
             os.remove(path)

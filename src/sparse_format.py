@@ -37,6 +37,8 @@ import os
 
 import numpy as np
 
+from src.outputs import atomic_output
+
 DENSE_LIMIT = 0.5  # tensors denser than this are stored dense: positions would cost more than they save
 FORMAT_NAME = "rpg-sparse"
 VERSION = 2
@@ -147,15 +149,9 @@ def write_sparse(arrays, path, meta=None, value_dtype="float32"):
         _VALUES: np.concatenate(values) if values else np.zeros(0, dtype),
         _POSITIONS: np.concatenate(positions) if positions else np.zeros(0, np.uint8),
     }
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.npz")
-    try:
+    with atomic_output(path, ".npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return os.path.getsize(path)
 
 

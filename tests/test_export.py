@@ -9,7 +9,7 @@ import numpy as np
 import mindspore as ms
 import pytest
 
-from src import checkpoint
+from src import checkpoint, export_model
 from src.cli import run
 from src.config import build_config
 from src.models import build_network
@@ -75,7 +75,7 @@ def test_failed_verification_exits_1_and_keeps_the_earlier_file(ckpt, tmp_path, 
     _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net")
     before = digest(tmp_path / "net.mindir")
     # any difference now fails the check (a forced mismatch between MINDIR and network)
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    monkeypatch.setattr(export_model, "TOLERANCE", -1.0)
     with pytest.raises(SystemExit) as stop:
         _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net", "--overwrite", "true")
     assert stop.value.code == 1

@@ -1,0 +1,57 @@
+"""What eval.py reports about a checkpoint: top-1, top-5, loss, sparsity, parameters and FLOPs
+(MACs) of the evaluated and the dense network, and what pruning did to it: the kept widths of a
+compact PSAP network, or the per-layer density and rank of a sparse one (table, optional plot)."""
+from src.dataset import batches
+from src.metrics import evaluate
+from src.models import build_network, default_inner_widths
+from src.models.flops import count_macs_params
+from src.pruning.base import prunable_weight_names, sparsity_of
+from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
+
+
+def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
+    """Evaluate ``net`` (read from ``ckpt``, with its metadata ``meta``) on ``data``; ``log`` the
+    summary lines as they are known, plot to ``report_png`` if given; returns the result dict."""
+    result = evaluate(net, data, cfg.label_smoothing)
+    params = {p.name: p.asnumpy() for p in net.trainable_params()}
+    result["sparsity"] = sparsity_of([params[n] for n in prunable_weight_names(net)])
+    image_shape = next(batches(data))[0].shape
+    input_shape = (1,) + tuple(image_shape[1:])
+    result["flops"], result["params"] = count_macs_params(net, input_shape)
+    result["dense_flops"], result["dense_params"] = count_macs_params(build_network(cfg), input_shape)
+
+    log(f"checkpoint {ckpt}  ({cfg.net}, {result['samples']} images)")
+    log(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
+        f"sparsity {result['sparsity']:.4f}")
+    log(f"params {result['params']:,} (dense {result['dense_params']:,})  "
+        f"MACs {result['flops']:,} (dense {result['dense_flops']:,})")
+    if meta.get("inner_widths"):
+        _report_widths(cfg, meta, result, report_png, log)
+    elif result["sparsity"] > 0:
+        _report_layers(cfg, net, result, report_png, log)
+    return result
+
+
+def _report_widths(cfg, meta, result, report_png, log):
+    """A compact PSAP network: the kept inner conv widths against the dense ones."""
+    dense = default_inner_widths(cfg.net, cfg.width_multiplier)
+    kept = [w for block in meta["inner_widths"] for w in block]
+    full = [w for block in dense for w in block]
+    result["inner_widths"] = meta["inner_widths"]
+    log("inner conv widths (kept/dense): " + " ".join(f"{k}/{f}" for k, f in zip(kept, full)))
+    if report_png:
+        labels = [f"b{i}.c{j + 1}" for i, block in enumerate(dense) for j in range(len(block))]
+        plot_widths(labels, full, kept, report_png, f"{cfg.net}: kept filters per layer")
+
+
+def _report_layers(cfg, net, result, report_png, log):
+    """A sparse network: per-layer density and numerical / effective rank."""
+    rows = layer_rows(net)
+    result["mean_relative_rank"] = mean_relative_rank(rows)
+    result["mean_relative_effective_rank"] = mean_relative_rank(rows, key="relative_effective_rank")
+    result["layers"] = rows
+    log(format_layer_table(rows))
+    log(f"mean relative rank of conv layers: numerical {result['mean_relative_rank']:.4f}, "
+        f"effective {result['mean_relative_effective_rank']:.4f}")
+    if report_png:
+        plot_layers(rows, report_png, f"{cfg.net}: sparsity {result['sparsity']:.2%}")

@@ -1,0 +1,99 @@
+"""Export a network for deployment (MINDIR, ONNX, AIR, or the SPARSE file of src/sparse_format.py)
+and check what was written: a MINDIR is reloaded and compared with the network, a SPARSE file is
+read back bit-exact. Only a file that passed its check replaces an earlier one.
+
+MindSpore and NumPy are imported inside the functions: export.py imports this module (for
+ExportError and FORMATS) before its heavy imports.
+"""
+import os
+
+from src.outputs import atomic_output, failure_reason
+
+FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air", "SPARSE": ".sparse.npz"}
+TOLERANCE = 1e-4  # max abs difference between a reloaded MINDIR and the checkpoint network
+
+
+class ExportError(RuntimeError):
+    """Export failed or its result does not match the checkpoint."""
+
+
+def export_graph(net, sample, file_name, file_format, verify=None):
+    """ms.export to a temporary name, ``verify(temporary path)``, then rename: an earlier file is
+    never half-overwritten, nor replaced by a file that fails its check. Returns the path written."""
+    import mindspore as ms
+    suffix = FORMATS[file_format]
+    final = file_name + suffix
+    directory = os.path.dirname(os.path.abspath(final))
+    mode = os.stat(directory).st_mode
+    try:
+        with atomic_output(final, suffix) as tmp:
+            try:  # MindSpore appends the suffix to the base name itself
+                ms.export(net, sample, file_name=tmp[:-len(suffix)], file_format=file_format)
+            except (ValueError, TypeError, RuntimeError) as err:  # e.g. it refuses a '+' in a name
+                raise ExportError(f"MindSpore could not export to {final}: "
+                                  f"{failure_reason(err)[:200]}") from None
+            if verify is not None:
+                verify(tmp)
+    finally:
+        os.chmod(directory, mode)  # MindSpore's ONNX export narrows the folder to 0700
+    return final
+
+
+def verify_mindir(path, net, sample, shown=None):
+    """Reload the MINDIR at ``path`` and compare its output on ``sample`` with ``net``'s."""
+    import numpy as np
+    import mindspore as ms
+    from mindspore import nn
+    graph = nn.GraphCell(ms.load(path))
+    expected = net(sample).asnumpy()
+    got = graph(sample).asnumpy()
+    diff = float(np.max(np.abs(expected - got)))
+    print(f"reloaded {shown or path}: max abs difference to the checkpoint network {diff:.3e}")
+    if not diff <= TOLERANCE:
+        raise ExportError(f"exported MINDIR differs from the checkpoint network by {diff:.3e} "
+                          f"(> {TOLERANCE})")
+
+
+def export_sparse(net, file_name, ckpt, meta):
+    """Write the SPARSE file, read it back bit-exact and print its size against the checkpoint's."""
+    import numpy as np
+    from src.pruning.base import prunable_weight_names
+    from src.sparse_format import canonical_zeros, ideal_size_bytes, read_sparse, write_sparse
+    arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
+    path = file_name + FORMATS["SPARSE"]
+    keep_meta = {k: meta[k] for k in ("net", "inner_widths") if k in meta}
+    size = write_sparse(arrays, path, keep_meta)
+    restored, _ = read_sparse(path)
+    for name, array in arrays.items():
+        if not np.array_equal(restored[name].view(np.uint32), canonical_zeros(array).view(np.uint32)):
+            raise ExportError(f"sparse file {path} does not read back bit-exact ({name})")
+    dense_size = os.path.getsize(ckpt)
+    ideal = ideal_size_bytes(arrays)
+    prunable = prunable_weight_names(net)
+    nnz = sum(int(np.count_nonzero(arrays[n])) for n in prunable)
+    total = sum(arrays[n].size for n in prunable)
+    print(f"wrote {path}: {size:,} bytes, read back bit-exact; prunable weights {nnz:,}/{total:,} "
+          f"non-zero; dense checkpoint {dense_size:,} bytes ({size / dense_size:.1%}); "
+          f"ideal {ideal:,.0f} bytes (file is {size / ideal:.2f}x the ideal)")
+    return path
+
+
+def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batch):
+    """Export ``net`` (read from ``ckpt``) as ``file_format``; a graph format is traced on a random
+    batch of ``batch`` images (seed ``cfg.seed``), which also serves the MINDIR check."""
+    if file_format == "SPARSE":
+        export_sparse(net, file_name, ckpt, meta)
+        return
+    import numpy as np
+    from mindspore import Tensor
+    from src.dataset import dataset_info
+    size = cfg.image_size or dataset_info(cfg.dataset)["image_size"]
+    rng = np.random.default_rng(cfg.seed)
+    shape = (batch, cfg.in_channels, size, size)
+    sample = Tensor(rng.standard_normal(shape).astype(np.float32))
+    final = file_name + FORMATS[file_format]
+    verify = (lambda tmp: verify_mindir(tmp, net, sample, shown=final)) \
+        if file_format == "MINDIR" else None
+    path = export_graph(net, sample, file_name, file_format, verify)
+    widths = " (compact widths)" if meta.get("inner_widths") else ""
+    print(f"wrote {path}{widths}: input {tuple(sample.shape)}")
