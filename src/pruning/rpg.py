@@ -14,7 +14,8 @@ from src.config import ConfigError, Key, add_keys
 from src.errors import TrainingError, require_finite_loss
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.mask_ops import drop_and_grow, global_magnitude_masks
-from src.pruning.rank_loss import layer_rank_terms, rank_loss_from_targets, rank_targets_numpy
+from src.pruning.rank_loss import layer_rank_terms, rank_loss_from_targets
+from src.pruning.rank_targets import rank_targets_numpy
 from src.pruning.schedules import drop_fraction, exponential_density, rpg_update_steps
 
 add_keys({
