@@ -21,8 +21,9 @@ import numpy as np
 
 from common import machine_info, random_batch, timed, training_setup, write_results
 from src.pruning.mask_ops import global_magnitude_masks
-from src.pruning.rank_loss import (_as_2d, _project, _unit, layers_for_worker, own_bases,
-                                   rank_targets_numpy)
+from src.pruning.rank_targets import (_as_2d, _project, _unit, layers_for_worker, own_bases,
+                                      rank_targets_numpy)
+from tests.rank_reference import svd_targets_numpy  # the float64 SVD path, timed as "before"
 
 
 def rpg_setup(net, in_channels, size, classes, batch, delta, steps):
@@ -119,7 +120,7 @@ def worker_share(conv_weights, partial_k, rank, group_size):
 
 def same_k(weights, partial_k):
     """(layers with the same k, layers, worst |A_new - A_old| / max|A_old|)."""
-    old, old_k, _ = rank_targets_numpy(weights, partial_k, method="svd")
+    old, old_k, _ = svd_targets_numpy(weights, partial_k)
     new, new_k, _ = rank_targets_numpy(weights, partial_k)
     worst = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(new, old))
     return sum(a == b for a, b in zip(old_k, new_k)), len(old_k), worst
@@ -129,7 +130,7 @@ def host_targets_resnet50(conv_weights, partial_k, repeats, group_size=2):
     """Old path, new path and each worker's share, timed in turn (see ``alternating``)."""
     shares = [worker_share(conv_weights, partial_k, r, group_size) for r in range(group_size)]
     medians, runs = alternating(
-        [lambda: rank_targets_numpy(conv_weights, partial_k, method="svd"),
+        [lambda: svd_targets_numpy(conv_weights, partial_k),
          lambda: rank_targets_numpy(conv_weights, partial_k)] + [fn for fn, _ in shares], repeats)
     old_s, new_s = medians[:2]
     pruned = {}
@@ -196,7 +197,7 @@ path, the new path and each worker's share run in turn, {host['repeats']} times 
 
 | path | seconds |
 |---|---|
-| before: float64 SVD of every layer (`method="svd"`) | {host['svd_float64_s']:.2f} |
+| before: float64 SVD of every layer (`tests/rank_reference.py`) | {host['svd_float64_s']:.2f} |
 | after: float64 Gram eigh of the smaller side + float32 projection (default) | {host['gram_s']:.2f} |
 | speed-up | {host['speedup']:.1f}x |
 | one of {host['group_size']} data-parallel workers: its share of the eigendecompositions + all projections (max over workers) | {max(host['worker_share_s']):.2f} ({share_ratio:.2f} of one worker's) |

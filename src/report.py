@@ -3,7 +3,31 @@ import numpy as np
 
 from src.outputs import atomic_output
 from src.pruning.base import prunable_weight_names
-from src.pruning.rank_loss import numerical_rank
+
+
+def numerical_rank(matrix, rtol=None):
+    """Numerical rank (numpy.linalg.matrix_rank semantics) of a weight matrix, for reports.
+
+    A conv weight (C_out, C_in, kh, kw) is reshaped to (C_out, C_in*kh*kw). Singular values
+    above tol count; tol = S.max() * max(M, N) * eps(dtype) by default, or rtol * S.max().
+    """
+    m = np.asarray(matrix)
+    if m.ndim < 2:
+        raise ValueError(f"matrix must have at least 2 dimensions, got shape {m.shape}")
+    m = m.reshape(m.shape[0], -1)
+    if not np.issubdtype(m.dtype, np.inexact):
+        m = m.astype(np.float64)
+    if m.size == 0:
+        return 0
+    s = np.linalg.svd(m, compute_uv=False)
+    smax = s.max()
+    if rtol is None:
+        tol = smax * max(m.shape) * np.finfo(s.dtype).eps
+    else:
+        if rtol < 0:
+            raise ValueError(f"rtol must be >= 0, got {rtol}")
+        tol = smax * rtol
+    return int(np.count_nonzero(s > tol))
 
 
 def effective_rank(matrix):

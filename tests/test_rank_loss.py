@@ -15,10 +15,13 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from src.pruning.rank_loss import (
-    _target_cost, layer_low_rank_targets, layer_rank_losses, layer_rank_terms,
-    layers_for_worker, low_rank_target_gram, low_rank_target_numpy, numerical_rank, rank_loss,
-    rank_loss_from_targets, rank_loss_numpy, rank_targets_numpy, select_rank, split_layers)
+    layer_low_rank_targets, layer_rank_losses, layer_rank_terms, rank_loss, rank_loss_from_targets)
+from src.pruning.rank_targets import (
+    _target_cost, layers_for_worker, low_rank_target_gram, rank_targets_numpy, select_rank,
+    split_layers)
+from src.report import numerical_rank
 from tests.conftest import ROOT, resnet50_weight_shapes
+from tests.rank_reference import low_rank_target_numpy, rank_loss_numpy, svd_targets_numpy
 
 SHAPES = [(8, 4, 3, 3), (16, 8, 1, 1), (6, 3, 7, 7), (32, 16, 1, 1), (5, 40)]
 
@@ -371,7 +374,7 @@ def test_gram_targets_match_the_float64_svd_reference():
     ResNet-50 convs, 3e-7 on trained ResNet-20 ones)."""
     weights = realistic_weights()
     for p in PARTIAL_KS:
-        ref, ref_k, ref_ok = rank_targets_numpy(weights, p, method="svd")
+        ref, ref_k, ref_ok = svd_targets_numpy(weights, p)
         got, got_k, got_ok = rank_targets_numpy(weights, p)
         assert got_k == ref_k and got_ok == ref_ok, p
         for a, b in zip(got, ref):
@@ -393,9 +396,9 @@ def test_gram_k_is_exact_at_a_near_tie():
     k = 30
     mid = 0.5 * (tails[k] + tails[k + 1])
     for offset, want in ((1e-9, k), (-1e-9, k + 1)):
-        for method in ("gram", "svd"):
-            _, got, _ = rank_targets_numpy([w], mid + offset, method=method)
-            assert got == [want], (method, offset)
+        for method in (rank_targets_numpy, svd_targets_numpy):
+            _, got, _ = method([w], mid + offset)
+            assert got == [want], (method.__name__, offset)
 
 
 def test_gram_edge_cases():
@@ -411,8 +414,6 @@ def test_gram_edge_cases():
     nan = np.full((4, 4, 1, 1), np.nan, np.float32)
     targets, ranks, ok = rank_targets_numpy([nan, w], 0.2)
     assert ok == [False, True] and ranks[0] == 0 and not targets[0].any()
-    with pytest.raises(ValueError, match="method"):
-        rank_targets_numpy([w], 0.2, method="qr")
 
 
 @pytest.mark.parametrize("group_size", [1, 2, 3, 4])
@@ -482,7 +483,7 @@ def test_gathered_targets_equal_the_single_worker_ones(group_size):
 
 
 def test_each_worker_decomposes_only_its_share(monkeypatch):
-    import src.pruning.rank_loss as rl
+    import src.pruning.rank_targets as rl
     weights = realistic_weights(2)[:9]
     calls, real = [], rl._gram_basis
     monkeypatch.setattr(rl, "_gram_basis", lambda wn, p: calls.append(wn.shape) or real(wn, p))
@@ -497,9 +498,6 @@ def _as2d_shape(w):
 def test_several_workers_need_a_sum():
     with pytest.raises(ValueError, match="sum_across_workers"):
         rank_targets_numpy(realistic_weights()[:2], 0.2, rank=0, group_size=2)
-    with pytest.raises(ValueError, match="sum_across_workers"):
-        rank_targets_numpy(realistic_weights()[:2], 0.2, method="svd", rank=0, group_size=2,
-                           sum_across_workers=lambda a: a)
 
 
 WORKER_SCRIPT = '''
@@ -509,7 +507,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor
 from mindspore.communication import get_group_size, get_rank, init
-from src.pruning.rank_loss import rank_targets_numpy
+from src.pruning.rank_targets import rank_targets_numpy
 from src.pruning.rpg import RankLossTerm
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")

@@ -13,9 +13,9 @@ from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 from src.config import ConfigError, Key
 from src.errors import TrainingError, require_finite_loss
 from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.rank_loss import layer_rank_terms, rank_loss_from_targets, rank_targets_numpy
+from src.pruning.rank_loss import layer_rank_terms, mean_over_usable_layers, rank_loss_from_targets
+from src.pruning.rank_targets import rank_targets_numpy
 from src.pruning.schedules import ExponentialSchedule
-
 
 
 class RankLossTerm(nn.Cell):
@@ -23,7 +23,7 @@ class RankLossTerm(nn.Cell):
 
     ``svd: host`` (default, as docs/RPG.md describes, for portability): the pruner computes the
     constant low-rank targets A_k on the host (k from a float64 Gram eigendecomposition, see
-    rank_loss.rank_targets_numpy) before each mask update and stores
+    rank_targets.rank_targets_numpy) before each mask update and stores
     them in ``targets``; the graph only runs the cheap differentiable part. ``svd: graph``: the
     SVD runs inside the graph (``ops.svd``, float32; CPU/GPU back ends). Both give the value of
     ``rank_loss`` (mean over the layers whose SVD succeeded) and record which layers failed.
@@ -61,8 +61,7 @@ class RankLossTerm(nn.Cell):
             losses, oks, _ = layer_rank_terms(self.params, self.partial_k)
             ok = ops.stack(oks).astype(ms.float32)
             ops.assign(self.ok_flags, ok)
-            mean = ops.stack(losses).sum() / ops.maximum(ok.sum(), ops.ones_like(ok.sum()))
-            return self.lamb * mean
+            return self.lamb * mean_over_usable_layers(ops.stack(losses), ok)
         return self.lamb * rank_loss_from_targets(self.params, self.targets, self.ok_flags)
 
 

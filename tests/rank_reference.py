@@ -1,0 +1,71 @@
+"""Float64 SVD references of RPG's rank loss, for the tests (and the "before" timing of
+benchmarks/rpg_cost.py); training uses src/pruning/rank_targets.py and rank_loss.py.
+
+Per layer: Wn = W.reshape(C_out, -1) / ||W||_F = U diag(s) V^T (NumPy SVD, float64), k from the
+energy rule (src.pruning.rank_targets.select_rank), A_k = U[:, :k] diag(s[:k]) V[:, :k]^T and the
+layer loss -||Wn - A_k||_F^2; the rank loss is its mean over the usable layers (an all-zero
+weight or a failing SVD is skipped).
+"""
+import numpy as np
+
+from src.pruning.rank_targets import _as_2d, _check_partial_k, select_rank
+
+
+def low_rank_target_numpy(W2d, partial_k):
+    """Host float64 reference of the constant target: returns (A_k, k).
+
+    ``W2d``: a (C_out, C_in*kh*kw) matrix (a 4-D conv weight is reshaped to that). It is
+    normalised to unit Frobenius norm first, so A_k is the rank-k truncated SVD of Wn, with k
+    from :func:`select_rank`. An all-zero matrix gives (zeros, 0).
+    Raises numpy.linalg.LinAlgError if the SVD does not converge.
+    """
+    p = _check_partial_k(partial_k)
+    w = _as_2d(W2d)
+    norm = np.linalg.norm(w)
+    if norm == 0.0:
+        return np.zeros_like(w), 0
+    u, s, vt = np.linalg.svd(w / norm, full_matrices=False)
+    k = select_rank(s, p)
+    return (u[:, :k] * s[:k]) @ vt[:k], k
+
+
+def rank_loss_numpy(weight_arrays, partial_k):
+    """Host float64 rank loss: mean over usable layers of -||Wn - A_k||_F^2 (a Python float).
+
+    Layers with zero norm or a failing SVD are skipped (not counted in the mean); if no layer is
+    usable the loss is 0.0.
+    """
+    p = _check_partial_k(partial_k)
+    losses = []
+    for w in weight_arrays:
+        w2 = _as_2d(w)
+        norm = np.linalg.norm(w2)
+        if norm == 0.0:
+            continue
+        try:
+            a_k, _ = low_rank_target_numpy(w2, p)
+        except np.linalg.LinAlgError:
+            continue
+        losses.append(-float(np.sum((w2 / norm - a_k) ** 2)))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def svd_targets_numpy(weight_arrays, partial_k, dtype=np.float32):
+    """(targets, ranks, ok) as src.pruning.rank_targets.rank_targets_numpy returns them, from a
+    float64 SVD of every layer: the path the Gram targets replaced (benchmarks/rpg_cost.py times
+    it as the "before")."""
+    p = _check_partial_k(partial_k)
+    targets, ranks, ok = [], [], []
+    for w in weight_arrays:
+        w2 = _as_2d(w)
+        good = bool(np.linalg.norm(w2) > 0.0)
+        a_k, k = np.zeros_like(w2), 0
+        if good:
+            try:
+                a_k, k = low_rank_target_numpy(w2, p)
+            except np.linalg.LinAlgError:
+                a_k, good = np.zeros_like(w2), False
+        targets.append(a_k.astype(dtype))
+        ranks.append(int(k))
+        ok.append(good)
+    return targets, ranks, ok
