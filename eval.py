@@ -20,7 +20,6 @@ FLAGS = {"ckpt": "", "json_out": "", "report_png": "", "overwrite": "false"}
 
 
 def main():
-    import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
     cfg, flags = parse_args(extra_flags=FLAGS, description=__doc__)
     if not flags["ckpt"]:
         raise ConfigError("--ckpt FILE is required")

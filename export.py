@@ -19,7 +19,6 @@ FLAGS = {"ckpt": "", "file_format": "MINDIR", "file_name": "", "export_batch": "
 
 
 def main():
-    import src.pruning.registry  # noqa: F401  (declares the pruners' config keys)
     cfg, flags = parse_args(extra_flags=FLAGS, description=__doc__)
     file_format = flags["file_format"].upper()
     if file_format not in FORMATS:

@@ -68,8 +68,8 @@ class MetricsFile:
             return
         with open(self.path, encoding="utf-8") as handle:
             kept = [line for line in handle if line.strip() and _step_of(line) <= step]
-        from src.outputs import write_atomic
-        write_atomic(self.path, lambda out: out.write("".join(kept)))
+        from src.outputs import write_text_atomic
+        write_text_atomic("".join(kept), self.path)
 
     def __call__(self, event):
         if not self.enabled:

@@ -76,3 +76,9 @@ def write_json_atomic(data, path):
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
+
+
+def write_text_atomic(text, path):
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
