@@ -319,6 +319,9 @@ class FakeContext:
     def get_weights(self, names):
         return {n: self.params[n].asnumpy() for n in names}
 
+    def record(self, event):
+        self.events = getattr(self, "events", []) + [event]
+
     def zero_outside(self, masks):
         for name, mask in masks.items():
             p = self.params[name]

@@ -374,21 +374,24 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         self.current_target = target
         self.last_counts = counts
         self.final_done = final
-        self._log_step(epoch, final, target, counts, records, newly_protected, outcome)
+        ctx.record(self._log_step(epoch, final, target, counts, records, newly_protected, outcome))
 
     def _log_step(self, epoch, final, target, counts, records, newly_protected, outcome):
-        cfg = self.cfg
-        ratios = counts / self.filter_counts
+        """Log the pruning step; returns it as a metrics.jsonl event."""
         removed = removed_macs(records, self.layers, counts) / sum(r["macs"] for r in records)
         regrowth = self.regrowth_summary()
+        zeroed, total = int(counts.sum()), int(self.filter_counts.sum())
+        protected = int(np.sum(self.protect > 0))
         self.logger.info(
             "psap step %d (epoch %d%s): target %s %.4f, filters zeroed %d/%d (%.2f%%), MACs -%.2f%%,"
             " protected %d (new %d), regrew %d, layer ratios %s; protected at the previous step %d:"
             " kept %d (still protected %d, won on score %d of %d); regrown so far %d, kept now %d",
-            self.steps_done, epoch + 1, ", final" if final else "", cfg.psap_target, target,
-            int(counts.sum()), int(self.filter_counts.sum()),
-            100 * counts.sum() / self.filter_counts.sum(), 100 * removed,
-            int(np.sum(self.protect > 0)),
-            newly_protected, outcome["regrew"], _compact_ratios(ratios),
+            self.steps_done, epoch + 1, ", final" if final else "", self.cfg.psap_target, target,
+            zeroed, total, 100 * zeroed / total, 100 * removed, protected, newly_protected,
+            outcome["regrew"], _compact_ratios(counts / self.filter_counts),
             outcome["protected_before"], outcome["kept"], outcome["still_protected"],
             outcome["won"], outcome["competed"], regrowth["regrown"], regrowth["survived"])
+        return {"event": "psap_step", "psap_step": self.steps_done, "final": final, "target": target,
+                "filters_zeroed": zeroed, "macs_removed": removed, "protected": protected,
+                "newly_protected": int(newly_protected), **{f"outcome_{k}": v for k, v in outcome.items()},
+                **{f"regrowth_{k}": v for k, v in regrowth.items()}}
