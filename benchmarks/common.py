@@ -15,7 +15,7 @@ from mindspore import Tensor  # noqa: E402
 
 from src.config import build_config  # noqa: E402
 from src.models import build_network  # noqa: E402
-from src.outputs import write_json_atomic  # noqa: E402
+from src.outputs import write_json_atomic, write_text_atomic  # noqa: E402
 from src.training_graph import build_training_graph  # noqa: E402
 
 
@@ -66,8 +66,7 @@ def write_results(name, data, markdown):
     directory = os.path.join(ROOT, "benchmarks", "results")
     os.makedirs(directory, exist_ok=True)
     write_json_atomic(data, os.path.join(directory, f"{name}.json"))
-    with open(os.path.join(directory, f"{name}.md"), "w", encoding="utf-8") as handle:
-        handle.write(markdown.rstrip() + "\n")
+    write_text_atomic(markdown.rstrip() + "\n", os.path.join(directory, f"{name}.md"))
     print(markdown)
 
 

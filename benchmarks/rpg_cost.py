@@ -15,6 +15,11 @@
    projection of every layer; the two all-reduces that gather the bases are not included).
 """
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -153,13 +158,77 @@ def host_targets_resnet50(conv_weights, partial_k, repeats, group_size=2):
             "fidelity": fidelity}
 
 
+def update_in_tree(tree, repeats):
+    """Run benchmarks/rpg_update_time.py (of this tree) with ``tree``'s code; its JSON result."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rpg_update_time.py")
+    env = dict(os.environ, PYTHONPATH=tree, GLOG_v="4")
+    proc = subprocess.run([sys.executable, script, str(repeats)], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"rpg_update_time.py failed in {tree}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def update_before_after(revision, repeats, rounds):
+    """One mask update (ResNet-50) with the code of ``revision`` and with this tree's, in separate
+    processes, alternating ``rounds`` times; median over all timed updates of each."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as scratch:
+        before_tree = os.path.join(scratch, "before")
+        subprocess.run(["git", "-C", root, "worktree", "add", "--detach", before_tree, revision],
+                       check=True, capture_output=True)
+        try:
+            runs = {"before": [], "after": []}
+            for _ in range(rounds):
+                runs["before"].append(update_in_tree(before_tree, repeats))
+                runs["after"].append(update_in_tree(root, repeats))
+        finally:
+            subprocess.run(["git", "-C", root, "worktree", "remove", "--force", before_tree],
+                           capture_output=True)
+    result = {"revision": revision, "repeats": repeats, "rounds": rounds, "runs": runs}
+    for side in ("before", "after"):
+        times = [t for run in runs[side] for t in run["times_s"]]
+        result[side] = {"median_s": float(np.median(times)), "times_s": times,
+                        "max_per_tensor": runs[side][-1]["max_per_tensor"]}
+    return result
+
+
+def update_markdown(result):
+    rows = "\n".join(
+        f"| {side} ({result['revision'] if side == 'before' else 'this tree'}) | "
+        f"{result[side]['median_s']:.2f} | {result[side]['max_per_tensor']['weight_reads']} / "
+        f"{result[side]['max_per_tensor']['weight_writes']} | "
+        f"{result[side]['max_per_tensor']['mask_writes']} | "
+        f"{result[side]['max_per_tensor']['momentum_reads']} / "
+        f"{result[side]['max_per_tensor']['momentum_writes']} |" for side in ("before", "after"))
+    return f"""
+## One mask update before and after the engine refactor, ResNet-50 (3x224x224, batch 32)
+Separate processes with each tree's code, alternating, {result['rounds']} rounds x {result['repeats']}
+timed updates each (after one untimed compile), median. Transfers: the most calls of
+`asnumpy` (device -> host) / `set_data` (host -> device) on any one tensor during one update.
+
+| code | update (s) | weight reads / writes | mask writes | momentum reads / writes |
+|---|---|---|---|---|
+{rows}
+"""
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--before", default="", help="git revision to time the mask update of, "
+                        "beside this tree's (e.g. the commit before a refactor)")
+    parser.add_argument("--only_update", action="store_true",
+                        help="with --before: only the before/after update timing (merged into the "
+                             "existing results)")
     parser.add_argument("--delta", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--host_repeats", type=int, default=3)
     args = parser.parse_args()
+    before_after = update_before_after(args.before, args.repeats, args.rounds + 1) if args.before else None
+    if args.only_update:
+        write_only_update(before_after, args)
+        return
     cycle = cycle_cost(args.delta, args.rounds)
     big, conv_weights = resnet50_update(args.repeats)
     host = host_targets_resnet50(conv_weights, 0.1, args.host_repeats)
@@ -210,8 +279,26 @@ Same k as the float64 SVD (and the largest target difference relative to max|A_k
 |---|---|---|---|
 {fidelity_rows}
 """
+    if before_after:
+        md += update_markdown(before_after)
     write_results("rpg_cost", {"machine": info, "cycle_resnet20": cycle, "update_resnet50": big,
-                               "host_targets_resnet50": host}, md)
+                               "host_targets_resnet50": host, "update_before_after": before_after}, md)
+
+
+def write_only_update(before_after, args):
+    """Replace the before/after section of the existing results, keep the rest as measured."""
+    if before_after is None:
+        raise SystemExit("--only_update needs --before REV")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rpg_cost")
+    with open(path + ".json", encoding="utf-8") as handle:
+        data = json.load(handle)
+    with open(path + ".md", encoding="utf-8") as handle:
+        md = handle.read().split("\n## One mask update before and after")[0].rstrip() + "\n"
+    data["update_before_after"] = before_after
+    md += update_markdown(before_after) + (f"\nCommand: `python benchmarks/rpg_cost.py --before "
+                                          f"{args.before} --only_update --repeats {args.repeats} "
+                                          f"--rounds {args.rounds}`\n")
+    write_results("rpg_cost", data, md)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Wall time of one RPG mask update on ResNet-50 (3x224x224, batch 32, random data), with the code
+of the source tree this process runs in (the current directory), and how often each masked weight,
+its mask and its momentum crossed between host and device during the update.
+
+    python benchmarks/rpg_update_time.py REPEATS        # prints one JSON line
+
+Run by ``benchmarks/rpg_cost.py --before REV`` in the current tree and in a checkout of REV, in
+turn, so that both are timed on the same machine in one run.
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
+from common import random_batch, training_setup  # noqa: E402  (the tree being measured)
+
+
+def count_transfers(run):
+    """Call ``run()`` while counting Parameter.asnumpy / set_data calls per parameter name."""
+    from mindspore import Parameter
+    reads, writes = {}, {}
+    real_read, real_write = Parameter.asnumpy, Parameter.set_data
+
+    def read(self):
+        reads[self.name] = reads.get(self.name, 0) + 1
+        return real_read(self)
+
+    def write(self, data, *args, **kwargs):
+        writes[self.name] = writes.get(self.name, 0) + 1
+        return real_write(self, data, *args, **kwargs)
+
+    Parameter.asnumpy, Parameter.set_data = read, write
+    try:
+        run()
+    finally:
+        Parameter.asnumpy, Parameter.set_data = real_read, real_write
+    return reads, writes
+
+
+def main():
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    cfg, _, pruner, _, ctx = training_setup({
+        "net": "resnet50", "in_channels": 3, "image_size": 224, "num_classes": 1000,
+        "batch_size": 32, "prune_method": "rpg", "sparsity": 0.9, "lamb": 0.5, "partial_k": 0.1,
+        "delta": 100}, steps_per_epoch=1000)
+    batch = random_batch(cfg, 32)
+
+    def update():
+        pruner.updates_done = 0           # replay the first update each time
+        pruner.before_step(pruner.update_steps[0], batch, ctx)
+
+    update()                              # compiles the dense-gradient cell
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        update()
+        times.append(time.perf_counter() - start)
+    reads, writes = count_transfers(update)
+    names = pruner.names
+    most = {kind: max(counts.get(prefix + n, 0) for n in names)
+            for kind, counts, prefix in (("weight_reads", reads, ""), ("weight_writes", writes, ""),
+                                         ("mask_writes", writes, "pruning_mask."),
+                                         ("momentum_reads", reads, "moments."),
+                                         ("momentum_writes", writes, "moments."))}
+    print(json.dumps({"times_s": times, "max_per_tensor": most, "masked_tensors": len(names)}))
+
+
+if __name__ == "__main__":
+    main()
