@@ -20,7 +20,7 @@ learning-rate schedule and seed for all methods of a cell):
 - every pruned run: ``--psap_target flops --psap_ratio CUT``; ``pretrained``: additionally
   ``--pre_trained DENSE/last.ckpt --lr_max --pretrained_lr --warmup_epochs 0``.
 Results are read from the files the runs write: eval.json (top-1, params, MACs, inner widths)
-and train.log (per pruning step: protection outcome, regrown filters kept to the end). The
+and metrics.jsonl (per pruning step: protection outcome, regrown filters kept to the end). The
 first seed's networks are exported to MINDIR at batch 1 and 32 and timed in one process per
 network (``measure_latency``: models interleaved, after waiting for a quiet machine).
 
@@ -31,12 +31,12 @@ the JSON.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 
 from common import ROOT, machine_info, write_results
+from src.logs import MetricsFile, read_metrics
 
 DENSE_RECIPE = "resnet20_fashion_mnist.yaml"
 PSAP_RECIPE = "psap_resnet20_fashion_mnist.yaml"
@@ -176,30 +176,32 @@ def run(args, s, export):
     return record
 
 
-STEP_LINE = re.compile(
-    r"psap step (\d+) \(epoch (\d+)(?:, final)?\): .*filters zeroed (\d+)/(\d+).*"
-    r"protected (\d+) \(new (\d+)\), regrew (\d+).*protected at the previous step (\d+): kept "
-    r"(\d+) \(still protected (\d+), won on score (\d+) of (\d+)\)")
-FINAL_LINE = re.compile(r"regrown filters (\d+), kept to the end (\d+)")
-STEP_FIELDS = ("step", "epoch", "zeroed", "filters", "protected", "newly_protected", "regrew",
-               "protected_before", "kept", "still_protected", "won", "competed")
+# the record's name of each field of a per-step row: the "psap_step" event's key for it
+STEP_FIELDS = {"step": "psap_step", "epoch": "epoch", "zeroed": "filters_zeroed",
+               "filters": "filters", "protected": "protected",
+               "newly_protected": "newly_protected", "regrew": "outcome_regrew",
+               "protected_before": "outcome_protected_before", "kept": "outcome_kept",
+               "still_protected": "outcome_still_protected", "won": "outcome_won",
+               "competed": "outcome_competed"}
 
 
 def pruning_log(out):
     """(per pruning step: zeroed, protected, regrew and the outcome of the previous step's
-    protection; {regrown, survived}) parsed from the run's train.log."""
-    path = os.path.join(out, "train.log")
-    steps, regrowth = [], None
-    if not os.path.exists(path):
-        return steps, regrowth
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            match = STEP_LINE.search(line)
-            if match:
-                steps.append(dict(zip(STEP_FIELDS, (int(v) for v in match.groups()))))
-            match = FINAL_LINE.search(line)
-            if match:
-                regrowth = {"regrown": int(match.group(1)), "survived": int(match.group(2))}
+    protection; {regrown, survived} after the final step) from the run's metrics.jsonl."""
+    if not os.path.exists(os.path.join(out, MetricsFile.NAME)):
+        return [], None
+    events = read_metrics(out, "psap_step")
+    steps = []
+    for event in events:
+        # the prunable filter total is not (yet) in the event: None rather than a guess
+        row = {name: event.get(key) if name == "filters" else event[key]
+               for name, key in STEP_FIELDS.items()}
+        row["epoch"] += 1  # the event has the 0-based epoch (ctx.epoch); the records count from 1
+        steps.append(row)
+    # the compact network keeps the final step's filters: its regrowth is the run's
+    final = [e for e in events if e["final"]]
+    regrowth = ({"regrown": final[-1]["regrowth_regrown"],
+                 "survived": final[-1]["regrowth_survived"]} if final else None)
     return steps, regrowth
 
 

@@ -6,7 +6,8 @@
 Runs the Fashion-MNIST RPG recipe (config/rpg_resnet20_fashion_mnist_s90.yaml, batch 128 per
 worker, so 2 workers train with a global batch of 256) for one epoch of ``train_samples`` images,
 first as one process (train.py), then as 2 workers (scripts/run_distribute_train.sh 2 ... CPU).
-From rank 0's log (``log_interval 1``: one line per iteration, with its images/s over all workers):
+From rank 0's metrics.jsonl (``log_interval 1``: one "train" event per iteration, with its
+images/s over all workers, and one "mask_update" event per update):
 
 - training images/s: all images over all time of the ordinary steps, leaving out the first
   ``--warmup`` iterations (graph compilation) and the mask-update iterations;
@@ -21,7 +22,6 @@ retries), records the load before and after each run and the CPU other processes
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -32,10 +32,9 @@ import time
 import numpy as np
 
 from common import ROOT, machine_info, write_results
+from src.logs import read_metrics
 
 RECIPE = "config/rpg_resnet20_fashion_mnist_s90.yaml"
-STEP_LINE = re.compile(r"step (\d+)/(\d+) loss \S+ lr \S+ img/s ([\d.]+)")
-UPDATE_LINE = re.compile(r"rpg mask update \d+/\d+ at step (\d+):")
 
 
 def load1():
@@ -103,15 +102,15 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def parse_log(path, global_batch, warmup):
-    text = open(path, encoding="utf-8").read()
-    rates = {int(m.group(1)): float(m.group(3)) for m in STEP_LINE.finditer(text)}
+def iteration_times(out, global_batch, warmup):
+    """Per-iteration rates and mask updates of a run, from its metrics.jsonl."""
+    rates = {e["step"]: e["images_per_s"] for e in read_metrics(out, "train")}
     # an update "at step u" is done by the iteration logged as step u + 1
-    updates = sorted(int(m.group(1)) + 1 for m in UPDATE_LINE.finditer(text))
+    updates = sorted(e["step"] + 1 for e in read_metrics(out, "mask_update"))
     seconds = {step: global_batch / rate for step, rate in rates.items()}
     ordinary = [s for s in sorted(seconds) if s > warmup and s not in updates]
     if not ordinary:
-        raise SystemExit(f"no steady-state steps in {path}: raise --train_samples")
+        raise SystemExit(f"no steady-state steps in {out}/metrics.jsonl: raise --train_samples")
     step_s = float(np.median([seconds[s] for s in ordinary]))
     update_s = [seconds[s] for s in updates[1:] if s in seconds]
     return {
@@ -151,7 +150,7 @@ def run(workers, args, common, out):
     others = other_cpu_seconds(snapshot, cpu_seconds(), own)
     if proc.returncode != 0:
         raise SystemExit(f"{workers}-worker run failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    result = parse_log(os.path.join(out, "train.log"), args.batch_size * workers, args.warmup)
+    result = iteration_times(out, args.batch_size * workers, args.warmup)
     result.update({"workers": workers, "global_batch": args.batch_size * workers,
                    "wall_s": wall, "load_before": before, "load_after": round(load1(), 2),
                    "other_processes_cpu_cores": others / wall, "command": shown})

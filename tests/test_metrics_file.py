@@ -1,0 +1,87 @@
+"""metrics.jsonl: one JSON object per event, cut back to the checkpoint's step on resume, and
+benchmarks/plot_run.py, which draws a run from it."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import error_lines, run_script
+from src.logs import MetricsFile, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def hand_written_run(directory):
+    """A small RPG-like run: train events, two mask updates, an evaluation."""
+    record = MetricsFile(str(directory))
+    for step in range(1, 9):
+        record({"event": "train", "step": step, "epoch": 1, "loss": 2.5 - 0.1 * step,
+                "lr": 0.01 * step, "images_per_s": 100.0, "sparsity": 0.5 if step > 3 else 0.0})
+        if step in (3, 6):
+            record({"event": "mask_update", "method": "rpg", "update": step // 3, "updates": 2,
+                    "step": step, "target_density": 0.5 if step == 3 else 0.1,
+                    "sparsity": 0.5 if step == 3 else 0.9, "drop_fraction": 0.1, "regrown": 7})
+    record({"event": "eval", "step": 8, "epoch": 1, "counted_as_best": True, "top1": 0.42,
+            "top5": 0.9, "loss": 1.7, "sparsity": 0.9})
+    return record.path
+
+
+def test_one_json_line_per_event(tmp_path):
+    record = MetricsFile(str(tmp_path))
+    record({"event": "train", "step": 1, "loss": np.float32(0.5), "images_per_s": 10.0})
+    record({"event": "eval", "step": 1, "top1": np.float64(0.25)})
+    with open(record.path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first == {"event": "train", "step": 1, "loss": 0.5, "images_per_s": 10.0}
+    assert second["top1"] == 0.25                        # NumPy scalars become plain numbers
+    assert [e["event"] for e in read_metrics(str(tmp_path))] == ["train", "eval"]
+    assert read_metrics(str(tmp_path), "eval") == [second]
+
+
+def test_disabled_file_writes_nothing(tmp_path):
+    record = MetricsFile(str(tmp_path), enabled=False)   # a data-parallel worker other than rank 0
+    record({"event": "train", "step": 1})
+    record.truncate_after(0)
+    assert not os.path.exists(record.path)
+
+
+def test_truncate_after_drops_the_events_of_later_steps(tmp_path):
+    path = hand_written_run(tmp_path)
+    record = MetricsFile(str(tmp_path))
+    record.truncate_after(6)                              # resume from the checkpoint of step 6
+    kept = read_metrics(str(tmp_path))
+    assert max(e["step"] for e in kept) == 6
+    assert [e["step"] for e in kept if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in kept if e["event"] == "mask_update"] == [3, 6]
+    record({"event": "train", "step": 7})                 # the repeated part is appended again
+    assert [e["step"] for e in read_metrics(str(tmp_path))][-2:] == [6, 7]
+    assert not [name for name in os.listdir(tmp_path) if name != os.path.basename(path)]
+
+
+def test_plot_run_draws_a_png(tmp_path):
+    hand_written_run(tmp_path)
+    out = tmp_path / "picture.png"
+    proc = run_script("benchmarks/plot_run.py", tmp_path, "--out", out, timeout=120)
+    assert f"wrote {out}" in proc.stdout
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    run_script("benchmarks/plot_run.py", tmp_path, timeout=120)      # default: OUTPUT_DIR/run.png
+    assert (tmp_path / "run.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "picture.png", "run.png"]
+
+
+@pytest.mark.parametrize("case", ["no folder", "no file", "empty file", "not JSON"])
+def test_plot_run_refuses_bad_input_in_one_line(tmp_path, case):
+    run = tmp_path / "run"
+    if case != "no folder":
+        run.mkdir()
+    if case in ("empty file", "not JSON"):
+        (run / "metrics.jsonl").write_text("" if case == "empty file" else "step 1 loss 2.3\n")
+    proc = run_script("benchmarks/plot_run.py", run, check=False, timeout=120)
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (run / "run.png").exists()
