@@ -177,7 +177,7 @@ def run(args, s, export):
 
 
 # the record's name of each field of a per-step row: the "psap_step" event's key for it
-STEP_FIELDS = {"step": "psap_step", "epoch": "epoch", "zeroed": "filters_zeroed",
+STEP_FIELDS = {"step": "psap_step", "epoch": "epoch", "zeroed": "zeroed_filters",
                "filters": "filters", "protected": "protected",
                "newly_protected": "newly_protected", "regrew": "outcome_regrew",
                "protected_before": "outcome_protected_before", "kept": "outcome_kept",
@@ -193,11 +193,7 @@ def pruning_log(out):
     events = read_metrics(out, "psap_step")
     steps = []
     for event in events:
-        # the prunable filter total is not (yet) in the event: None rather than a guess
-        row = {name: event.get(key) if name == "filters" else event[key]
-               for name, key in STEP_FIELDS.items()}
-        row["epoch"] += 1  # the event has the 0-based epoch (ctx.epoch); the records count from 1
-        steps.append(row)
+        steps.append({name: event[key] for name, key in STEP_FIELDS.items()})
     # the compact network keeps the final step's filters: its regrowth is the run's
     final = [e for e in events if e["final"]]
     regrowth = ({"regrown": final[-1]["regrowth_regrown"],

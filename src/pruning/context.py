@@ -78,7 +78,8 @@ class TrainContext:
     # --- structured records --------------------------------------------------------------------
     def record(self, event):
         """Hand an event (a dict with an "event" name) to every recorder (train.py writes them to
-        metrics.jsonl)."""
-        event = dict(event, step=event.get("step", self.step), epoch=event.get("epoch", self.epoch))
+        metrics.jsonl). ``step`` defaults to the current iteration, ``epoch`` to the current epoch
+        counted from 1 (as in the log lines)."""
+        event = dict(event, step=event.get("step", self.step), epoch=event.get("epoch", self.epoch + 1))
         for recorder in self.recorders:
             recorder(event)

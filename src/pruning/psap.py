@@ -392,6 +392,6 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
             outcome["protected_before"], outcome["kept"], outcome["still_protected"],
             outcome["won"], outcome["competed"], regrowth["regrown"], regrowth["survived"])
         return {"event": "psap_step", "psap_step": self.steps_done, "final": final, "target": target,
-                "filters_zeroed": zeroed, "macs_removed": removed, "protected": protected,
+                "zeroed_filters": zeroed, "filters": total, "macs_removed": removed, "protected": protected,
                 "newly_protected": int(newly_protected), **{f"outcome_{k}": v for k, v in outcome.items()},
                 **{f"regrowth_{k}": v for k, v in regrowth.items()}}
