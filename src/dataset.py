@@ -64,6 +64,14 @@ def dataset_info(dataset):
     return dict(_INFO[dataset])
 
 
+def input_shape(cfg, batch=1):
+    """The network's input shape for a recipe: (batch, in_channels, size, size), size being
+    image_size or the data set's native size (what the pipelines deliver; the one place this is
+    derived)."""
+    size = cfg.image_size or dataset_info(cfg.dataset)["image_size"]
+    return (batch, cfg.in_channels, size, size)
+
+
 def create_dataset(dataset, data_path, training, batch_size, image_size=None, eval_resize=256,
                    num_samples=0, num_shards=1, shard_id=0, num_parallel_workers=2,
                    crop_padding=4, seed=42, drop_remainder=None, path_key="data_path"):

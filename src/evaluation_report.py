@@ -1,7 +1,7 @@
 """What eval.py reports about a checkpoint: top-1, top-5, loss, sparsity, parameters and FLOPs
 (MACs) of the evaluated and the dense network, and what pruning did to it: the kept widths of a
 compact PSAP network, or the per-layer density and rank of a sparse one (table, optional plot)."""
-from src.dataset import batches
+from src.dataset import input_shape
 from src.metrics import evaluate
 from src.models import build_network, default_inner_widths
 from src.models.flops import count_macs_params
@@ -15,10 +15,9 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
     result = evaluate(net, data, cfg.label_smoothing)
     params = {p.name: p.asnumpy() for p in net.trainable_params()}
     result["sparsity"] = sparsity_of([params[n] for n in prunable_weight_names(net)])
-    image_shape = next(batches(data))[0].shape
-    input_shape = (1,) + tuple(image_shape[1:])
-    result["flops"], result["params"] = count_macs_params(net, input_shape)
-    result["dense_flops"], result["dense_params"] = count_macs_params(build_network(cfg), input_shape)
+    shape = input_shape(cfg)
+    result["flops"], result["params"] = count_macs_params(net, shape)
+    result["dense_flops"], result["dense_params"] = count_macs_params(build_network(cfg), shape)
 
     log(f"checkpoint {ckpt}  ({cfg.net}, {result['samples']} images)")
     log(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}  "

@@ -86,10 +86,9 @@ def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batc
         return
     import numpy as np
     from mindspore import Tensor
-    from src.dataset import dataset_info
-    size = cfg.image_size or dataset_info(cfg.dataset)["image_size"]
+    from src.dataset import input_shape
     rng = np.random.default_rng(cfg.seed)
-    shape = (batch, cfg.in_channels, size, size)
+    shape = input_shape(cfg, batch)
     sample = Tensor(rng.standard_normal(shape).astype(np.float32))
     final = file_name + FORMATS[file_format]
     verify = (lambda tmp: verify_mindir(tmp, net, sample, shown=final)) \

@@ -21,7 +21,7 @@ import mindspore as ms
 
 from src import checkpoint, run_record
 from src.config import ConfigError
-from src.dataset import batches, create_dataset, split_path
+from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
 from src.errors import TrainingError
 from src.interrupt import STOP, Interrupted
@@ -72,9 +72,8 @@ class Trainer:
             load_pretrained(self.net, cfg.pre_trained, self.logger)
         elif cfg.scratch_warning and not cfg.resume_ckpt:
             self.logger.warning(f"warning: training from scratch (no pre_trained): {cfg.scratch_warning}")
-        image_shape = next(batches(self.train_data))[0].shape
         self.session = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
-                                            (1,) + tuple(image_shape[1:]))
+                                            input_shape(cfg))
         self.pruner, self.lrs = self.session.pruner, self.session.lrs
         self.optimizer, self.train_step, self.ctx = (self.session.optimizer, self.session.train_step,
                                                      self.session.ctx)

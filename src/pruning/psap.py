@@ -208,11 +208,8 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
 
     def _geometry(self, input_shape):
         if input_shape is None:
-            size = self.cfg.image_size
-            if not size:
-                from src.dataset import dataset_info
-                size = dataset_info(self.cfg.dataset)["image_size"]
-            input_shape = (1, self.cfg.in_channels, size, size)
+            from src.dataset import input_shape as recipe_input_shape
+            input_shape = recipe_input_shape(self.cfg)
         shape = tuple(int(v) for v in input_shape)
         if self._records is None or shape != self._records_shape:
             self._records = layer_records(self.net, shape)
