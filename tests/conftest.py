@@ -50,6 +50,26 @@ def fashion_dir(tmp_path_factory):
     return write_fake_fashion_mnist(str(tmp_path_factory.mktemp("fashion")))
 
 
+def _execution_mode(mode_name):
+    """Run the test in MindSpore's ``mode_name`` (PYNATIVE_MODE / GRAPH_MODE), then restore the
+    caller's mode."""
+    import mindspore as ms
+    previous = ms.get_context("mode")
+    ms.set_context(mode=getattr(ms, mode_name))
+    yield
+    ms.set_context(mode=previous)
+
+
+@pytest.fixture
+def pynative():
+    yield from _execution_mode("PYNATIVE_MODE")
+
+
+@pytest.fixture
+def graph_mode():
+    yield from _execution_mode("GRAPH_MODE")
+
+
 def run_script(*args, check=True, timeout=600):
     """Run ``python <script> args`` from the project root; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONWARNINGS="ignore")

@@ -26,22 +26,6 @@ from tests.rank_reference import low_rank_target_numpy, rank_loss_numpy, svd_tar
 SHAPES = [(8, 4, 3, 3), (16, 8, 1, 1), (6, 3, 7, 7), (32, 16, 1, 1), (5, 40)]
 
 
-@pytest.fixture
-def pynative():
-    old = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=old)
-
-
-@pytest.fixture
-def graph_mode():
-    old = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=old)
-
-
 def _weights(seed, shapes=SHAPES, dtype=np.float32):
     rng = np.random.default_rng(seed)
     return [(rng.standard_normal(s) * 0.1).astype(dtype) for s in shapes]

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from src.pruning.schedules import (
-    cubic_sparsity, drop_fraction, exponential_density, gmp_update_steps, rpg_densities,
+    cubic_sparsity, drop_fraction, exponential_density, gmp_update_steps, ExponentialSchedule,
     rpg_update_steps)
 
 
@@ -144,6 +144,13 @@ def test_rpg_update_steps_known_cases():
     steps, big_r = rpg_update_steps(total, 100, 0.901, 0.9)
     assert big_r == int(0.9 * total) // 100 == 1125
     assert steps[-1] == 112700 and len(steps) == 1127
+
+
+def rpg_densities(total_steps, delta, t_end_percent, iterative_t_end_percent, final_density):
+    """{update step: target density} of a whole RPG run, through the schedule object the method uses."""
+    schedule = ExponentialSchedule(total_steps, delta, t_end_percent, iterative_t_end_percent,
+                                   final_density, alpha=0.3)
+    return {t: schedule.density(j, t) for j, t in enumerate(schedule.update_steps, start=1)}
 
 
 def test_rpg_densities_map():

@@ -1,21 +1,12 @@
 """Physical filter removal: which convs are prunable, and exact equality of compact and masked nets."""
 import numpy as np
 import mindspore as ms
-import pytest
 
 from src.config import build_config
 from src.models import build_network
 from src.pruning.surgery import (compact_network, plan_removal, prunable_filter_convs,
                                  prunable_layers)
 
-
-@pytest.fixture
-def pynative():
-    """Forward passes here run eagerly; the caller's execution mode is restored afterwards."""
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 def _randomise_bn(net, rng):

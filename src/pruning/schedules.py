@@ -143,16 +143,6 @@ def rpg_update_steps(total_steps, delta, t_end_percent, iterative_t_end_percent)
     return update_steps, total_updates
 
 
-def rpg_densities(total_steps, delta, t_end_percent, iterative_t_end_percent, final_density):
-    """Convenience: {update_step: target density} for a whole RPG run.
-
-    The j-th update (1-based) gets exponential_density(j, final_density, R); the last one is
-    exactly ``final_density`` (see :func:`rpg_update_steps`).
-    """
-    steps, big_r = rpg_update_steps(total_steps, delta, t_end_percent, iterative_t_end_percent)
-    return {t: exponential_density(j, final_density, big_r) for j, t in enumerate(steps, start=1)}
-
-
 def gmp_update_steps(begin_step, end_step, frequency):
     """GMP mask-update steps: begin, begin + freq, ... (< end), and always end_step last.
 

@@ -34,8 +34,3 @@ def mask_update(weights, target_masks, grow_scores=None, fraction=0.0):
         masks[name] = mask
     return masks, new_weights, regrown
 
-
-def density_of(masks):
-    """Fraction of True entries over a dict of boolean masks."""
-    total = sum(m.size for m in masks.values())
-    return sum(int(np.count_nonzero(m)) for m in masks.values()) / total if total else 1.0
