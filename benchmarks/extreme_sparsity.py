@@ -1,0 +1,226 @@
+"""Where the rank loss pays: GMP, RigL-ERK, RPG without the rank loss (lamb 0) and RPG at extreme
+sparsity on Fashion-MNIST, several seeds, with the rank evidence per layer group.
+
+    python benchmarks/extreme_sparsity.py --data_path DIR [--nets resnet20 resnet32x2]
+        [--sparsities 98 99.5] [--seeds 1 2 3] [--train_samples 8000 --epochs 4 --delta 16]
+
+Each run is `train.py` + `eval.py --json_out` (the full 10,000-image test set) + statistics of
+its last.ckpt per layer group (stem, 3x3 convs, 1x1 / downsample convs, FC): numerical and
+effective rank relative to full rank, and the fraction of all-zero rows (dead output channels)
+and all-zero columns (inputs no weight reads), the mechanism of rank collapse. Runs are kept
+under --work_dir and skipped when the script is started again (an interrupted benchmark
+continues; add seeds later the same way). Results: benchmarks/results/extreme_sparsity.{json,md,png}.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from common import ROOT, machine_info, write_results
+
+METHODS = {  # label: (recipe prefix, extra overrides)
+    "GMP": ("gmp", []),
+    "RigL-ERK": ("rigl_erk", []),
+    "RPG lamb=0": ("rpg", ["--lamb", "0"]),
+    "RPG": ("rpg", []),
+}
+NETS = {"resnet20": [], "resnet32x2": ["--net", "resnet32", "--width_multiplier", "2"]}
+GROUPS = ("stem", "3x3", "1x1/downsample", "FC")
+NOT_NETWORK = ("pruning_mask.", "moments.", "rpg_rank.", "grad_energy.")
+
+
+def recipe_for(prefix):
+    """Every method's Fashion-MNIST recipe at 98 % (RigL's at 90 %); --sparsity sets the target."""
+    name = f"{prefix}_resnet20_fashion_mnist_s98.yaml"
+    if not os.path.exists(os.path.join(ROOT, "config", name)):
+        name = f"{prefix}_resnet20_fashion_mnist_s90.yaml"
+    return os.path.join(ROOT, "config", name)
+
+
+def run_dir(args, net, sparsity, label, seed):
+    tag = f"{net}_s{sparsity:g}_{label.replace(' ', '_').replace('=', '')}_seed{seed}"
+    return os.path.join(args.work_dir, tag)
+
+
+def run(args, net, sparsity, label, seed):
+    """Train + evaluate + layer-group statistics of one setting (cached in result.json)."""
+    out = run_dir(args, net, sparsity, label, seed)
+    result_path = os.path.join(out, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as handle:
+            return json.load(handle)
+    prefix, extra = METHODS[label]
+    recipe = recipe_for(prefix)
+    interval = ["--gmp_frequency" if prefix == "gmp" else "--delta", str(args.delta)]
+    common = ["--data_path", args.data_path, "--output_dir", out, "--epoch_size", str(args.epochs),
+              "--train_samples", str(args.train_samples), "--seed", str(seed),
+              "--sparsity", str(sparsity / 100), "--log_interval", "50", "--eval_interval", "0"]
+    start = time.time()
+    subprocess.run([sys.executable, "train.py", "--config_path", recipe, *common, *extra, *interval,
+                    *NETS[net]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.time() - start
+    eval_path = os.path.join(out, "eval.json")
+    subprocess.run([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,
+                    "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", eval_path, *NETS[net]],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    with open(eval_path, encoding="utf-8") as handle:
+        evaluation = json.load(handle)
+    result = {"net": net, "sparsity_target": sparsity / 100, "method": label, "seed": seed,
+              "top1": evaluation["top1"], "top5": evaluation["top5"],
+              "sparsity": evaluation["sparsity"], "train_seconds": seconds,
+              "groups": group_statistics(os.path.join(out, "last.ckpt"))}
+    with open(result_path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    os.replace(result_path + ".tmp", result_path)
+    print(f"{net} {sparsity:g} % {label} seed {seed}: top1 {result['top1']:.4f} "
+          f"sparsity {result['sparsity']:.4f} ({seconds:.0f} s)", flush=True)
+    return result
+
+
+def group_of(name, shape):
+    if len(shape) == 2:
+        return "FC"
+    if name == "conv1.weight":
+        return "stem"
+    return "1x1/downsample" if shape[2] == 1 and shape[3] == 1 else "3x3"
+
+
+def layer_statistics(weight):
+    """Relative numerical and effective rank of the (C_out, C_in*k*k) matrix, zero rows/columns."""
+    sys.path.insert(0, ROOT)
+    from src.report import effective_rank, numerical_rank
+    matrix = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    full = min(matrix.shape)
+    rank = numerical_rank(matrix) if np.any(matrix) else 0
+    return {"relative_rank": rank / full, "relative_effective_rank": effective_rank(matrix) / full,
+            "zero_rows": float(np.mean(~matrix.any(axis=1))),
+            "zero_columns": float(np.mean(~matrix.any(axis=0))), "size": int(matrix.size)}
+
+
+def group_statistics(ckpt):
+    """Per layer group: the statistics averaged over its layers (unweighted), and the layer count."""
+    sys.path.insert(0, ROOT)
+    from src import checkpoint
+    params, _, _ = checkpoint.load(ckpt)
+    per_group = {g: [] for g in GROUPS}
+    for name, value in params.items():
+        array = np.asarray(value)
+        # the training state beside the network's weights: masks, momentum, rank-loss targets
+        if name.startswith(NOT_NETWORK) or not name.endswith("weight") or array.ndim not in (2, 4):
+            continue
+        per_group[group_of(name, array.shape)].append(layer_statistics(array))
+    summary = {}
+    for group, layers in per_group.items():
+        if layers:
+            summary[group] = {key: float(np.mean([layer[key] for layer in layers]))
+                              for key in ("relative_rank", "relative_effective_rank", "zero_rows",
+                                          "zero_columns")}
+            summary[group]["layers"] = len(layers)
+    return summary
+
+
+def aggregate(results):
+    """{(net, sparsity, method): mean / std / min / max of top-1 and the group statistics}."""
+    table = {}
+    for r in results:
+        table.setdefault((r["net"], r["sparsity_target"], r["method"]), []).append(r)
+    rows = []
+    for (net, sparsity, method), runs in sorted(table.items()):
+        top1 = np.array([r["top1"] for r in runs])
+        groups = {}
+        for group in GROUPS:
+            present = [r["groups"][group] for r in runs if group in r["groups"]]
+            if present:
+                groups[group] = {k: float(np.mean([p[k] for p in present])) for k in present[0]}
+        rows.append({"net": net, "sparsity_target": sparsity, "method": method, "seeds": len(runs),
+                     "top1_mean": float(top1.mean()), "top1_std": float(top1.std(ddof=1)) if len(runs) > 1 else 0.0,
+                     "top1_min": float(top1.min()), "top1_max": float(top1.max()),
+                     "top1_runs": [float(t) for t in top1], "groups": groups})
+    return rows
+
+
+def markdown(rows, command, args):
+    lines = ["# Extreme sparsity on Fashion-MNIST: GMP, RigL-ERK, RPG lamb=0, RPG", "",
+             f"Command: `{command}`", "",
+             f"Every run: the first {args.train_samples} training images, {args.epochs} epochs, mask "
+             f"update every {args.delta} iterations (GMP: same frequency), evaluated on the full "
+             "10,000-image test set; seeds as listed. top-1 as mean +- sample std over seeds "
+             "(min..max). Ranks are of the (C_out, C_in*k*k) matrix relative to full rank, "
+             "averaged over the layers of the group; zero rows = output channels with no weight "
+             "left, zero columns = inputs no weight reads.", ""]
+    for net in dict.fromkeys(r["net"] for r in rows):
+        lines += [f"## {net}", "", "| sparsity | method | seeds | top-1 (%) | " +
+                  " | ".join(f"{g}: eff. rank / num. rank / zero rows / zero cols" for g in GROUPS) + " |",
+                  "|---|---|---|---|" + "---|" * len(GROUPS)]
+        for r in (r for r in rows if r["net"] == net):
+            cells = []
+            for group in GROUPS:
+                g = r["groups"].get(group)
+                cells.append("-" if g is None else f"{g['relative_effective_rank']:.3f} / "
+                             f"{g['relative_rank']:.3f} / {g['zero_rows']:.2f} / {g['zero_columns']:.2f}")
+            lines.append(f"| {100 * r['sparsity_target']:g} % | {r['method']} | {r['seeds']} | "
+                         f"{100 * r['top1_mean']:.2f} +- {100 * r['top1_std']:.2f} "
+                         f"({100 * r['top1_min']:.1f}..{100 * r['top1_max']:.1f}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("![top-1 and 3x3 effective rank against sparsity](extreme_sparsity.png)")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    nets = list(dict.fromkeys(r["net"] for r in rows))
+    fig, axes = plt.subplots(len(nets), 2, figsize=(12, 4 * len(nets)), squeeze=False)
+    for row_axes, net in zip(axes, nets):
+        for method in METHODS:
+            points = sorted((r["sparsity_target"], r) for r in rows if r["net"] == net and r["method"] == method)
+            if not points:
+                continue
+            xs = [100 * s for s, _ in points]
+            row_axes[0].errorbar(xs, [100 * r["top1_mean"] for _, r in points],
+                                 yerr=[100 * r["top1_std"] for _, r in points], marker="o",
+                                 capsize=3, label=method)
+            row_axes[1].plot(xs, [r["groups"].get("3x3", {}).get("relative_effective_rank", np.nan)
+                                  for _, r in points], marker="o", label=method)
+        row_axes[0].set_ylabel(f"{net}: top-1 (%), mean +- std")
+        row_axes[1].set_ylabel(f"{net}: 3x3 convs, relative effective rank")
+        for ax in row_axes:
+            ax.set_xlabel("sparsity (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--nets", nargs="+", default=["resnet20"], choices=list(NETS))
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[98, 99.5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--train_samples", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--delta", type=int, default=16)
+    parser.add_argument("--work_dir", default=os.path.join(ROOT, "output", "bench_extreme"))
+    args = parser.parse_args()
+    results = [run(args, net, sparsity, method, seed) for net in args.nets
+               for sparsity in args.sparsities for method in args.methods for seed in args.seeds]
+    rows = aggregate(results)
+    command = (f"python benchmarks/extreme_sparsity.py --data_path DIR --nets {' '.join(args.nets)} "
+               f"--sparsities {' '.join(f'{s:g}' for s in args.sparsities)} --seeds "
+               f"{' '.join(map(str, args.seeds))} --methods {' '.join(repr(m) if ' ' in m else m for m in args.methods)} "
+               f"--train_samples {args.train_samples} --epochs {args.epochs} --delta {args.delta}")
+    png = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.png")
+    plot(rows, png)
+    write_results("extreme_sparsity", {"machine": machine_info(), "command": command, "rows": rows,
+                                       "runs": results}, markdown(rows, command, args))
+
+
+if __name__ == "__main__":
+    main()
