@@ -149,8 +149,13 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.output_dir, "run.png")
+    return write_reported(lambda: plot_run(events, out, title_of(args.output_dir, events)), out)
+
+
+def write_reported(write, out):
+    """Run ``write()``, which writes ``out``: "wrote OUT" and 0, or one error line and 1."""
     try:
-        plot_run(events, out, title_of(args.output_dir, events))
+        write()
     except OutputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -81,10 +81,10 @@ MUTANTS = [
       "            if verify is not None:\n                verify(tmp)\n    finally:",
       "        if verify is not None:\n            verify(final)\n    finally:",
       "tests/test_export.py::test_failed_verification_exits_1_and_keeps_the_earlier_file"),
-    m("rpg_no_finite_loss_check", "src/pruning/rpg.py",
-      '        require_finite_loss(task, step + 1, " (an RPG mask update)")', "        pass",
+    m("rpg_no_finite_loss_check", "src/pruning/drop_grow.py",
+      '        require_finite_loss(task, step + 1, f" ({self.update_label})")', "        pass",
       f"{RPG_T}::test_nan_loss_at_a_mask_update_changes_nothing"),
-    m("rpg_no_finite_gradient_check", "src/pruning/rpg.py",
+    m("rpg_no_finite_gradient_check", "src/pruning/drop_grow.py",
       "        if bad:  # a NaN input can leave the loss finite", "        if False:  # a NaN input can leave the loss finite",
       f"{RPG_T}::test_nan_gradient_with_finite_loss_at_a_mask_update_changes_nothing"),
     m("checkpoint_crc_not_checked", "src/checkpoint.py",
@@ -191,6 +191,16 @@ MUTANTS = [
     m("ctrl_c_kills_without_a_checkpoint", "src/interrupt.py",
       "            signal.signal(sig, self._handle)", "            pass",
       "tests/test_interruption.py::test_ctrl_c_saves_and_resume_matches_uninterrupted"),
+    # --- issue 10: the RigL family and RPG's remaining knobs ----------------------------------
+    m("erk_never_makes_a_layer_dense", "src/pruning/distributions.py",
+      "        if top * eps <= 1.0:", "        if True:",
+      "tests/test_rigl.py::test_erk_densities_follow_rigl_formula"),
+    m("static_topology_regrows", "src/pruning/rigl.py",
+      'self.final_density, cfg.alpha, cfg.grow_rule != "none")', "self.final_density, cfg.alpha, True)",
+      "tests/test_rigl.py::test_static_topology_never_changes"),
+    m("sparsity_thres_ignored", "src/pruning/rpg.py",
+      "        if not self.thresholded:\n            return\n", "        return\n",
+      "tests/test_rpg_pruner.py::test_sparsity_thres_keeps_the_rank_loss_to_sparse_layers"),
 ]
 
 

@@ -77,10 +77,26 @@ def global_magnitude_masks(weights, density):
 def layer_magnitude_masks(weights, density):
     """Per-layer magnitude masks: layer l keeps exactly k_l = round(density * N_l) weights."""
     density = _check_density(density)
+    return layer_masks_at(weights, {name: density for name in weights})
+
+
+def layer_masks_at(weights, densities):
+    """Per-layer magnitude masks at per-layer densities ({name: density}, e.g. ERK's): layer l
+    keeps exactly round(densities[l] * N_l) weights, the largest |w|."""
     masks = {}
     for name, w in weights.items():
         m = _magnitudes(name, w)
-        masks[name] = _top_k_mask(m, round(density * m.size))
+        masks[name] = _top_k_mask(m, round(_check_density(densities[name]) * m.size))
+    return masks
+
+
+def random_layer_masks(shapes, densities, rng):
+    """Random masks ({name: shape}, {name: density}, a numpy Generator): layer l keeps exactly
+    round(densities[l] * N_l) positions drawn uniformly (RigL's random initial masks)."""
+    masks = {}
+    for name, shape in shapes.items():
+        count = round(_check_density(densities[name]) * int(np.prod(shape)))
+        masks[name] = _top_k_mask(rng.random(shape), count)
     return masks
 
 

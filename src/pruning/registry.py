@@ -7,6 +7,7 @@ the loop or the train step.
 from src.pruning.base import Pruner
 from src.pruning.gmp import GMPPruner
 from src.pruning.psap import PSAPPruner
+from src.pruning.rigl import RigLPruner
 from src.pruning.rpg import RPGPruner
 
 METHODS = {}
@@ -20,7 +21,7 @@ def register(method):
     return method
 
 
-for _method in (Pruner, GMPPruner, RPGPruner, PSAPPruner):
+for _method in (Pruner, GMPPruner, RPGPruner, RigLPruner, PSAPPruner):
     register(_method)
 
 

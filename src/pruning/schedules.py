@@ -1,4 +1,4 @@
-"""Density / sparsity schedules of RPG and GMP (pure Python, no framework).
+"""Density / sparsity schedules of RPG, GMP and the RigL family (pure Python, no framework).
 
 Conventions used throughout:
 
@@ -179,6 +179,26 @@ class ExponentialSchedule:
 
     def density(self, index, step):
         return exponential_density(index, self.final_density, self.total_updates)
+
+    def drop_fraction(self, step):
+        return drop_fraction(step, self.alpha, self.t_end)
+
+
+class ConstantSchedule:
+    """RigL / SET's schedule: the final density from the first mask on (at step 0, before any
+    training), then drop-and-grow every ``delta`` iterations before T_end with the cosine drop
+    fraction; ``regrow=False`` (a static topology) keeps only the first mask."""
+
+    def __init__(self, total_steps, delta, t_end_percent, final_density, alpha, regrow=True):
+        delta = _check_int("delta", delta, 1)
+        self.t_end = t_end_step(_check_fraction("t_end_percent", t_end_percent, low_open=True),
+                                _check_int("total_steps", total_steps, 1))
+        self.update_steps = [0] + (list(range(delta, self.t_end, delta)) if regrow else [])
+        self.final_density = final_density
+        self.alpha = alpha
+
+    def density(self, index, step):
+        return self.final_density
 
     def drop_fraction(self, step):
         return drop_fraction(step, self.alpha, self.t_end)
