@@ -79,12 +79,13 @@ def test_best_accuracy_counts_only_after_the_last_update():
         [False, False, False, False, True, True]
 
 
-def _prune_to(ctx, names, sparsity):
-    """Global magnitude pruning to the given sparsity, written into the network."""
+def _prune_to(pruner, ctx, names, sparsity):
+    """Global magnitude pruning to the given sparsity, written into the network and its masks."""
     weights = {n: w.copy() for n, w in ctx.get_weights(names).items()}
     flat = np.concatenate([np.abs(w).reshape(-1) for w in weights.values()])
     threshold = np.sort(flat)[int(round(sparsity * flat.size))]
     ctx.set_weights({n: np.where(np.abs(w) >= threshold, w, 0.0) for n, w in weights.items()})
+    pruner.masks_piece.install({n: np.abs(w) >= threshold for n, w in weights.items()})
     total = sum(w.size for w in weights.values())
     return sum(int((ctx.get_weights([n])[n] == 0).sum()) for n in names) / total
 
@@ -96,11 +97,24 @@ def test_final_sparsity_error_and_its_exit_code(capsys):
     assert stop.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: final sparsity")
-    assert _prune_to(ctx, pruner.names, 0.898) == pytest.approx(0.898, abs=1e-5)
+    assert _prune_to(pruner, ctx, pruner.names, 0.898) == pytest.approx(0.898, abs=1e-5)
     with pytest.raises(FinalSparsityError):         # 0.2 points off: more than the 0.1 allowed
         pruner.on_train_end(ctx)
-    assert _prune_to(ctx, pruner.names, 0.9) == pytest.approx(0.9, abs=1e-5)
+    assert _prune_to(pruner, ctx, pruner.names, 0.9) == pytest.approx(0.9, abs=1e-5)
     pruner.on_train_end(ctx)                        # on target: no error
+    # a weight regrown at 0 that stayed 0 (a dead unit) is kept by its mask: not "over-sparse"
+    masks = pruner.masks()
+    name = pruner.names[3]
+    kept = np.flatnonzero(masks[name])[:5]
+    weight = ctx.get_weights([name])[name].copy()
+    weight.reshape(-1)[kept] = 0.0
+    ctx.set_weights({name: weight})
+    pruner.on_train_end(ctx)
+    # a non-zero weight outside its mask is a broken invariant, never passed silently
+    weight.reshape(-1)[np.flatnonzero(~masks[name])[0]] = 1.0
+    ctx.set_weights({name: weight})
+    with pytest.raises(RuntimeError, match="outside their mask"):
+        pruner.on_train_end(ctx)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -164,10 +164,16 @@ class HardMaskPruner(Pruner):
         self.masks_piece.install(masks)
         self.layer_sparsity = np.array([1.0 - masks[n].mean() for n in self.names])
         sparsity = sparsity_of([m.astype(np.uint8) for m in masks.values()])
+        empty = [n for n, layer_sparsity in zip(self.names, self.layer_sparsity) if layer_sparsity == 1.0]
+        if empty:  # a whole layer cut: the network's output no longer depends on its input
+            self.logger.warning(f"{self.name}: {len(empty)} layer(s) have no weight left at density "
+                                f"{self.target_density:.6f} (first: {empty[0]}); exclude them from "
+                                "pruning (prune_exclude) or lower the sparsity")
+        # before_iteration: the update runs before iteration step + 1, after a checkpoint at step
         event = {"event": "mask_update", "method": self.name, "update": self.updates_done + 1,
-                 "updates": len(self.update_steps), "step": step,
+                 "updates": len(self.update_steps), "step": step, "before_iteration": True,
                  "target_density": self.target_density, "sparsity": sparsity,
-                 "drop_fraction": fraction, "regrown": regrown}
+                 "drop_fraction": fraction, "regrown": regrown, "empty_layers": len(empty)}
         return self.after_update(step, batch, ctx, weights, loss, event)
 
     def after_update(self, step, batch, ctx, weights, loss, event):
@@ -194,12 +200,17 @@ class HardMaskPruner(Pruner):
     def report(self):
         return {"sparsity": self.mask_sparsity()}
 
-    def final_sparsity(self, ctx):
-        """What the final check compares with the target: the share of exact zeros in the weights."""
-        return sparsity_of(ctx.get_weights(self.names).values())
-
     def on_train_end(self, ctx):
-        achieved = self.final_sparsity(ctx)
+        """The masks must hold the target sparsity (within SPARSITY_TOLERANCE) and every weight
+        outside them must be exactly zero. The masks, not the zeros, are the topology: a weight
+        regrown at 0 whose gradient stays 0 (a dead unit) is kept by its mask."""
+        masks = self.masks()
+        achieved = 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
+        weights = ctx.get_weights(self.names)
+        alive = [n for n in self.names if np.any(weights[n][~masks[n]] != 0)]
+        if alive:  # a broken invariant of the train step, not a user error
+            raise RuntimeError(f"{len(alive)} weight tensor(s) have non-zero values outside their "
+                               f"mask (first: {alive[0]})")
         self.logger.info(f"final sparsity {achieved:.6f} over {len(self.names)} prunable weights "
                          f"(target {self.cfg.sparsity:.6f})")
         if abs(achieved - self.cfg.sparsity) > SPARSITY_TOLERANCE:

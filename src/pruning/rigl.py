@@ -105,11 +105,6 @@ class RigLPruner(DropAndGrowPruner):
         grads, task, _ = self.dense_gradient(step, batch, ctx)
         return grads, task
 
-    def final_sparsity(self, ctx):
-        # random (SET) regrowth can land where the gradient is 0 (a dead unit): such a weight
-        # stays exactly 0 inside its mask, so the masks, not the zeros, measure the topology
-        return self.mask_sparsity()
-
     def after_update(self, step, batch, ctx, weights, loss, event):
         event.update(task_loss=loss, grow_rule=self.cfg.grow_rule)
         return super().after_update(step, batch, ctx, weights, loss, event)

@@ -187,7 +187,7 @@ class RPGPruner(DropAndGrowPruner):
                 row["rank"] = numerical_rank(matrix) if np.any(matrix) else 0
             layers.append(row)
         ctx.record({"event": "layer_ranks", "method": self.name, "update": event["update"],
-                    "step": event["step"], "layers": layers})
+                    "step": event["step"], "before_iteration": True, "layers": layers})
 
     def update_details(self, event):
         rank = event["rank_loss"]

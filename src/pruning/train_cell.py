@@ -21,19 +21,27 @@ not finite.
 import mindspore as ms
 from mindspore import nn, ops, ParameterTuple
 
-# optimizer state tensors shaped like their parameter (nn.Momentum: moments; Adam-type: moment1/2)
-STATE_ATTRIBUTES = ("moments", "moment1", "moment2")
+# Optimizer state is named "<slot>.<parameter name>" (nn.Momentum: moments; Adam: moment1/moment2;
+# AdamWeightDecay: adam_m/adam_v; Lamb: lamb_m/lamb_v; SGD: accum; RMSProp: moment/mean_square).
+# SGD's "stat" (a first-step flag, not a running statistic) is left alone.
+NOT_STATE = ("stat",)
 
 
 def optimizer_state(optimizer, names):
-    """{parameter name: [state Parameters shaped like it]} for the named trained parameters."""
-    index = {p.name: i for i, p in enumerate(optimizer.parameters)}
-    missing = [n for n in names if n not in index]
+    """{parameter name: [state Parameters shaped like it]} for the named trained parameters: every
+    optimizer Parameter called "<slot>.<name>" with the parameter's shape."""
+    params = {p.name: p for p in optimizer.parameters}
+    missing = [n for n in names if n not in params]
     if missing:
-        raise ValueError(f"the optimizer does not train {len(missing)} of the pruned parameters "
-                         f"(first: {missing[0]})")
-    tuples = [getattr(optimizer, a) for a in STATE_ATTRIBUTES if hasattr(optimizer, a)]
-    return {n: [t[index[n]] for t in tuples if len(t) == len(index)] for n in names}
+        raise ValueError(f"the optimizer does not train {len(missing)} of the pruned weights (first: "
+                         f"{missing[0]}): give the optimizer every weight to prune, or exclude it")
+    state = {n: [] for n in names}
+    for param in optimizer.get_parameters():
+        slot, _, owner = param.name.partition(".")
+        if owner in state and slot not in NOT_STATE and param is not params[owner] \
+                and tuple(param.shape) == tuple(params[owner].shape):
+            state[owner].append(param)
+    return state
 
 
 def _grad_reducer(params):
