@@ -1,7 +1,7 @@
 """Export a checkpoint for deployment.
 
     python export.py --config_path CONFIG --ckpt FILE --file_format MINDIR|ONNX|AIR|SPARSE --file_name NAME
-                     [--export_batch 1] [--overwrite true]
+                     [--export_batch 1] [--overwrite true] [--fold_bn true|false]
 
 An existing output file is never replaced unless --overwrite true is given, and then only by a
 file that passed its check (MINDIR: outputs compared with the checkpoint network).
@@ -10,12 +10,16 @@ batch (fails above 1e-4 max abs difference). AIR needs an Ascend device. SPARSE 
 weights as values + Elias-Fano coded positions (``NAME.sparse.npz``), reads it back and checks it
 bit-exact.
 A compact PSAP checkpoint exports the genuinely smaller network.
+--fold_bn true (MINDIR, ONNX, AIR; default false) folds every BatchNorm into the conv before it
+(one conv with bias per pair, src/models/fold.py); the MINDIR check then compares the folded file
+with the unfolded checkpoint network. SPARSE stores the checkpoint itself and is never folded.
 """
 from src.cli import run
 from src.config import ConfigError, check_output_path, parse_args, parse_bool_flag
 from src.export_model import FORMATS, ExportError
 
-FLAGS = {"ckpt": "", "file_format": "MINDIR", "file_name": "", "export_batch": "1", "overwrite": "false"}
+FLAGS = {"ckpt": "", "file_format": "MINDIR", "file_name": "", "export_batch": "1", "overwrite": "false",
+         "fold_bn": "false"}
 
 
 def main():
@@ -36,6 +40,10 @@ def main():
     if file_format == "AIR" and cfg.device_target != "Ascend":
         raise ConfigError("AIR export needs an Ascend device (device_target Ascend); "
                           "use MINDIR or ONNX on CPU/GPU")
+    fold_bn = parse_bool_flag("fold_bn", flags["fold_bn"])
+    if fold_bn and file_format == "SPARSE":
+        raise ConfigError("--fold_bn true: SPARSE stores the checkpoint's own weights and is never "
+                          "folded; fold a graph format (MINDIR, ONNX, AIR)")
     check_output_path("--file_name", file_name + FORMATS[file_format],
                       overwrite=parse_bool_flag("overwrite", flags["overwrite"]))
     import mindspore as ms
@@ -48,7 +56,8 @@ def main():
     STOP.restore_default()  # imports are done: from here Ctrl-C interrupts at once
     ms.set_context(mode=ms.GRAPH_MODE)  # export traces the graph whatever the recipe's mode
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
-    export_checkpoint_network(cfg, net, meta, file_format, file_name, flags["ckpt"], batch)
+    export_checkpoint_network(cfg, net, meta, file_format, file_name, flags["ckpt"], batch,
+                              fold_bn)
 
 
 if __name__ == "__main__":

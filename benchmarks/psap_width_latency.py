@@ -1,6 +1,7 @@
 """Does width rounding make latency follow FLOPs? Compact ResNets built straight from widths.
 
     python benchmarks/psap_width_latency.py [--net resnet56] [--cuts 0.4 0.6] [--multiples 1 4 8]
+                                            [--fold_bn]
 
 For every MACs cut, two layer-width profiles of the PSAP allocation (``flops_layer_counts``, the
 function the pruner calls): ``uniform`` (equal layer sparsities: SFP's ratios) and ``adaptive``
@@ -11,8 +12,11 @@ does not depend on the values), exported to MINDIR at batch 1 and 32 and timed i
 with the dense export (``ms.load`` + ``nn.GraphCell``, median of repeated calls, models
 interleaved in rounds; see ``psap_benchmark.measure_latency``). The latency/FLOPs speed-up is
 (dense latency / model latency) / (dense MACs / model MACs): 1.0 means latency follows FLOPs.
+--fold_bn folds every BatchNorm into its conv before export (``src.models.fold``, as
+``export.py --fold_bn true``), the dense network included; the unfolded dense export is timed
+beside them as a reference row (not part of the fit).
 
-Results: benchmarks/results/psap_width_latency[_NET].{json,md}.
+Results: benchmarks/results/psap_width_latency[_NET][_folded].{json,md}.
 """
 import argparse
 import json
@@ -28,12 +32,14 @@ import mindspore as ms  # noqa: E402
 
 from src.config import build_config  # noqa: E402
 from src.models import build_network, default_inner_widths  # noqa: E402
+from src.models.fold import fold_batchnorm  # noqa: E402
 from src.models.flops import count_macs_params, layer_records  # noqa: E402
 from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
 from src.pruning.psap_widths import round_pruned_counts  # noqa: E402
 from src.pruning.surgery import prunable_layers  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)   # Fashion-MNIST
+UNFOLDED = "dense, BN unfolded"   # the reference row of a --fold_bn run
 
 
 def layer_widths(cfg, dense_net, cut, sparsities, multiple):
@@ -75,14 +81,17 @@ def build_models(args, work):
                 widths = layer_widths(cfg, dense, cut, sparsities, multiple)
                 models.append((f"{int(100 * cut)}% {profile} N={multiple}", cut, profile,
                                multiple, build_network(cfg, widths)))
+    if args.fold_bn:
+        models.append((UNFOLDED, None, None, None, dense))
     records = []
     for k, (label, cut, profile, multiple, net) in enumerate(models):
         macs, params = count_macs_params(net, SHAPE)
         widths = [int(layer.weight.shape[0]) for layer in
                   (getattr(b, "conv1") for s in net.stage_names for b in getattr(net, s))]
+        deployed = fold_batchnorm(net) if args.fold_bn and label != UNFOLDED else net
         records.append({"label": label, "cut": cut, "profile": profile, "multiple": multiple,
                         "flops": macs, "params": params, "inner_widths_conv1": widths,
-                        "mindir": {str(b): export(net, b, os.path.join(work, f"m{k}_b{b}"))
+                        "mindir": {str(b): export(deployed, b, os.path.join(work, f"m{k}_b{b}"))
                                    for b in (1, 32)}})
     return records
 
@@ -102,11 +111,12 @@ def speedups(records, latency):
         del r["mindir"]
 
 
-def fixed_cost(runs, batch="32"):
-    """Least-squares fit latency = fixed + per_mmac * MMACs over the models (median latency):
+def fixed_cost(runs, batch="32", stat="median"):
+    """Least-squares fit latency = fixed + per_mmac * MMACs over the models (``stat`` latency):
     the part of the time that does not shrink with the inner widths."""
+    runs = [r for r in runs if r["label"] != UNFOLDED]
     macs = np.array([r["flops"] / 1e6 for r in runs])
-    times = np.array([r["latency"][batch]["median_ms"] for r in runs])
+    times = np.array([r["latency"][batch][f"{stat}_ms"] for r in runs])
     per_mmac, fixed = np.polyfit(macs, times, 1)
     return float(fixed), float(per_mmac)
 
@@ -125,17 +135,48 @@ def findings(data):
                    + ", ".join(parts) + "."
                    + (f" Target missed by more than 1 % (no allowed widths reach it): "
                       f"{', '.join(missed)}." if missed else ""))
-    fixed, slope = fixed_cost(runs)
-    share = fixed / dense["latency"]["32"]["median_ms"]
-    out.append(f"A straight line through all models, batch-32 median latency = {fixed:.1f} ms + "
-               f"{slope:.3f} ms per MMAC, puts {100 * share:.0f} % of the dense network's time in "
-               "a part that does not shrink with the inner widths (e.g. BatchNorm, ReLU and "
-               "additions on the residual streams, which keep their width; per-operator "
-               "overhead). On that line the latency/FLOPs speed-up of a cut c is (1 - c) * (fixed + k M) / (fixed + k M "
-               "(1 - c)), M the dense MMACs: " + ", ".join(
-                   f"{round(100 * c)} % -> {_line_ratio(fixed, slope, dense['flops'] / 1e6, c):.2f}"
-                   for c in data["args"]["cuts"]) + ", whatever the widths are rounded to.")
+    out += _target_sentences(runs)
+    if data["args"].get("fold_bn"):
+        out.append(_folding_sentence(runs))
+    fixed_parts = ("BatchNorm is folded: the convs' work on the residual-stream tensors they "
+                   "read or write, which keep their width, ReLU and additions on those streams, "
+                   "per-operator overhead" if data["args"].get("fold_bn") else
+                   "e.g. BatchNorm, ReLU and additions on the residual streams, which keep their "
+                   "width; per-operator overhead")
+    for stat in ("median", "min"):
+        fixed, slope = fixed_cost(runs, stat=stat)
+        share = fixed / dense["latency"]["32"][f"{stat}_ms"]
+        out.append(
+            f"A straight line through all models, batch-32 {stat} latency = {fixed:.1f} ms + "
+            f"{slope:.3f} ms per MMAC, puts {100 * share:.0f} % of the dense network's time in a "
+            f"part that does not shrink with the inner widths ({fixed_parts}). On that line the "
+            "latency/FLOPs speed-up of a cut c is (1 - c) * (fixed + k M) / (fixed + k M (1 - c)), "
+            "M the dense MMACs: " + ", ".join(
+                f"{round(100 * c)} % -> {_line_ratio(fixed, slope, dense['flops'] / 1e6, c):.2f}"
+                for c in data["args"]["cuts"]) + ", whatever the widths are rounded to.")
     return out
+
+
+def _target_sentences(runs, target=0.85):
+    """Which rounded models (multiple > 1) reach ``target`` latency/FLOPs at batch 32."""
+    rounded = [r for r in runs if r["multiple"] and r["multiple"] > 1]
+    out = []
+    for stat in ("median", "min"):
+        hits = [f"{r['label']} ({r[f'latency_over_flops_{stat}']['32']:.2f})" for r in rounded
+                if r[f"latency_over_flops_{stat}"]["32"] >= target]
+        out.append(f"Rounded widths reaching a latency/FLOPs speed-up of {target} at batch 32 "
+                   f"({stat}): " + (", ".join(hits) if hits else "none") + ".")
+    return out
+
+
+def _folding_sentence(runs):
+    dense = runs[0]
+    plain = next(r for r in runs if r["label"] == UNFOLDED)
+    parts = [f"{stat} {plain['latency']['32'][f'{stat}_ms']:.1f} -> "
+             f"{dense['latency']['32'][f'{stat}_ms']:.1f} ms "
+             f"({1 - dense['latency']['32'][f'{stat}_ms'] / plain['latency']['32'][f'{stat}_ms']:.0%} "
+             "less)" for stat in ("median", "min")]
+    return "Folding BatchNorm, dense network at batch 32: " + ", ".join(parts) + "."
 
 
 def _line_ratio(fixed, per_mmac, dense_mmacs, cut):
@@ -145,7 +186,9 @@ def _line_ratio(fixed, per_mmac, dense_mmacs, cut):
 
 def markdown(data):
     a = data["args"]
-    lines = [f"# Width rounding and latency: compact {a['net']} vs dense (MINDIR, this CPU)", "",
+    folded = ", BatchNorm folded" if a.get("fold_bn") else ""
+    lines = [f"# Width rounding and latency: compact {a['net']} vs dense (MINDIR{folded}, this CPU)",
+             "",
              f"Command: `{data['command']}`", "",
              f"{data['machine']['cpu_count']} cores shared with other jobs, MindSpore "
              f"{data['machine']['mindspore']}; 1-min load {data['load_before'][0]:.2f} before "
@@ -183,10 +226,12 @@ def main():
     parser.add_argument("--repeats_b32", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--fold_bn", action="store_true",
+                        help="fold every BatchNorm into its conv before export (dense included)")
     parser.add_argument("--report_only", action="store_true",
                         help="rewrite the markdown from the stored JSON (no timing)")
     args = parser.parse_args()
-    suffix = "" if args.net == "resnet56" else f"_{args.net}"
+    suffix = ("" if args.net == "resnet56" else f"_{args.net}") + ("_folded" if args.fold_bn else "")
     if args.report_only:
         path = os.path.join(ROOT, "benchmarks", "results", f"psap_width_latency{suffix}.json")
         with open(path, encoding="utf-8") as handle:

@@ -78,21 +78,27 @@ def export_sparse(net, file_name, ckpt, meta):
     return path
 
 
-def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batch):
+def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batch, fold_bn=False):
     """Export ``net`` (read from ``ckpt``) as ``file_format``; a graph format is traced on a random
-    batch of ``batch`` images (seed ``cfg.seed``), which also serves the MINDIR check."""
+    batch of ``batch`` images (seed ``cfg.seed``), which also serves the MINDIR check. ``fold_bn``
+    exports the graph with every BatchNorm folded into its conv; the MINDIR check still compares
+    with ``net`` itself, so the folding is checked too. SPARSE stores the checkpoint: never folded."""
     if file_format == "SPARSE":
         export_sparse(net, file_name, ckpt, meta)
         return
     import numpy as np
     from mindspore import Tensor
     from src.dataset import input_shape
+    from src.models.fold import fold_batchnorm
     rng = np.random.default_rng(cfg.seed)
     shape = input_shape(cfg, batch)
     sample = Tensor(rng.standard_normal(shape).astype(np.float32))
     final = file_name + FORMATS[file_format]
     verify = (lambda tmp: verify_mindir(tmp, net, sample, shown=final)) \
         if file_format == "MINDIR" else None
-    path = export_graph(net, sample, file_name, file_format, verify)
-    widths = " (compact widths)" if meta.get("inner_widths") else ""
-    print(f"wrote {path}{widths}: input {tuple(sample.shape)}")
+    exported = fold_batchnorm(net) if fold_bn else net
+    path = export_graph(exported, sample, file_name, file_format, verify)
+    notes = [note for note, on in (("compact widths", meta.get("inner_widths")),
+                                   ("BatchNorm folded into the convs", fold_bn)) if on]
+    shown = f" ({', '.join(notes)})" if notes else ""
+    print(f"wrote {path}{shown}: input {tuple(sample.shape)}")

@@ -104,3 +104,34 @@ def test_onnx_export_keeps_the_folders_permissions(ckpt, tmp_path, monkeypatch):
     _export(monkeypatch, ckpt, "ONNX", folder / "net")
     assert (folder / "net.onnx").stat().st_size > 100_000
     assert oct(folder.stat().st_mode & 0o777) == oct(0o755)  # MindSpore narrows it to 0700
+
+
+def test_folded_mindir_matches_the_unfolded_checkpoint_network(ckpt, tmp_path, monkeypatch, capsys):
+    _export(monkeypatch, ckpt, "MINDIR", tmp_path / "plain")
+    _export(monkeypatch, ckpt, "MINDIR", tmp_path / "folded", "--fold_bn", "true")
+    assert "BatchNorm folded into the convs" in capsys.readouterr().out
+    assert b"BatchNorm" in (tmp_path / "plain.mindir").read_bytes()
+    assert b"BatchNorm" not in (tmp_path / "folded.mindir").read_bytes()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    graph = ms.nn.GraphCell(ms.load(str(tmp_path / "folded.mindir")))
+    x = ms.Tensor(np.random.default_rng(12).standard_normal((1, 1, 28, 28)).astype(np.float32))
+    np.testing.assert_allclose(graph(x).asnumpy(), _reference_net(ckpt)(x).asnumpy(),
+                               rtol=0, atol=1e-4)
+
+
+def test_a_wrong_fold_fails_the_check(ckpt, tmp_path, monkeypatch, capsys):
+    # the check compares the folded file with the unfolded network: a fold that drops the BN
+    # shift is caught, and nothing is written
+    from src.models import fold
+    right = fold.fold_conv_bn
+
+    def scale_only(conv, bn):
+        folded = right(conv, bn)
+        folded.bias.set_data(ms.Tensor(np.zeros(folded.bias.shape, np.float32)))
+        return folded
+    monkeypatch.setattr(fold, "fold_conv_bn", scale_only)
+    with pytest.raises(SystemExit) as stop:
+        _export(monkeypatch, ckpt, "MINDIR", tmp_path / "net", "--fold_bn", "true")
+    assert stop.value.code == 1
+    assert "differs from the checkpoint network" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
