@@ -146,11 +146,14 @@ def build_config(values_from_file, overrides, config_path="<defaults>"):
     relations between keys (the pruning method's own ones too)."""
     keys = schema()
     cfg = Config({name: key.default for name, key in keys.items()})
+    given = set()
     for source, values in ((config_path, values_from_file), ("the command line", overrides)):
         for name, value in _resolve_aliases(values, source, keys).items():
             if name not in keys:
                 raise _unknown_key_error(name, source)
             cfg[name] = _coerce(name, keys[name], value)
+            given.add(name)
+    object.__setattr__(cfg, "given", frozenset(given))  # not a recipe key: kept off the dict
     for name, value in cfg.items():
         _check_range(name, keys[name], value)
     _check_relations(cfg, keys)
@@ -177,6 +180,10 @@ def _check_relations(cfg, keys):
     if cfg.warmup_epochs > cfg.epoch_size:
         raise ConfigError(f"config key 'warmup_epochs': got {cfg.warmup_epochs}, "
                           f"expected at most epoch_size ({cfg.epoch_size})")
+    for key in ("prune_include", "prune_exclude", "resume_allow_changes"):
+        if not all(isinstance(item, str) and item for item in cfg[key]):
+            raise ConfigError(f"config key '{key}': got {cfg[key]!r}, expected a list of names or "
+                              "name patterns (strings)")
     _check_network(cfg)
     _check_paths(cfg, keys)
     registry.check_recipe(cfg)
@@ -191,6 +198,15 @@ DATASET_CHANNELS = {"fashion_mnist": 1, "cifar10": 3, "imagenet": 3}
 # Set by msrun (MS_ROLE, MS_WORKER_NUM), an Ascend rank table, or OpenMPI on every worker.
 LAUNCHER_VARIABLES = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE")
 CIFAR_BASE_WIDTHS = (16, 32, 64)
+
+
+def keys_of_other_methods(cfg):
+    """Keys the recipe or command line set that only other pruning methods read (ignored under
+    cfg.prune_method), e.g. lamb on a GMP run."""
+    from src.pruning import registry
+    own = registry.keys_of(cfg.prune_method)
+    foreign = set(registry.method_keys()) - set(own)
+    return sorted(k for k in getattr(cfg, "given", ()) if k in foreign)
 
 
 def _check_network(cfg):

@@ -202,7 +202,7 @@ class Trainer:
             run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
             run_record.remove_stale_temporaries(self.output_dir)
         # also sets the learning-rate schedule's step (checkpoints of older versions lag behind)
-        self.session.load_state_dict(pruner_state, self.start_step)
+        self.session.resume(pruner_state, self.start_step)
         self.metrics.truncate_after(self.start_step)
         self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
         self.logger.info(f"resumed from {path} at step {self.start_step} "

@@ -9,6 +9,7 @@ import pytest
 from mindspore import nn, ops, Tensor
 
 from src.config import ConfigError, Key
+from src.errors import TrainingError
 from src.pruning.api import SparseTraining
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.registry import METHODS, register
@@ -130,12 +131,94 @@ def test_api_errors_are_one_line_config_errors():
     ms.set_context(mode=ms.GRAPH_MODE)
     net = PlainConvNet()
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)
+    partial = nn.Momentum([p for p in net.trainable_params() if p.name != "fc1.weight"],
+                          learning_rate=0.05, momentum=0.9)
     for keys, message in (({"sparsity": 1.5}, "sparsity"), ({"dleta": 4}, "dleta"),
                           ({"method": "nope"}, "prune_method"),
-                          ({"prune_include": ["nothing.*"]}, "prune_include")):
+                          ({"prune_include": ["nothing.*"]}, "prune_include"),
+                          ({"prune_exclude": ["fc.wieght"]}, "fc.wieght"),   # a typo, not ignored
+                          ({"prune_include": [3]}, "prune_include"),
+                          ({"steps_per_epoch": "8"}, "steps_per_epoch"),
+                          ({"steps_per_epoch": 2.5}, "steps_per_epoch"),
+                          ({"epoch_size": 3}, "epochs="), ({"lr_max": 0.1}, "train.py"),
+                          ({"gmp_frequency": 3}, "gmp_frequency"),          # GMP's key on RPG
+                          ({"method": "psap"}, "input_shape"),
+                          ({"method": "psap", "input_shape": (1, 1, 16, 16)}, "ResNet"),
+                          ({"optimizer": partial}, "fc1.weight")):
+        args = {"method": "rpg", "steps_per_epoch": 1000, "optimizer": optimizer, **keys}
         with pytest.raises(ConfigError, match=message):
-            SparseTraining(net, nn.CrossEntropyLoss(), optimizer, steps_per_epoch=10,
-                           **{"method": "rpg", **keys})
+            SparseTraining(net, nn.CrossEntropyLoss(), args.pop("optimizer"), **args)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        with pytest.raises(ConfigError, match="graph mode"):
+            SparseTraining(net, nn.CrossEntropyLoss(), optimizer, steps_per_epoch=10)
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def test_steps_beyond_the_plan_or_after_finish_are_refused():
+    ms.set_seed(4)
+    sparse, _ = _train(PlainConvNet(), "rpg", sparsity=0.9, delta=4)
+    image, label = make_batches(count=1)[0]
+    with pytest.raises(TrainingError, match="planned for 24 iterations"):
+        sparse.step(image, label)
+    with pytest.raises(TrainingError, match="finish"):
+        sparse.finish()
+
+
+def test_state_dict_with_the_train_step_continues_exactly(tmp_path):
+    """Stop after 10 iterations, save the train step's parameters and the state, continue in a
+    new SparseTraining: the end is bit-identical to an uninterrupted run."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    batches = make_batches()
+
+    def start(seed=5):
+        ms.set_seed(seed)
+        net = PlainConvNet()
+        optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)
+        return SparseTraining(net, nn.CrossEntropyLoss(), optimizer, steps_per_epoch=len(batches),
+                              sparsity=0.9, delta=4)
+
+    whole = start()
+    for image, label in batches:
+        whole.step(image, label)
+    first = start()
+    for image, label in batches[:10]:
+        first.step(image, label)
+    path = str(tmp_path / "state.ckpt")
+    ms.save_checkpoint(first.train_step, path)
+    state = first.state_dict()
+    second = start(seed=6)                       # other initial weights: all must come from the file
+    ms.load_checkpoint(path, second.train_step)
+    second.load_state_dict(state)
+    for image, label in batches[10:]:
+        second.step(image, label)
+    end = {p.name: p.asnumpy() for p in second.train_step.get_parameters()}
+    for param in whole.train_step.get_parameters():
+        assert np.array_equal(param.asnumpy(), end[param.name]), param.name
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: nn.AdamWeightDecay(params, learning_rate=0.01),
+    lambda params: nn.SGD(params, learning_rate=0.05, momentum=0.9),
+    lambda params: nn.RMSProp(params, learning_rate=0.01)])
+def test_every_optimizers_state_is_zeroed_with_the_pruned_weights(make_optimizer):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(7)
+    net = PlainConvNet()
+    optimizer = make_optimizer(net.trainable_params())
+    batches = make_batches(count=8)
+    sparse = SparseTraining(net, nn.CrossEntropyLoss(), optimizer, method="gmp",
+                            steps_per_epoch=len(batches), sparsity=0.8, gmp_frequency=2)
+    for image, label in batches:
+        sparse.step(image, label)
+    masks = sparse.masks()
+    slots = [p for p in optimizer.get_parameters() if p.name.partition(".")[2] in masks
+             and not p.name.startswith("stat.") and p.name.partition(".")[2] != p.name]
+    assert slots
+    for state in slots:
+        mask = masks[state.name.partition(".")[2]]
+        assert np.all(state.asnumpy()[~mask] == 0), state.name
 
 
 class RandomRegrowth(HardMaskPruner):
@@ -153,6 +236,32 @@ class RandomRegrowth(HardMaskPruner):
 
     def grow_signal(self, step, batch, ctx, weights):
         return {n: self.rng.random(w.shape) for n, w in weights.items()}, None
+
+
+def test_register_refuses_what_would_break_the_schema():
+    class Taken(RandomRegrowth):
+        name = "rpg"                                          # the built-in's name
+
+    class Collides(RandomRegrowth):
+        name = "toy_collides"
+        keys = {"delta": Key(int, 4, 1, None)}                # RPG's key
+
+    class BaseKey(RandomRegrowth):
+        name = "toy_base_key"
+        keys = {"seed": Key(int, 4, 1, None)}
+
+    class NotAKey(RandomRegrowth):
+        name = "toy_not_a_key"
+        keys = {"k": 3}
+
+    before = dict(METHODS)
+    for method, message in ((Taken, "taken"), (Collides, "delta"), (BaseKey, "seed"),
+                            (NotAKey, "Key")):
+        with pytest.raises(ValueError, match=message):
+            register(method)
+    assert METHODS == before
+    from src.config import build_config
+    build_config({"prune_method": "rpg"}, {})              # the schema still builds
 
 
 @pytest.fixture

@@ -26,10 +26,11 @@ steps), so it could not reproduce the reference. ``step`` runs exactly what trai
 import logging
 
 import numpy as np
+import mindspore as ms
 from mindspore import Tensor
 
-from src.config import ConfigError, build_config
-from src.errors import require_finite_loss
+from src.config import ConfigError, build_config, keys_of_other_methods
+from src.errors import TrainingError, require_finite_loss
 from src.pruning.base import sparsity_of
 from src.pruning.context import TrainContext
 from src.pruning.registry import build_pruner
@@ -46,26 +47,42 @@ class SparseTraining:
 
     def __init__(self, network, loss_fn, optimizer, method="rpg", steps_per_epoch=None, epochs=1,
                  logger=None, amp_network=None, input_shape=None, settings=None, **keys):
-        if not steps_per_epoch or steps_per_epoch < 1:
-            raise ConfigError("steps_per_epoch: give the number of iterations of an epoch (>= 1)")
-        self.cfg = settings or build_config({"prune_method": method, "epoch_size": epochs, **keys}, {},
-                                            "SparseTraining")
+        self.cfg = settings or method_settings(method, steps_per_epoch, epochs, keys)
+        if ms.get_context("mode") != ms.GRAPH_MODE:
+            raise ConfigError("SparseTraining needs graph mode (ms.set_context(mode=ms.GRAPH_MODE)): "
+                              "in PyNative mode MindSpore 2.8 moves the optimizer's step counter "
+                              "differently and the learning-rate schedule would lag at mask updates")
+        if self.cfg.prune_method == "psap" and input_shape is None:
+            raise ConfigError("method psap needs input_shape (one input's shape with batch 1) to "
+                              "count MACs")
         self.logger = logger or logging.getLogger("prune")
         self.network = network
         self.optimizer = optimizer
-        self.pruner = build_pruner(self.cfg, network, steps_per_epoch, self.logger)
+        try:
+            self.pruner = build_pruner(self.cfg, network, steps_per_epoch, self.logger)
+            pieces = self.pruner.graph_pieces(optimizer)
+        except (TypeError, ValueError) as err:  # e.g. weights the optimizer does not train
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"method {self.cfg.prune_method}: {err}") from None
         loss_cell = LossCell(network, loss_fn)
         train_loss_cell = loss_cell if amp_network is None else LossCell(amp_network, loss_fn)
-        self.train_step = TrainStep(train_loss_cell, optimizer, self.pruner.graph_pieces(optimizer))
+        self.train_step = TrainStep(train_loss_cell, optimizer, pieces)
         self.train_step.set_train(True)
         network.set_train(True)  # also under a twin: dense gradients use batch statistics
         self.ctx = TrainContext(network, loss_cell, optimizer, self.train_step, self.logger,
                                 train_loss_cell, input_shape)
         self.iterations = 0
+        self.planned = self.pruner.total_steps
+        self.finished = False
 
     # --- the loop ----------------------------------------------------------------------------
     def step(self, image, label):
         """One iteration on a batch; returns its loss (a float)."""
+        if self.finished or self.iterations >= self.planned:
+            raise TrainingError(f"this run was planned for {self.planned} iterations "
+                                f"(steps_per_epoch x epochs){' and has finished' if self.finished else ''}: "
+                                "its schedule has no step " f"{self.iterations + 1}")
         step = self.iterations
         self.ctx.step = step
         loss = self.pruner.before_step(step, (image, label), self.ctx)
@@ -93,7 +110,11 @@ class SparseTraining:
     def finish(self):
         """End of training: the method's final check (e.g. the exact target sparsity); returns its
         extra outputs {file name: (cell, metadata)} (PSAP: the compact network) to save."""
-        return self.pruner.on_train_end(self.ctx)
+        if self.finished:
+            raise TrainingError("finish() was called already")
+        outputs = self.pruner.on_train_end(self.ctx)
+        self.finished = True
+        return outputs
 
     # --- what pruning did ------------------------------------------------------------------------
     def masks(self):
@@ -110,11 +131,46 @@ class SparseTraining:
         return {"sparsity": sparsity_of(weights) if names else 0.0, "layers": rows}
 
     def state_dict(self):
-        return self.pruner.state_dict()
+        """The method's schedule state and the finished iterations (numpy values). With the
+        parameters of ``train_step`` (the network, the optimizer's state and the masks, e.g.
+        ``ms.save_checkpoint(sparse.train_step, path)``) it continues a run exactly."""
+        return {"iterations": np.int64(self.iterations), **self.pruner.state_dict()}
 
-    def load_state_dict(self, state, iterations):
-        """Continue a run: the method's state and the number of finished iterations."""
-        self.pruner.load_state_dict(state)
+    def load_state_dict(self, state):
+        """Continue a run: load ``train_step``'s parameters first (``ms.load_checkpoint(path,
+        sparse.train_step)``), then this."""
+        if "iterations" not in state:
+            raise ConfigError("state has no 'iterations': pass what state_dict() returned")
+        state = dict(state)
+        self.resume(state, int(state.pop("iterations")))
+
+    def resume(self, method_state, iterations):
+        """The method's state and the number of finished iterations (train.py's resume)."""
+        self.pruner.load_state_dict(method_state)
         self.iterations = iterations
         self.ctx.epoch = iterations // self.pruner.steps_per_epoch
         self.advance_schedule(iterations)
+
+
+# base recipe keys SparseTraining takes as keywords; the others are train.py's (data, optimizer,
+# learning rate, logging), which your own loop owns
+API_BASE_KEYS = ("sparsity", "prune_include", "prune_exclude", "seed")
+
+
+def method_settings(method, steps_per_epoch, epochs, keys):
+    """The checked settings of ``method`` from SparseTraining's keywords (ConfigError if wrong)."""
+    for name, value in (("steps_per_epoch", steps_per_epoch), ("epochs", epochs)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{name}: got {value!r}, expected a positive integer")
+    if "epoch_size" in keys or "prune_method" in keys:
+        raise ConfigError("give the run's length as epochs= and the method as method=")
+    from src.recipe_keys import BASE_KEYS
+    other = [k for k in keys if k in BASE_KEYS and k not in API_BASE_KEYS]
+    if other:
+        raise ConfigError(f"'{other[0]}' is a train.py recipe key: SparseTraining takes the method's "
+                          f"keys and {', '.join(API_BASE_KEYS)}; your loop owns the rest")
+    cfg = build_config({"prune_method": method, "epoch_size": int(epochs), **keys}, {}, "SparseTraining")
+    foreign = keys_of_other_methods(cfg)
+    if foreign:
+        raise ConfigError(f"'{foreign[0]}' is not a key of method {method}")
+    return cfg

@@ -44,6 +44,14 @@ def prunable_weight_names(net, include=(), exclude=(), convs_only=False):
     return names
 
 
+def unmatched_patterns(net, include=(), exclude=()):
+    """(key, pattern) pairs of prune_include / prune_exclude patterns that match no conv or FC
+    weight of ``net`` (a typo there would otherwise silently prune, or keep, the wrong layers)."""
+    names = prunable_weight_names(net)
+    return [(key, pattern) for key, patterns in (("prune_include", include), ("prune_exclude", exclude))
+            for pattern in patterns if not any(fnmatch.fnmatch(n, pattern) for n in names)]
+
+
 def sparsity_of(arrays):
     """Fraction of exact zeros over a collection of numpy arrays."""
     total = sum(a.size for a in arrays)
@@ -70,6 +78,10 @@ class Pruner:
 
     def graph_pieces(self, optimizer):
         return []
+
+    def masks(self):
+        """{weight name: bool mask} of the pruned weights ({} without hard masks)."""
+        return {}
 
     def before_step(self, step, batch, ctx):
         return None

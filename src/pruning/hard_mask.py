@@ -13,7 +13,7 @@ from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
 from src.config import ConfigError, Key
 from src.errors import TrainingError
-from src.pruning.base import Pruner, prunable_weight_names, sparsity_of
+from src.pruning.base import Pruner, prunable_weight_names, sparsity_of, unmatched_patterns
 from src.pruning.mask_ops import global_magnitude_masks
 from src.pruning.train_cell import optimizer_state
 from src.pruning.update import mask_update
@@ -111,6 +111,11 @@ class HardMaskPruner(Pruner):
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
+        unmatched = unmatched_patterns(net, cfg.prune_include, cfg.prune_exclude)
+        if unmatched:
+            key, pattern = unmatched[0]
+            raise ConfigError(f"config key '{key}': pattern '{pattern}' matches no conv or FC weight "
+                              "of the network")
         self.names = prunable_weight_names(net, cfg.prune_include, cfg.prune_exclude)
         if not self.names:
             raise ConfigError(f"config keys 'prune_include' / 'prune_exclude': {cfg.prune_include} / "

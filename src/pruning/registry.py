@@ -4,6 +4,7 @@ The recipe schema (``src.config.schema``) is built from here: a method's keys ex
 its class is registered. ``register`` adds a method (e.g. a test's toy method) without touching
 the loop or the train step.
 """
+from src.recipe_keys import Key
 from src.pruning.base import Pruner
 from src.pruning.gmp import GMPPruner
 from src.pruning.psap import PSAPPruner
@@ -14,15 +15,46 @@ METHODS = {}
 
 
 def register(method):
-    """Make ``method`` (a Pruner subclass with a unique ``name``) selectable by prune_method."""
+    """Make ``method`` (a Pruner subclass with its own ``name``) selectable by prune_method.
+
+    Refused with a ValueError, leaving the registry as it was: a name that is taken by another
+    class, keys that are not ``src.config.Key`` declarations, and a key another method or the
+    base recipe already declares."""
     if not (isinstance(method, type) and issubclass(method, Pruner)):
         raise TypeError(f"{method!r} is not a Pruner subclass")
-    METHODS[method.name] = method
+    name = method.name
+    if not isinstance(name, str) or not name or METHODS.get(name, method) is not method:
+        raise ValueError(f"prune_method name {name!r} of {method.__name__} is taken by "
+                         f"{METHODS[name].__name__}: give the class its own name"
+                         if name in METHODS else f"{method.__name__}.name must be a non-empty string")
+    own = vars(method).get("keys", {})
+    wrong = [k for k, v in own.items() if not isinstance(v, Key)]
+    if wrong:
+        raise ValueError(f"{method.__name__}.keys['{wrong[0]}'] must be a src.config.Key declaration")
+    from src.recipe_keys import BASE_KEYS
+    clash = [k for k in own if k in BASE_KEYS]
+    if clash:
+        raise ValueError(f"{method.__name__} declares '{clash[0]}', a key every run has")
+    previous = METHODS.get(name)
+    METHODS[name] = method
+    try:
+        method_keys()
+    except RuntimeError as err:
+        if previous is None:
+            del METHODS[name]
+        else:
+            METHODS[name] = previous
+        raise ValueError(str(err)) from None
     return method
 
 
-for _method in (Pruner, GMPPruner, RPGPruner, RigLPruner, PSAPPruner):
-    register(_method)
+def keys_of(method_name):
+    """The recipe keys the method ``method_name`` reads (its own and its base classes')."""
+    keys = {}
+    for klass in reversed(METHODS[method_name].__mro__):
+        keys.update(vars(klass).get("keys", {}))
+    return keys
+
 
 
 def method_keys():
@@ -45,3 +77,7 @@ def check_recipe(cfg):
 
 def build_pruner(cfg, net, steps_per_epoch, logger):
     return METHODS[cfg.prune_method](cfg, net, steps_per_epoch, logger)
+
+
+for _method in (Pruner, GMPPruner, RPGPruner, RigLPruner, PSAPPruner):
+    register(_method)
