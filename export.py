@@ -3,8 +3,9 @@
     python export.py --config_path CONFIG --ckpt FILE --file_format MINDIR|ONNX|AIR|SPARSE --file_name NAME
                      [--export_batch 1] [--overwrite true] [--fold_bn true|false]
 
-An existing output file is never replaced unless --overwrite true is given, and then only by a
-file that passed its check (MINDIR: outputs compared with the checkpoint network).
+The format's suffix (.mindir, .onnx, .air, .sparse.npz) is appended to NAME unless NAME already
+ends with it. An existing output file is never replaced unless --overwrite true is given, and then
+only by a file that passed its check (MINDIR: outputs compared with the checkpoint network).
 MINDIR is reloaded after writing and its output compared with the checkpoint network on a random
 batch (fails above 1e-4 max abs difference). AIR needs an Ascend device. SPARSE writes the pruned
 weights as values + Elias-Fano coded positions (``NAME.sparse.npz``), reads it back and checks it
@@ -16,7 +17,7 @@ with the unfolded checkpoint network. SPARSE stores the checkpoint itself and is
 """
 from src.cli import run
 from src.config import ConfigError, check_output_path, parse_args, parse_bool_flag
-from src.export_model import FORMATS, ExportError
+from src.export_model import FORMATS, ExportError, base_name
 
 FLAGS = {"ckpt": "", "file_format": "MINDIR", "file_name": "", "export_batch": "1", "overwrite": "false",
          "fold_bn": "false"}
@@ -30,7 +31,7 @@ def main():
                           f"{', '.join(FORMATS)}")
     if not flags["ckpt"]:
         raise ConfigError("--ckpt FILE is required")
-    file_name = flags["file_name"] or f"{cfg.net}_{cfg.prune_method}"
+    file_name = base_name(flags["file_name"] or f"{cfg.net}_{cfg.prune_method}", file_format)
     try:
         batch = int(flags["export_batch"])
     except ValueError:

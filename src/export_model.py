@@ -17,6 +17,14 @@ class ExportError(RuntimeError):
     """Export failed or its result does not match the checkpoint."""
 
 
+def base_name(file_name, file_format):
+    """``file_name`` without the format's suffix, which the writers append: ``--file_name
+    net.mindir`` writes net.mindir (and is refused if it exists), not net.mindir.mindir."""
+    suffix = FORMATS[file_format]
+    stem = file_name[:-len(suffix)] if file_name.endswith(suffix) else file_name
+    return stem if os.path.basename(stem) else file_name
+
+
 def export_graph(net, sample, file_name, file_format, verify=None):
     """ms.export to a temporary name, ``verify(temporary path)``, then rename: an earlier file is
     never half-overwritten, nor replaced by a file that fails its check. Returns the path written."""

@@ -26,8 +26,14 @@ def setup_logger(output_dir, rank=0, name="train"):
     if rank == 0:
         stream = logging.StreamHandler(sys.stdout)
         stream.setFormatter(fmt)
+        stream.addFilter(lambda record: not getattr(record, "file_only", False))
         logger.addHandler(stream)
     return logger
+
+
+# ``logger.info(message, extra=FILE_ONLY)``: into the log file, not on stdout (for a line the
+# entry script prints itself, on stderr, so that the terminal shows it once).
+FILE_ONLY = {"file_only": True}
 
 
 class _HeldBack(logging.handlers.MemoryHandler):
@@ -55,7 +61,9 @@ class MetricsFile:
     mask update, PSAP pruning step), appended and flushed as it happens, written by rank 0.
 
     On resume the events after the checkpoint's step are dropped first (they belong to the part
-    of the run that is repeated), so the file reads as one uninterrupted run."""
+    of the run that is repeated), so the file reads as one uninterrupted run. An event marked
+    ``"before_iteration": true`` (a mask update "at step t" runs before iteration t + 1) comes
+    after the checkpoint of its step, so it is repeated too."""
 
     NAME = "metrics.jsonl"
 
@@ -67,7 +75,7 @@ class MetricsFile:
         if not (self.enabled and os.path.exists(self.path)):
             return
         with open(self.path, encoding="utf-8") as handle:
-            kept = [line for line in handle if line.strip() and _step_of(line) <= step]
+            kept = [line for line in handle if line.strip() and _written_by_step(line, step)]
         from src.outputs import write_text_atomic
         write_text_atomic("".join(kept), self.path)
 
@@ -78,11 +86,14 @@ class MetricsFile:
             handle.write(json.dumps(_plain(event), sort_keys=False) + "\n")
 
 
-def _step_of(line):
+def _written_by_step(line, step):
+    """Whether the event on ``line`` was written before the checkpoint of ``step``."""
     try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 0
+        event = json.loads(line)
+        at = int(event.get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return True  # not an event of ours: left as it was
+    return at < step or (at == step and event.get("before_iteration") is not True)
 
 
 def _plain(event):

@@ -25,7 +25,7 @@ from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
 from src.errors import TrainingError
 from src.interrupt import STOP, Interrupted
-from src.logs import MetricsFile, open_log_file, setup_logger
+from src.logs import FILE_ONLY, MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
 from src.pruning.base import prunable_weight_names, sparsity_of
@@ -205,8 +205,10 @@ class Trainer:
         self.session.resume(pruner_state, self.start_step)
         self.metrics.truncate_after(self.start_step)
         self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
-        self.logger.info(f"resumed from {path} at step {self.start_step} "
-                         f"(epoch {self.start_step // self.steps_per_epoch})")
+        # epochs counted from 1, as the progress lines and metrics.jsonl count them
+        where = (f"continuing in epoch {self.start_step // self.steps_per_epoch + 1}"
+                 if self.start_step < self.total_steps else "all epochs done")
+        self.logger.info(f"resumed from {path} at step {self.start_step} ({where})")
         self._check_same_start()
 
     def _check_same_start(self):
@@ -234,8 +236,10 @@ class Trainer:
         saved_step, path = self.last_periodic
         if saved_step != step:
             path = self._save_periodic(step)
-        raise Interrupted(f"interrupted at step {step}/"
-                          f"{self.total_steps}; saved {path}; resume with --resume_ckpt auto")
+        message = (f"interrupted at step {step}/{self.total_steps}; saved {path}; "
+                   "resume with --resume_ckpt auto")
+        self.logger.info(message, extra=FILE_ONLY)  # the entry script prints it on stderr
+        raise Interrupted(message)
 
     # --- evaluation -------------------------------------------------------------------------
     def _evaluate(self, epoch, step):

@@ -61,6 +61,7 @@ def places(tmp_path, fashion_dir, finished_run):
     readonly.write_text("{}")
     readonly.chmod(stat.S_IRUSR)
     (tmp_path / "existing.sparse.npz").write_bytes(b"an earlier export")
+    (tmp_path / "existing.mindir").write_bytes(b"an earlier export")
     (tmp_path / "dup.yaml").write_text("net: resnet20\nbatch_size: 32\nbatch_size: 64\n")
     from PIL import Image
     for split in ("train", "val"):
@@ -112,6 +113,12 @@ PARSE_CASES = [
                                       "--file_name", "{tmp}/missing/net"], 2, "does not exist"),
     ("export-file-name-exists", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
                                  "--file_format", "SPARSE", "--file_name", "{tmp}/existing"], 2, "exists"),
+    ("export-file-name-with-suffix-exists", ["export.py", "--config_path", DENSE, "--ckpt",
+                                             "{run}/last.ckpt", "--file_name", "{tmp}/existing.mindir"],
+     2, "exists"),
+    ("export-sparse-name-with-suffix-exists", ["export.py", "--config_path", DENSE, "--ckpt",
+                                               "{run}/last.ckpt", "--file_format", "SPARSE",
+                                               "--file_name", "{tmp}/existing.sparse.npz"], 2, "exists"),
     ("export-overwrite-not-bool", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
                                    "--overwrite", "maybe"], 2, "--overwrite"),
     ("export-fold-bn-not-bool", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",

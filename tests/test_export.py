@@ -97,6 +97,15 @@ def test_sparse_export_reads_back_bit_for_bit(ckpt, tmp_path, monkeypatch):
     assert os.path.getsize(tmp_path / "s.sparse.npz") < 0.3 * os.path.getsize(ckpt)
 
 
+def test_a_file_name_with_the_formats_suffix_names_the_file(ckpt, tmp_path, monkeypatch):
+    _export(monkeypatch, ckpt, "SPARSE", tmp_path / "s.sparse.npz")
+    assert sorted(os.listdir(tmp_path)) == ["s.sparse.npz"]         # not s.sparse.npz.sparse.npz
+    read_sparse(str(tmp_path / "s.sparse.npz"))
+    assert export_model.base_name("net.mindir", "MINDIR") == "net"
+    assert export_model.base_name("net.onnx", "MINDIR") == "net.onnx"  # another format's suffix
+    assert export_model.base_name("out/.air", "AIR") == "out/.air"    # nothing would be left
+
+
 def test_onnx_export_keeps_the_folders_permissions(ckpt, tmp_path, monkeypatch):
     folder = tmp_path / "shared"
     folder.mkdir()

@@ -5,7 +5,9 @@
 - a truncated newest checkpoint: ``auto`` names it in a warning and falls back to the previous
   good one; the same file given explicitly is one clear error line;
 - a non-finite loss stops training with one line naming the step, and the last good checkpoint
-  is left byte-for-byte as it was (resuming from it meets the same step again).
+  is left byte-for-byte as it was (resuming from it meets the same step again);
+- the resumed run's metrics.jsonl lists the uninterrupted run's events, none twice;
+- Ctrl-C: one line on stderr (also in train.log, not on stdout), a checkpoint, exit 130.
 """
 import os
 import re
@@ -19,6 +21,7 @@ import numpy as np
 import mindspore as ms
 import pytest
 
+from src.logs import read_metrics
 from tests.conftest import ROOT, digest, error_lines, run_script
 
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
@@ -44,6 +47,16 @@ def assert_same_final_state(path, reference):
 
 def step_of(path):
     return int(re.search(r"step(\d+)\.ckpt$", str(path)).group(1))
+
+
+def resumed_line(path, steps_per_epoch=8):
+    """What the resumed run logs; epochs counted from 1, as the progress lines count them."""
+    step = step_of(path)
+    return f"resumed from {path} at step {step} (continuing in epoch {step // steps_per_epoch + 1})"
+
+
+def events(out):
+    return [(e["event"], e["step"]) for e in read_metrics(str(out))]
 
 
 def step_checkpoints(out):
@@ -84,9 +97,11 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, fashion_dir, tmp_p
 
     proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out,
                       "--resume_ckpt", "auto")
-    assert f"resumed from {newest} at step {step_of(newest)}" in proc.stdout, proc.stdout[-2000:]
+    assert resumed_line(newest) in proc.stdout, proc.stdout[-2000:]
     print(f"killed after step {killed_after}, resumed from step {step_of(newest)}")
     assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
+    # the mask update at the checkpoint's step ran after it: repeated, and recorded once
+    assert events(out) == events(reference)
 
 
 def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path):
@@ -116,7 +131,7 @@ def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path
     assert [step_of(p) for p in step_checkpoints(out)] == [12, 15]
     warnings = [line for line in proc.stdout.splitlines() if "skipping unusable checkpoint" in line]
     assert len(warnings) == 1 and str(newest) in warnings[0], proc.stdout[-2000:]
-    assert f"resumed from {out / 'resnet20_rpg_step12.ckpt'} at step 12" in proc.stdout
+    assert resumed_line(out / "resnet20_rpg_step12.ckpt") in proc.stdout
     assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
 
 
@@ -159,11 +174,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(reference, fashion
     assert step_checkpoints(out) == saved
 
 
-def start_in_own_session(args, script="train.py"):
+def start_in_own_session(args, script="train.py", stdout=subprocess.DEVNULL):
     """Start a script as a terminal would: its own process group, so Ctrl-C reaches every process."""
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
     return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdout=stdout, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
@@ -174,14 +189,15 @@ def tiny_with(key, value):
 
 def test_ctrl_c_saves_and_resume_matches_uninterrupted(reference, fashion_dir, tmp_path):
     out = tmp_path / "interrupted"
-    proc = start_in_own_session([*TINY, "--data_path", fashion_dir, "--output_dir", out])
+    proc = start_in_own_session([*TINY, "--data_path", fashion_dir, "--output_dir", out],
+                                stdout=subprocess.PIPE)
     log = out / "train.log"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (
             log.exists() and "step 5/16" in log.read_text()):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    _, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
@@ -192,10 +208,12 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(reference, fashion_dir, t
     assert 5 <= stopped < 16 and saved == str(out / f"resnet20_rpg_step{stopped}.ckpt")
     assert step_checkpoints(out)[-1] == out / f"resnet20_rpg_step{stopped}.ckpt"
     assert not (out / "last.ckpt").exists()
+    assert log.read_text().splitlines()[-1].endswith(lines[0])   # in the log too, not on stdout
+    assert "interrupted at step" not in stdout
 
     proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out,
                       "--resume_ckpt", "auto")
-    assert f"resumed from {saved} at step {stopped}" in proc.stdout
+    assert resumed_line(saved) in proc.stdout
     assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
 
 

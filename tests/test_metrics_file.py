@@ -61,6 +61,20 @@ def test_truncate_after_drops_the_events_of_later_steps(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name != os.path.basename(path)]
 
 
+def test_truncate_after_drops_what_happened_before_the_next_iteration(tmp_path):
+    # a mask update "at step 6" runs before iteration 7, after the checkpoint of step 6: resuming
+    # from that checkpoint repeats it (and RPG's layer_ranks event with it)
+    record = MetricsFile(str(tmp_path))
+    for step in (5, 6, 7):
+        record({"event": "train", "step": step})
+        record({"event": "mask_update", "step": step, "before_iteration": True})
+        record({"event": "layer_ranks", "step": step, "before_iteration": True})
+    record({"event": "eval", "step": 6, "before_iteration": False})
+    record.truncate_after(6)
+    assert [(e["event"], e["step"]) for e in read_metrics(str(tmp_path))] == [
+        ("train", 5), ("mask_update", 5), ("layer_ranks", 5), ("train", 6), ("eval", 6)]
+
+
 def test_plot_run_draws_a_png(tmp_path):
     hand_written_run(tmp_path)
     out = tmp_path / "picture.png"
