@@ -20,7 +20,7 @@ import numpy as np
 import mindspore as ms
 
 from src import checkpoint, run_record
-from src.config import ConfigError
+from src.config import ConfigError, keys_of_other_methods
 from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
 from src.errors import TrainingError
@@ -58,6 +58,10 @@ class Trainer:
         # A fresh run must not replace another run's checkpoints: checked before anything is written.
         self.run_id = None if cfg.resume_ckpt else run_record.claim_fresh(self.output_dir, cfg, self.is_main)
         self.logger = setup_logger(self.output_dir, self.rank)
+        ignored = keys_of_other_methods(cfg)
+        if ignored:  # e.g. --prune_method gmp on an RPG recipe: its RPG keys do nothing
+            self.logger.warning(f"warning: config key(s) {', '.join(ignored)} belong to other pruning "
+                                f"methods and are ignored under prune_method {cfg.prune_method}")
 
         self.train_data = self._dataset(training=True, epoch=0)
         self.steps_per_epoch = self.train_data.get_dataset_size()

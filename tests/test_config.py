@@ -60,3 +60,13 @@ def test_cli_error_is_one_line_exit_2():
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and "sparsity" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_keys_of_other_methods_are_named():
+    """--prune_method gmp on an RPG recipe: its RPG keys would silently do nothing; train.py warns
+    naming them (SparseTraining refuses them)."""
+    from src.config import keys_of_other_methods
+    cfg = build_config({"prune_method": "rpg", "lamb": 2.0, "delta": 5}, {"prune_method": "gmp"})
+    assert keys_of_other_methods(cfg) == ["delta", "lamb"]
+    assert keys_of_other_methods(build_config({"prune_method": "rpg", "lamb": 2.0}, {})) == []
+    assert keys_of_other_methods(build_config({"prune_method": "gmp", "T_end_percent": 0.8}, {})) == []
