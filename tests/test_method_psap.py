@@ -30,6 +30,7 @@ SCORES = {"l2": l2_scores, "fpgm": fpgm_scores}
 
 
 def _build(tmp_path, **overrides):
+    ms.set_context(mode=ms.GRAPH_MODE)   # training runs in graph mode (an earlier test may leave PyNative)
     values = {"net": "resnet20", "in_channels": 1, "num_classes": 10, "image_size": 28,
               "dataset": "fashion_mnist", "epoch_size": 4, "prune_method": "psap",
               "psap_target": "filters", "psap_ratio": RATIO, "psap_end_epoch": 1,

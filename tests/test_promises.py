@@ -60,6 +60,7 @@ def test_evaluate_on_planted_logits():
 
 # --------------------------------------------------------------------------- RPG pruner promises
 def _rpg(sparsity=0.9):
+    ms.set_context(mode=ms.GRAPH_MODE)   # training runs in graph mode (an earlier test may leave PyNative)
     cfg = build_config({"net": "resnet20", "in_channels": 1, "num_classes": 10, "image_size": 28,
                         "prune_method": "rpg", "sparsity": sparsity, "delta": 5,
                         "epoch_size": 1}, {})
