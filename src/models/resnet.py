@@ -39,16 +39,32 @@ def _fc(in_features, num_classes):
                     bias_init=Uniform(bound))
 
 
-class BasicBlock(nn.Cell):
-    """Two 3x3 convs; ``inner`` is the output width of the first conv."""
+def _projection(in_channels, out_channels, stride):
+    """The projection shortcut (option B, and every ImageNet downsample): strided 1x1 conv + BN."""
+    return nn.SequentialCell([_conv(in_channels, out_channels, 1, stride), _bn(out_channels)])
+
+
+class _ResidualBlock(nn.Cell):
+    """A residual block of ``expansion`` x ``channels`` output channels whose ``num_inner`` inner
+    convs have the widths ``inner`` (default ``channels``; smaller in a compact PSAP network)."""
     expansion = 1
     num_inner = 1
 
     def __init__(self, in_channels, channels, stride=1, shortcut="B", inner=None,
                  zero_gamma=False):
         super().__init__()
-        out_channels = channels * self.expansion
-        mid = channels if inner is None else inner[0]
+        inner = [channels] * self.num_inner if inner is None else list(inner)
+        self._layers(in_channels, channels * self.expansion, stride, shortcut, inner, zero_gamma)
+
+    def _layers(self, in_channels, out_channels, stride, shortcut, inner, zero_gamma):
+        raise NotImplementedError
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs; ``inner`` is the output width of the first conv."""
+
+    def _layers(self, in_channels, out_channels, stride, shortcut, inner, zero_gamma):
+        mid = inner[0]
         self.conv1 = _conv(in_channels, mid, 3, stride)
         self.bn1 = _bn(mid)
         self.conv2 = _conv(mid, out_channels, 3)
@@ -62,8 +78,7 @@ class BasicBlock(nn.Cell):
                 self.stride = stride
             else:
                 self.shortcut_kind = "B"
-                self.downsample = nn.SequentialCell([_conv(in_channels, out_channels, 1, stride),
-                                                     _bn(out_channels)])
+                self.downsample = _projection(in_channels, out_channels, stride)
 
     def _shortcut(self, x):
         if self.shortcut_kind == "B":
@@ -80,16 +95,13 @@ class BasicBlock(nn.Cell):
         return self.relu(out + self._shortcut(x))
 
 
-class Bottleneck(nn.Cell):
+class Bottleneck(_ResidualBlock):
     """1x1 -> 3x3 (stride here: v1.5) -> 1x1; ``inner`` gives the widths of the first two convs."""
     expansion = 4
     num_inner = 2
 
-    def __init__(self, in_channels, channels, stride=1, shortcut="B", inner=None,
-                 zero_gamma=False):
-        super().__init__()
-        out_channels = channels * self.expansion
-        mid1, mid2 = (channels, channels) if inner is None else inner
+    def _layers(self, in_channels, out_channels, stride, shortcut, inner, zero_gamma):
+        mid1, mid2 = inner
         self.conv1 = _conv(in_channels, mid1, 1)
         self.bn1 = _bn(mid1)
         self.conv2 = _conv(mid1, mid2, 3, stride)
@@ -99,8 +111,7 @@ class Bottleneck(nn.Cell):
         self.relu = nn.ReLU()
         self.has_downsample = stride != 1 or in_channels != out_channels
         if self.has_downsample:
-            self.downsample = nn.SequentialCell([_conv(in_channels, out_channels, 1, stride),
-                                                 _bn(out_channels)])
+            self.downsample = _projection(in_channels, out_channels, stride)
 
     def construct(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
