@@ -145,8 +145,11 @@ def aggregate(results):
 
 def markdown(rows, command, args):
     lines = ["# Extreme sparsity on Fashion-MNIST: GMP, RigL-ERK, RPG lamb=0, RPG", "",
-             f"Command: `{command}`", "",
-             f"Every run: the first {args.train_samples} training images, {args.epochs} epochs, mask "
+             f"Command: `{command}`", ""]
+    if args.report_only:
+        lines += ["**Partial**: only the runs finished so far are reported (see the seeds column); "
+                  "the same command without --report_only runs the rest of the matrix.", ""]
+    lines += [f"Every run: the first {args.train_samples} training images, {args.epochs} epochs, mask "
              f"update every {args.delta} iterations (GMP: same frequency), evaluated on the full "
              "10,000-image test set; seeds as listed. top-1 as mean +- sample std over seeds "
              "(min..max). Ranks are of the (C_out, C_in*k*k) matrix relative to full rank, "
@@ -208,9 +211,17 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--delta", type=int, default=16)
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "output", "bench_extreme"))
+    parser.add_argument("--report_only", action="store_true",
+                        help="report the runs finished so far (no training); the Markdown says so")
     args = parser.parse_args()
-    results = [run(args, net, sparsity, method, seed) for net in args.nets
-               for sparsity in args.sparsities for method in args.methods for seed in args.seeds]
+    settings = [(net, sparsity, method, seed) for net in args.nets for sparsity in args.sparsities
+                for method in args.methods for seed in args.seeds]
+    if args.report_only:
+        settings = [s for s in settings
+                    if os.path.exists(os.path.join(run_dir(args, *s), "result.json"))]
+        if not settings:
+            raise SystemExit(f"no finished run in {args.work_dir}")
+    results = [run(args, *s) for s in settings]
     rows = aggregate(results)
     command = (f"python benchmarks/extreme_sparsity.py --data_path DIR --nets {' '.join(args.nets)} "
                f"--sparsities {' '.join(f'{s:g}' for s in args.sparsities)} --seeds "
