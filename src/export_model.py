@@ -21,7 +21,7 @@ def base_name(file_name, file_format):
     """``file_name`` without the format's suffix, which the writers append: ``--file_name
     net.mindir`` writes net.mindir (and is refused if it exists), not net.mindir.mindir."""
     suffix = FORMATS[file_format]
-    stem = file_name[:-len(suffix)] if file_name.endswith(suffix) else file_name
+    stem = file_name[:-len(suffix)] if file_name.lower().endswith(suffix) else file_name
     return stem if os.path.basename(stem) else file_name
 
 

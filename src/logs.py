@@ -75,7 +75,8 @@ class MetricsFile:
         if not (self.enabled and os.path.exists(self.path)):
             return
         with open(self.path, encoding="utf-8") as handle:
-            kept = [line for line in handle if line.strip() and _written_by_step(line, step)]
+            kept = [line if line.endswith("\n") else line + "\n" for line in handle
+                    if line.strip() and _written_by_step(line, step)]
         from src.outputs import write_text_atomic
         write_text_atomic("".join(kept), self.path)
 
@@ -92,7 +93,7 @@ def _written_by_step(line, step):
         event = json.loads(line)
         at = int(event.get("step", 0))
     except (ValueError, AttributeError, TypeError):
-        return True  # not an event of ours: left as it was
+        return False  # a line torn by a kill mid-write (the event is replayed after the resume)
     return at < step or (at == step and event.get("before_iteration") is not True)
 
 

@@ -107,3 +107,8 @@ ALIASES = {
     "ckpt_file": "ckpt",              # zoo yaml / export.py
     "eval_dataset_path": "eval_data_path",
 }
+
+
+# The entry scripts' own flags (not recipe keys): no recipe key, alias or method key may take them.
+SCRIPT_FLAGS = ("config_path", "ckpt", "json_out", "report_png", "overwrite", "file_format",
+                "file_name", "export_batch", "fold_bn")

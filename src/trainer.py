@@ -196,6 +196,7 @@ class Trainer:
             raise ConfigError(f"checkpoint {path} is from a {saved_steps}-step run, this one has "
                               f"{self.total_steps}: a pruning schedule cannot be stretched mid-run "
                               "(only a dense run, prune_method none, can be given more epochs)")
+        self._refuse_pruning_changes(path, meta)
         if self.start_step >= self.total_steps:
             changed = [k for k in run_record.recipe_changes(meta.get("recipe") or {}, self.cfg, allowed=())
                        if k in self.cfg.resume_allow_changes or "all" in self.cfg.resume_allow_changes]
@@ -214,6 +215,20 @@ class Trainer:
                  if self.start_step < self.total_steps else "all epochs done")
         self.logger.info(f"resumed from {path} at step {self.start_step} ({where})")
         self._check_same_start()
+
+    def _refuse_pruning_changes(self, path, meta):
+        """The pruning target and the method's keys cannot change once a pruning run has begun,
+        even when resume_allow_changes names them: the masks so far were built for the old ones
+        (the run would end off target, or the change would do nothing)."""
+        if self.cfg.prune_method == "none" or not self.start_step or meta.get("recipe") is None:
+            return
+        from src.pruning.registry import keys_of
+        fixed = set(keys_of(self.cfg.prune_method)) | {"sparsity", "prune_include", "prune_exclude",
+                                                       "prune_method"}
+        changed = [k for k in run_record.recipe_changes(meta["recipe"], self.cfg, allowed=()) if k in fixed]
+        if changed:
+            raise ConfigError(f"checkpoint {path} is {self.start_step} steps into a pruning run: "
+                              f"{', '.join(changed)} cannot change mid-run (start a new run instead)")
 
     def _check_same_start(self):
         """Data-parallel resume: every worker must continue from the same step (a collective call)."""
@@ -283,6 +298,7 @@ class Trainer:
         if self.is_main:
             for name, (cell, meta) in outputs.items():
                 path = os.path.join(self.output_dir, name)
+                meta = dict(meta, run_id=self.run_id, recipe=run_record.recipe_of(self.cfg))
                 checkpoint.save_atomic(cell, path, meta=meta)
                 self.logger.info(f"saved {path}")
             self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")

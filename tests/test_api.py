@@ -141,6 +141,7 @@ def test_api_errors_are_one_line_config_errors():
                           ({"steps_per_epoch": "8"}, "steps_per_epoch"),
                           ({"steps_per_epoch": 2.5}, "steps_per_epoch"),
                           ({"epoch_size": 3}, "epochs="), ({"lr_max": 0.1}, "train.py"),
+                          ({"eval_dataset_path": "/x"}, "train.py"),          # an alias of one
                           ({"gmp_frequency": 3}, "gmp_frequency"),          # GMP's key on RPG
                           ({"method": "psap"}, "input_shape"),
                           ({"method": "psap", "input_shape": (1, 1, 16, 16)}, "ResNet"),
@@ -254,9 +255,16 @@ def test_register_refuses_what_would_break_the_schema():
         name = "toy_not_a_key"
         keys = {"k": 3}
 
+    class CaseVariant(RandomRegrowth):
+        name = "RPG"
+
+    class ScriptFlag(RandomRegrowth):
+        name = "toy_script_flag"
+        keys = {"ckpt": Key(str, "")}
+
     before = dict(METHODS)
     for method, message in ((Taken, "taken"), (Collides, "delta"), (BaseKey, "seed"),
-                            (NotAKey, "Key")):
+                            (NotAKey, "Key"), (CaseVariant, "lower case"), (ScriptFlag, "ckpt")):
         with pytest.raises(ValueError, match=message):
             register(method)
     assert METHODS == before

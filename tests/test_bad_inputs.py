@@ -17,6 +17,7 @@ from tests.conftest import ROOT, digest
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
+RIGL = os.path.join(ROOT, "config", "rigl_erk_resnet20_fashion_mnist_s90.yaml")
 TINY = ["--epoch_size", "1", "--train_samples", "64", "--batch_size", "32", "--eval_samples", "32",
         "--num_parallel_workers", "1"]
 
@@ -109,6 +110,12 @@ PARSE_CASES = [
      "same file"),
     ("eval-json-out-missing-dir", evaluate("--json_out", "{tmp}/missing/r.json"), 2, "does not exist"),
     ("eval-json-out-exists", evaluate("--json_out", "{tmp}/readonly.json"), 2, "--overwrite true"),
+    # the run's recipe built option-A shortcuts: a B network would get fresh 1x1 shortcut convs
+    ("eval-other-architecture", evaluate("--shortcut", "B"), 1, "--shortcut A"),
+    ("export-other-architecture", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                   "--shortcut", "B", "--file_name", "{tmp}/arch"], 1, "--shortcut A"),
+    ("export-suffix-any-case", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                "--file_name", "{tmp}/existing.MINDIR"], 2, "--overwrite true"),
     ("export-file-name-missing-dir", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
                                       "--file_name", "{tmp}/missing/net"], 2, "does not exist"),
     ("export-file-name-exists", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
@@ -136,6 +143,8 @@ RUN_CASES = [
      "iterative_T_end_percent"),
     ("no-update-fits", train("--delta", "1000"), 2, "T_end_percent"),
     ("prune-include-selects-nothing", train("--prune_include", "nothing*"), 2, "prune_include"),
+    ("prune-exclude-typo", train("--prune_exclude", "fc.wieght"), 2, "fc.wieght"),
+    ("rigl-no-drop-and-grow-fits", train("--delta", "1000", config=RIGL), 2, "no drop-and-grow update fits"),
     ("train-samples-beyond-data", train("--train_samples", "1000000"), 2, "train_samples"),
     ("device-missing", train("--device_target", "GPU"), 2, "GPU"),
     ("fresh-run-into-finished-run", train(config=DENSE, out="{run}"), 2, "already holds"),

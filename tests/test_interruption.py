@@ -248,3 +248,22 @@ def test_ctrl_c_during_evaluation_is_one_line(reference, fashion_dir, tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("interrupted"), lines[0]
+
+
+@pytest.mark.parametrize("change", [["--sparsity", "0.8"], ["--alpha", "0.5"]])
+def test_pruning_keys_cannot_change_mid_run(reference, fashion_dir, tmp_path, change):
+    """Allowed or not, the target and the method's keys stay fixed once masks exist: the run would
+    end off target or the change would do nothing. One line, exit 2, nothing written."""
+    out = tmp_path / "run"
+    out.mkdir()
+    middle = step_checkpoints(reference)[1]
+    shutil.copy(reference / "run.json", out / "run.json")
+    shutil.copy(middle, out / middle.name)
+    before = {p.name: digest(p) for p in out.iterdir()}
+    key = change[0][2:]
+    proc = run_script("train.py", *TINY, *change, "--data_path", fashion_dir, "--output_dir", out,
+                      "--resume_ckpt", "auto", "--resume_allow_changes", f"[{key}]", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and key in lines[0] and "mid-run" in lines[0], lines
+    assert {p.name: digest(p) for p in out.iterdir()} == before

@@ -99,3 +99,16 @@ def test_plot_run_refuses_bad_input_in_one_line(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (run / "run.png").exists()
+
+
+def test_a_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    """SIGKILL during a write leaves half a line; truncation drops it (its event is replayed) and
+    the next event starts on its own line."""
+    from src.logs import MetricsFile, read_metrics
+    metrics = MetricsFile(str(tmp_path))
+    metrics({"event": "train", "step": 4, "loss": 1.0})
+    with open(metrics.path, "a", encoding="utf-8") as handle:
+        handle.write('{"event": "mask_update", "step": 8, "befo')
+    metrics.truncate_after(8)
+    metrics({"event": "mask_update", "step": 8, "before_iteration": True})
+    assert [(e["event"], e["step"]) for e in read_metrics(str(tmp_path))] == [("train", 4), ("mask_update", 8)]

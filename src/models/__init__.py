@@ -12,6 +12,34 @@ def build_network(cfg, inner_widths=None):
                         inner_widths=inner_widths, zero_gamma=cfg.zero_init_residual)
 
 
+# recipe keys that decide the network's architecture (what a checkpoint's weights must fit)
+ARCHITECTURE_KEYS = ("net", "num_classes", "in_channels", "width_multiplier", "shortcut")
+
+
+def _architecture(recipe):
+    """The architecture keys of a recipe, with shortcut 'auto' resolved as build_resnet does."""
+    arch = {k: recipe.get(k) for k in ARCHITECTURE_KEYS}
+    if arch["shortcut"] == "auto" and arch["net"]:
+        arch["shortcut"] = "A" if arch["net"] in ("resnet20", "resnet32", "resnet56", "resnet110") else "B"
+    return arch
+
+
+def check_architecture(cfg, meta, path):
+    """A checkpoint whose recipe built another network than ``cfg`` would (e.g. shortcut B weights
+    read into an option-A network, the 1x1 shortcut convs silently dropped) is a CheckpointError
+    naming the keys to pass."""
+    from src import checkpoint
+    saved = meta.get("recipe")
+    if not saved:
+        return
+    ours, theirs = _architecture(cfg), _architecture(saved)
+    differ = [k for k in ARCHITECTURE_KEYS if theirs[k] is not None and theirs[k] != ours[k]]
+    if differ:
+        hint = " ".join(f"--{k} {theirs[k]}" for k in differ)
+        raise checkpoint.CheckpointError(f"checkpoint {path} holds a network built with {hint}; the "
+                                         f"config builds another: pass {hint}")
+
+
 def network_from_checkpoint(cfg, path):
     """Rebuild the network a checkpoint holds (compact widths come from its metadata) and load it.
 
@@ -23,6 +51,7 @@ def network_from_checkpoint(cfg, path):
     if meta.get("net") and meta["net"] != cfg.net:
         raise checkpoint.CheckpointError(f"checkpoint {path} holds a {meta['net']}, the config "
                                          f"builds a {cfg.net}")
+    check_architecture(cfg, meta, path)
     net = build_network(cfg, meta.get("inner_widths"))
     checkpoint.load_into(net, params, path, strict=True)
     net.set_train(False)

@@ -164,8 +164,8 @@ def method_settings(method, steps_per_epoch, epochs, keys):
             raise ConfigError(f"{name}: got {value!r}, expected a positive integer")
     if "epoch_size" in keys or "prune_method" in keys:
         raise ConfigError("give the run's length as epochs= and the method as method=")
-    from src.recipe_keys import BASE_KEYS
-    other = [k for k in keys if k in BASE_KEYS and k not in API_BASE_KEYS]
+    from src.recipe_keys import ALIASES, BASE_KEYS
+    other = [k for k in keys if ALIASES.get(k, k) in BASE_KEYS and ALIASES.get(k, k) not in API_BASE_KEYS]
     if other:
         raise ConfigError(f"'{other[0]}' is a train.py recipe key: SparseTraining takes the method's "
                           f"keys and {', '.join(API_BASE_KEYS)}; your loop owns the rest")

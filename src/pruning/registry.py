@@ -4,6 +4,8 @@ The recipe schema (``src.config.schema``) is built from here: a method's keys ex
 its class is registered. ``register`` adds a method (e.g. a test's toy method) without touching
 the loop or the train step.
 """
+import re
+
 from src.recipe_keys import Key
 from src.pruning.base import Pruner
 from src.pruning.gmp import GMPPruner
@@ -23,18 +25,22 @@ def register(method):
     if not (isinstance(method, type) and issubclass(method, Pruner)):
         raise TypeError(f"{method!r} is not a Pruner subclass")
     name = method.name
-    if not isinstance(name, str) or not name or METHODS.get(name, method) is not method:
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name) \
+            or METHODS.get(name, method) is not method:
         raise ValueError(f"prune_method name {name!r} of {method.__name__} is taken by "
                          f"{METHODS[name].__name__}: give the class its own name"
-                         if name in METHODS else f"{method.__name__}.name must be a non-empty string")
+                         if name in METHODS else f"{method.__name__}.name must be lower case letters, "
+                         f"digits and _ (a recipe value), got {name!r}")
     own = vars(method).get("keys", {})
     wrong = [k for k, v in own.items() if not isinstance(v, Key)]
     if wrong:
         raise ValueError(f"{method.__name__}.keys['{wrong[0]}'] must be a src.config.Key declaration")
-    from src.recipe_keys import BASE_KEYS
-    clash = [k for k in own if k in BASE_KEYS]
+    from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS
+    clash = [k for k in own if k in BASE_KEYS or k in ALIASES or k in SCRIPT_FLAGS
+             or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", k)]
     if clash:
-        raise ValueError(f"{method.__name__} declares '{clash[0]}', a key every run has")
+        raise ValueError(f"{method.__name__} declares '{clash[0]}': a key every run has, an alias, "
+                         "an entry script's flag, or not a plain name")
     previous = METHODS.get(name)
     METHODS[name] = method
     try:

@@ -115,7 +115,7 @@ class RPGPruner(DropAndGrowPruner):
                                   "in the graph (ops.svd, float32)"),
         "rpg_apply_update_step": Key(bool, False, help_text="also take the optimizer step on mask-update "
                                                             "iterations (reference: skipped)"),
-        "sparsity_thres": Key(float, 0.0, 0.0, 1.0,
+        "sparsity_thres": Key(float, 0.0, 0.0, 1.0, high_open=True,
                               help_text="rank loss only on conv layers whose share of zero weights is at "
                                         "least this (reference knob; 0 = every conv, its default)"),
         "record_layer_ranks": Key(bool, False,

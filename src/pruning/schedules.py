@@ -193,7 +193,12 @@ class ConstantSchedule:
         delta = _check_int("delta", delta, 1)
         self.t_end = t_end_step(_check_fraction("t_end_percent", t_end_percent, low_open=True),
                                 _check_int("total_steps", total_steps, 1))
-        self.update_steps = [0] + (list(range(delta, self.t_end, delta)) if regrow else [])
+        regrowth = list(range(delta, self.t_end, delta)) if regrow else []
+        if regrow and not regrowth:  # would silently be a static topology
+            raise ValueError(f"no drop-and-grow update fits: total_steps={total_steps} gives "
+                             f"T_end={self.t_end}, but the first would be at step delta={delta}, "
+                             "which must be < T_end; lower delta or train longer")
+        self.update_steps = [0] + regrowth
         self.final_density = final_density
         self.alpha = alpha
 
