@@ -188,8 +188,9 @@ def test_bad_inputs_leave_outputs_intact(dense_run, fashion_dir, tmp_path):
                       "not found")
     _one_line_failure(run_script(*evaluate, "--ckpt", ckpt, "--net", "resnet32", check=False),
                       "resnet")
+    # the checkpoint's recipe names the architecture: the error says what to pass
     _one_line_failure(run_script(*evaluate, "--ckpt", ckpt, "--width_multiplier", "2", check=False),
-                      "shape")
+                      "--width_multiplier 1.0")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00garbage" * 100)
     _one_line_failure(run_script(*evaluate, "--ckpt", junk, check=False), "junk.ckpt")
