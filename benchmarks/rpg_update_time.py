@@ -16,26 +16,17 @@ sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
 from common import random_batch, training_setup  # noqa: E402  (the tree being measured)
 
 
-def count_transfers(run):
-    """Call ``run()`` while counting Parameter.asnumpy / set_data calls per parameter name."""
-    from mindspore import Parameter
-    reads, writes = {}, {}
-    real_read, real_write = Parameter.asnumpy, Parameter.set_data
 
-    def read(self):
-        reads[self.name] = reads.get(self.name, 0) + 1
-        return real_read(self)
-
-    def write(self, data, *args, **kwargs):
-        writes[self.name] = writes.get(self.name, 0) + 1
-        return real_write(self, data, *args, **kwargs)
-
-    Parameter.asnumpy, Parameter.set_data = read, write
-    try:
-        run()
-    finally:
-        Parameter.asnumpy, Parameter.set_data = real_read, real_write
-    return reads, writes
+def _harness():
+    """count_transfers from this script's own tree, loaded by path: the measured tree may predate
+    it, and putting this tree on sys.path would mix its src/ into the measured one."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                        "transfer_count.py")
+    spec = importlib.util.spec_from_file_location("transfer_count", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.count_transfers
 
 
 def main():
@@ -56,7 +47,7 @@ def main():
         start = time.perf_counter()
         update()
         times.append(time.perf_counter() - start)
-    reads, writes = count_transfers(update)
+    reads, writes = _harness()(update)
     names = pruner.names
     most = {kind: max(counts.get(prefix + n, 0) for n in names)
             for kind, counts, prefix in (("weight_reads", reads, ""), ("weight_writes", writes, ""),

@@ -258,28 +258,14 @@ def test_nan_gradient_with_finite_loss_at_a_mask_update_changes_nothing():
     _assert_nan_update_changes_nothing(poison, r"non-finite dense gradient .* at step 5")
 
 
-def test_a_mask_update_moves_each_weight_once_each_way(monkeypatch):
+def test_a_mask_update_moves_each_weight_once_each_way():
     """The update reads every masked weight to the host once and writes it back once; the masks
     go to the device once; the optimizer state is zeroed on the device (no host trip at all)."""
-    from mindspore import Parameter
+    from tests.transfer_count import count_transfers
     pruner, ctx = _build()
     pruner.before_step(pruner.update_steps[0], _batch(), ctx)   # compiles the gradient cell
     pruner.updates_done = 0
-    reads, writes = {}, {}
-    real_asnumpy, real_set_data = Parameter.asnumpy, Parameter.set_data
-
-    def counting_asnumpy(self):
-        reads[self.name] = reads.get(self.name, 0) + 1
-        return real_asnumpy(self)
-
-    def counting_set_data(self, data, *args, **kwargs):
-        writes[self.name] = writes.get(self.name, 0) + 1
-        return real_set_data(self, data, *args, **kwargs)
-
-    monkeypatch.setattr(Parameter, "asnumpy", counting_asnumpy)
-    monkeypatch.setattr(Parameter, "set_data", counting_set_data)
-    pruner.before_step(pruner.update_steps[0], _batch(1), ctx)
-    monkeypatch.undo()
+    reads, writes = count_transfers(lambda: pruner.before_step(pruner.update_steps[0], _batch(1), ctx))
     for name in pruner.names:
         assert reads.get(name) == 1 and writes.get(name) == 1, (name, reads.get(name), writes.get(name))
         assert writes.get("pruning_mask." + name) == 1 and not reads.get("pruning_mask." + name), name
