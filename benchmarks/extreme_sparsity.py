@@ -91,7 +91,6 @@ def group_of(name, shape):
 
 def layer_statistics(weight):
     """Relative numerical and effective rank of the (C_out, C_in*k*k) matrix, zero rows/columns."""
-    sys.path.insert(0, ROOT)
     from src.report import effective_rank, numerical_rank
     matrix = weight.reshape(weight.shape[0], -1).astype(np.float64)
     full = min(matrix.shape)
@@ -103,7 +102,6 @@ def layer_statistics(weight):
 
 def group_statistics(ckpt):
     """Per layer group: the statistics averaged over its layers (unweighted), and the layer count."""
-    sys.path.insert(0, ROOT)
     from src import checkpoint
     params, _, _ = checkpoint.load(ckpt)
     per_group = {g: [] for g in GROUPS}

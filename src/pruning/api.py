@@ -14,8 +14,8 @@
 one you ``register``); every other keyword is a recipe key of that method (see ``python train.py
 --help``) with the recipe's defaults. Prunable weights are the conv (4-D) and Dense (2-D)
 ``*weight`` parameters, narrowed by ``prune_include`` / ``prune_exclude`` name patterns.
-The optimizer must train every pruned weight; its per-parameter state (``moments`` of
-nn.Momentum, ``moment1``/``moment2`` of Adam-type optimizers) is zeroed with the pruned weights.
+The optimizer must train every pruned weight; its per-parameter state (every optimizer Parameter
+named "<slot>.<weight name>", see ``train_cell.optimizer_state``) is zeroed with the pruned weights.
 Graph mode (``ms.set_context(mode=ms.GRAPH_MODE)``) is required, as for train.py.
 
 Why not ``ms.Model.train``: RPG's mask update replaces an iteration's optimizer step with a dense
