@@ -4,7 +4,7 @@
 # Multi-node: set NODE_RANK (this node, 0..), NODE_NUM (nodes), MASTER_ADDR (node 0's address),
 # MASTER_PORT; DEVICE_NUM is then the number of devices on THIS node (see README).
 # Failure: if a worker dies, msrun kills the others and this script exits 1, within ~30 s (the
-# scheduler's heartbeat timeout) when training had started, within CLUSTER_TIME_OUT seconds
+# scheduler's node timeout, MS_NODE_TIMEOUT) when training had started, within CLUSTER_TIME_OUT seconds
 # (default 300: the time other nodes have to join) when it dies while the cluster is forming.
 set -euo pipefail
 if [ $# -lt 3 ]; then

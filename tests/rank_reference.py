@@ -11,20 +11,29 @@ import numpy as np
 from src.pruning.rank_targets import _as_2d, _check_partial_k, select_rank
 
 
-def low_rank_target_numpy(W2d, partial_k):
+def normalized_svd(W2d):
+    """float64 SVD (u, s, vt) of the matrix scaled to unit Frobenius norm (None if all zero).
+    Raises numpy.linalg.LinAlgError if the SVD does not converge."""
+    w = _as_2d(W2d)
+    norm = np.linalg.norm(w)
+    return None if norm == 0.0 else np.linalg.svd(w / norm, full_matrices=False)
+
+
+def low_rank_target_numpy(W2d, partial_k, factors=None):
     """Host float64 reference of the constant target: returns (A_k, k).
 
     ``W2d``: a (C_out, C_in*kh*kw) matrix (a 4-D conv weight is reshaped to that). It is
     normalised to unit Frobenius norm first, so A_k is the rank-k truncated SVD of Wn, with k
-    from :func:`select_rank`. An all-zero matrix gives (zeros, 0).
+    from :func:`select_rank`. An all-zero matrix gives (zeros, 0). ``factors``: its
+    :func:`normalized_svd`, when a test sweeps partial_k over the same matrix.
     Raises numpy.linalg.LinAlgError if the SVD does not converge.
     """
     p = _check_partial_k(partial_k)
     w = _as_2d(W2d)
-    norm = np.linalg.norm(w)
-    if norm == 0.0:
+    factors = normalized_svd(w) if factors is None else factors
+    if np.linalg.norm(w) == 0.0:
         return np.zeros_like(w), 0
-    u, s, vt = np.linalg.svd(w / norm, full_matrices=False)
+    u, s, vt = factors
     k = select_rank(s, p)
     return (u[:, :k] * s[:k]) @ vt[:k], k
 
@@ -50,19 +59,20 @@ def rank_loss_numpy(weight_arrays, partial_k):
     return float(np.mean(losses)) if losses else 0.0
 
 
-def svd_targets_numpy(weight_arrays, partial_k, dtype=np.float32):
+def svd_targets_numpy(weight_arrays, partial_k, dtype=np.float32, factors=None):
     """(targets, ranks, ok) as src.pruning.rank_targets.rank_targets_numpy returns them, from a
     float64 SVD of every layer: the path the Gram targets replaced (benchmarks/rpg_cost.py times
-    it as the "before")."""
+    it as the "before"). ``factors``: each layer's :func:`normalized_svd`, computed once when a
+    test sweeps partial_k."""
     p = _check_partial_k(partial_k)
     targets, ranks, ok = [], [], []
-    for w in weight_arrays:
+    for i, w in enumerate(weight_arrays):
         w2 = _as_2d(w)
         good = bool(np.linalg.norm(w2) > 0.0)
         a_k, k = np.zeros_like(w2), 0
         if good:
             try:
-                a_k, k = low_rank_target_numpy(w2, p)
+                a_k, k = low_rank_target_numpy(w2, p, None if factors is None else factors[i])
             except np.linalg.LinAlgError:
                 a_k, good = np.zeros_like(w2), False
         targets.append(a_k.astype(dtype))

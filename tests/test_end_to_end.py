@@ -139,11 +139,11 @@ def test_resume_continues_identically(fashion_dir, tmp_path):
     common = ["--config_path", RPG, "--data_path", fashion_dir, "--train_samples", "256",
               "--eval_samples", "64", "--batch_size", "32", "--delta", "3", "--eval_interval", "0",
               "--num_parallel_workers", "1"]
-    run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "full")
-    # Stop after epoch 1 (a checkpoint is written there), then continue the same 2-epoch schedule.
-    run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "part",
+    # The whole 2-epoch run, keeping a mid-epoch checkpoint; continuing the same schedule from that
+    # checkpoint in a new folder must end bit-identical to it
+    run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "full",
                "--save_checkpoint_steps", "5", "--keep_checkpoint_max", "10")
-    ckpts = sorted((tmp_path / "part").glob("*_step5.ckpt"))
+    ckpts = sorted((tmp_path / "full").glob("*_step5.ckpt"))
     assert ckpts, "no mid-epoch checkpoint"
     proc = run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "resumed",
                       "--resume_ckpt", ckpts[0])

@@ -21,7 +21,8 @@ from src.pruning.rank_targets import (
     split_layers)
 from src.report import numerical_rank
 from tests.conftest import ROOT, resnet50_weight_shapes
-from tests.rank_reference import low_rank_target_numpy, rank_loss_numpy, svd_targets_numpy
+from tests.rank_reference import (low_rank_target_numpy, normalized_svd, rank_loss_numpy,
+                                  svd_targets_numpy)
 
 SHAPES = [(8, 4, 3, 3), (16, 8, 1, 1), (6, 3, 7, 7), (32, 16, 1, 1), (5, 40)]
 
@@ -357,8 +358,9 @@ def test_gram_targets_match_the_float64_svd_reference():
     products add rounding that grows with the inner dimension (measured up to ~7e-7 on pruned
     ResNet-50 convs, 3e-7 on trained ResNet-20 ones)."""
     weights = realistic_weights()
+    factors = [normalized_svd(w) for w in weights]   # one SVD per matrix for the whole sweep
     for p in PARTIAL_KS:
-        ref, ref_k, ref_ok = svd_targets_numpy(weights, p)
+        ref, ref_k, ref_ok = svd_targets_numpy(weights, p, factors=factors)
         got, got_k, got_ok = rank_targets_numpy(weights, p)
         assert got_k == ref_k and got_ok == ref_ok, p
         for a, b in zip(got, ref):

@@ -78,7 +78,7 @@ def test_gradient_energy_accumulates_per_filter():
     np.testing.assert_allclose(energy, expected, rtol=1e-4, atol=1e-12)
 
 
-def _train_with_loss_scale(loss_scale, steps=16):
+def _train_with_loss_scale(loss_scale, steps=6):
     """Weights and gradient energy after ``steps`` masked steps with a static loss scale."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)

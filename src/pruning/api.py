@@ -126,7 +126,7 @@ class SparseTraining:
         full_rank, effective_rank, ...}]} (numerical and effective rank of each weight matrix)."""
         from src.report import layer_rows
         names = getattr(self.pruner, "names", None) or []
-        rows = [row for row in layer_rows(self.network) if row["name"] in names]
+        rows = layer_rows(self.network, names)   # the SVDs of the pruned layers only
         weights = self.ctx.get_weights(names).values()
         return {"sparsity": sparsity_of(weights) if names else 0.0, "layers": rows}
 
