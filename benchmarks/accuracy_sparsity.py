@@ -42,7 +42,9 @@ def run(args, label, recipe, extra, work_dir):
               "--train_samples", str(args.train_samples), "--seed", str(args.seed),
               "--log_interval", "50", "--eval_interval", "0"]
     start = time.time()
-    subprocess.run([sys.executable, "train.py", "--config_path", recipe, *common, *extra],
+    # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
+    subprocess.run([sys.executable, "train.py", "--config_path", recipe, *common, *extra,
+                    "--resume_ckpt", "auto"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     seconds = time.time() - start
     subprocess.run([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,

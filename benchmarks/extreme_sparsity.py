@@ -60,8 +60,10 @@ def run(args, net, sparsity, label, seed):
               "--train_samples", str(args.train_samples), "--seed", str(seed),
               "--sparsity", str(sparsity / 100), "--log_interval", "50", "--eval_interval", "0"]
     start = time.time()
+    # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
     subprocess.run([sys.executable, "train.py", "--config_path", recipe, *common, *extra, *interval,
-                    *NETS[net]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                    *NETS[net], "--resume_ckpt", "auto"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
     seconds = time.time() - start
     eval_path = os.path.join(out, "eval.json")
     subprocess.run([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,

@@ -125,7 +125,7 @@ def _train(cmd, out, ckpt, log):
     seconds_path = os.path.join(out, "train_seconds.json")
     if not os.path.exists(ckpt):
         start = time.time()
-        _call(cmd, log)
+        _call(cmd + ["--resume_ckpt", "auto"], log)   # an interrupted run continues
         with open(seconds_path, "w", encoding="utf-8") as handle:
             json.dump(time.time() - start, handle)
     if os.path.exists(seconds_path):

@@ -31,7 +31,9 @@ def run(args, choice, seed):
         common = ["--data_path", args.data_path, "--output_dir", out, "--epoch_size", str(args.epochs),
                   "--train_samples", str(args.train_samples), "--seed", str(seed),
                   "--delta", str(args.delta), "--log_interval", "50", "--eval_interval", "0"]
-        subprocess.run([sys.executable, "train.py", "--config_path", RECIPE, *common, *overrides],
+        # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
+        subprocess.run([sys.executable, "train.py", "--config_path", RECIPE, *common, *overrides,
+                        "--resume_ckpt", "auto"],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         subprocess.run([sys.executable, "eval.py", "--config_path", RECIPE, "--data_path", args.data_path,
                         "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", path,
