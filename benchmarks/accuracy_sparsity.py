@@ -3,18 +3,19 @@ the rank loss (lamb 0) and RPG, same epochs, data, seed and mask-update interval
 
     python benchmarks/accuracy_sparsity.py --data_path DIR [--train_samples 10000 --epochs 6]
 
-Each run is `train.py` then `eval.py --json_out` (the full 10,000-image test set); results go to
+Each run is `train.py` then `eval.py --json_out` (the full 10,000-image test set); results replace
 benchmarks/results/accuracy_sparsity.{json,md,png}. Finished runs are kept under --work_dir and
-skipped when the script is started again, so an interrupted benchmark continues.
+reused when the script is started again, only if made with the same recipe, seed and budget (else
+one error line: use another --work_dir); an interrupted run continues from its newest checkpoint.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 from common import ROOT, machine_info, write_results
+from runs import call, check_same_recipe, main_guard
 
 METHODS = [  # (label, recipe prefix, extra overrides)
     ("GMP", "gmp", []),
@@ -28,8 +29,13 @@ def run_dir(work_dir, label):
 
 
 def run(args, label, recipe, extra, work_dir):
-    """Train + evaluate one setting; returns the eval JSON (cached) with rank statistics."""
+    """Train + evaluate one setting; returns the eval JSON (cached, reused only for a run of the
+    same recipe and budget) with rank statistics."""
     out = run_dir(work_dir, label)
+    train_args = ["--config_path", recipe, "--data_path", args.data_path, "--output_dir", out,
+                  "--epoch_size", str(args.epochs), "--train_samples", str(args.train_samples),
+                  "--seed", str(args.seed), "--log_interval", "50", "--eval_interval", "0", *extra]
+    check_same_recipe(out, train_args)
     result_path = os.path.join(out, "eval.json")
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as handle:
@@ -38,24 +44,20 @@ def run(args, label, recipe, extra, work_dir):
             result["mean_relative_rank"], result["mean_relative_effective_rank"] = \
                 rank_summary(out, recipe)
         return result
-    common = ["--data_path", args.data_path, "--output_dir", out, "--epoch_size", str(args.epochs),
-              "--train_samples", str(args.train_samples), "--seed", str(args.seed),
-              "--log_interval", "50", "--eval_interval", "0"]
     start = time.time()
     # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
-    subprocess.run([sys.executable, "train.py", "--config_path", recipe, *common, *extra,
-                    "--resume_ckpt", "auto"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    call([sys.executable, "train.py", *train_args, "--resume_ckpt", "auto"])
     seconds = time.time() - start
-    subprocess.run([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,
-                    "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", result_path],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    with open(result_path, encoding="utf-8") as handle:
+    partial = os.path.join(out, "eval_partial.json")   # eval.json appears only complete
+    call([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,
+          "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", partial, "--overwrite", "true"])
+    with open(partial, encoding="utf-8") as handle:
         result = json.load(handle)
     result["train_seconds"] = seconds
     result["mean_relative_rank"], result["mean_relative_effective_rank"] = rank_summary(out, recipe)
-    with open(result_path, "w", encoding="utf-8") as handle:
+    with open(partial, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
+    os.replace(partial, result_path)
     print(f"{label}: top1 {result['top1']:.4f} sparsity {result['sparsity']:.4f} "
           f"({seconds:.0f} s)", flush=True)
     return result
@@ -157,4 +159,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -7,20 +7,26 @@ sparsity on Fashion-MNIST, several seeds, with the rank evidence per layer group
 Each run is `train.py` + `eval.py --json_out` (the full 10,000-image test set) + statistics of
 its last.ckpt per layer group (stem, 3x3 convs, 1x1 / downsample convs, FC): numerical and
 effective rank relative to full rank, and the fraction of all-zero rows (dead output channels)
-and all-zero columns (inputs no weight reads), the mechanism of rank collapse. Runs are kept
-under --work_dir and skipped when the script is started again (an interrupted benchmark
-continues; add seeds later the same way). Results: benchmarks/results/extreme_sparsity.{json,md,png}.
+and all-zero columns (inputs no weight reads), the mechanism of rank collapse.
+
+Runs are kept under --work_dir and reused when the script is started again, only if made with
+the same recipe and budget (else one error line: use another --work_dir); an interrupted run
+continues from its newest checkpoint. The report covers the settings of this command, so to add
+seeds later give all of them (the finished ones are reused). Results replace
+benchmarks/results/extreme_sparsity.{json,md,png} (git restores the committed ones);
+--report_only rewrites them from the finished runs, or, when --work_dir has none, from the
+committed JSON if it was made with the same budget.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 from common import ROOT, machine_info, write_results
+from runs import BenchmarkError, call, check_same_recipe, main_guard
 
 METHODS = {  # label: (recipe prefix, extra overrides)
     "GMP": ("gmp", []),
@@ -47,28 +53,29 @@ def run_dir(args, net, sparsity, label, seed):
 
 
 def run(args, net, sparsity, label, seed):
-    """Train + evaluate + layer-group statistics of one setting (cached in result.json)."""
+    """Train + evaluate + layer-group statistics of one setting (cached in result.json, reused
+    only if the run folder holds a run of the same recipe and budget)."""
     out = run_dir(args, net, sparsity, label, seed)
+    prefix, extra = METHODS[label]
+    recipe = recipe_for(prefix)
+    interval = ["--gmp_frequency" if prefix == "gmp" else "--delta", str(args.delta)]
+    train_args = ["--config_path", recipe, "--data_path", args.data_path, "--output_dir", out,
+                  "--epoch_size", str(args.epochs), "--train_samples", str(args.train_samples),
+                  "--seed", str(seed), "--sparsity", str(sparsity / 100), "--log_interval", "50",
+                  "--eval_interval", "0", *extra, *interval, *NETS[net]]
+    check_same_recipe(out, train_args)
     result_path = os.path.join(out, "result.json")
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as handle:
             return json.load(handle)
-    prefix, extra = METHODS[label]
-    recipe = recipe_for(prefix)
-    interval = ["--gmp_frequency" if prefix == "gmp" else "--delta", str(args.delta)]
-    common = ["--data_path", args.data_path, "--output_dir", out, "--epoch_size", str(args.epochs),
-              "--train_samples", str(args.train_samples), "--seed", str(seed),
-              "--sparsity", str(sparsity / 100), "--log_interval", "50", "--eval_interval", "0"]
     start = time.time()
     # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
-    subprocess.run([sys.executable, "train.py", "--config_path", recipe, *common, *extra, *interval,
-                    *NETS[net], "--resume_ckpt", "auto"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    call([sys.executable, "train.py", *train_args, "--resume_ckpt", "auto"])
     seconds = time.time() - start
     eval_path = os.path.join(out, "eval.json")
-    subprocess.run([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,
-                    "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", eval_path, *NETS[net]],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    call([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,
+          "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", eval_path, "--overwrite", "true",
+          *NETS[net]])
     with open(eval_path, encoding="utf-8") as handle:
         evaluation = json.load(handle)
     result = {"net": net, "sparsity_target": sparsity / 100, "method": label, "seed": seed,
@@ -143,10 +150,10 @@ def aggregate(results):
     return rows
 
 
-def markdown(rows, command, args):
+def markdown(rows, command, args, partial):
     lines = ["# Extreme sparsity on Fashion-MNIST: GMP, RigL-ERK, RPG lamb=0, RPG", "",
              f"Command: `{command}`", ""]
-    if args.report_only:
+    if partial:
         lines += ["**Partial**: only the runs finished so far are reported (see the seeds column); "
                   "the same command without --report_only runs the rest of the matrix.", ""]
     lines += [f"Every run: the first {args.train_samples} training images, {args.epochs} epochs, mask "
@@ -202,7 +209,7 @@ def plot(rows, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--data_path", default="", help="required unless --report_only")
     parser.add_argument("--nets", nargs="+", default=["resnet20"], choices=list(NETS))
     parser.add_argument("--sparsities", type=float, nargs="+", default=[98, 99.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -214,14 +221,12 @@ def main():
     parser.add_argument("--report_only", action="store_true",
                         help="report the runs finished so far (no training); the Markdown says so")
     args = parser.parse_args()
+    if not args.data_path and not args.report_only:
+        parser.error("--data_path is required (unless --report_only)")
+    args.data_path = args.data_path or os.path.join(ROOT, "data", "fashion_mnist")
     settings = [(net, sparsity, method, seed) for net in args.nets for sparsity in args.sparsities
                 for method in args.methods for seed in args.seeds]
-    if args.report_only:
-        settings = [s for s in settings
-                    if os.path.exists(os.path.join(run_dir(args, *s), "result.json"))]
-        if not settings:
-            raise SystemExit(f"no finished run in {args.work_dir}")
-    results = [run(args, *s) for s in settings]
+    results = finished_runs(args, settings) if args.report_only else [run(args, *s) for s in settings]
     rows = aggregate(results)
     command = (f"python benchmarks/extreme_sparsity.py --data_path DIR --nets {' '.join(args.nets)} "
                f"--sparsities {' '.join(f'{s:g}' for s in args.sparsities)} --seeds "
@@ -229,9 +234,33 @@ def main():
                f"--train_samples {args.train_samples} --epochs {args.epochs} --delta {args.delta}")
     png = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.png")
     plot(rows, png)
-    write_results("extreme_sparsity", {"machine": machine_info(), "command": command, "rows": rows,
-                                       "runs": results}, markdown(rows, command, args))
+    write_results("extreme_sparsity", {"machine": machine_info(), "command": command,
+                                       "budget": budget_of(args), "rows": rows, "runs": results},
+                  markdown(rows, command, args, partial=len(results) < len(settings)))
+
+
+def budget_of(args):
+    return {"train_samples": args.train_samples, "epochs": args.epochs, "delta": args.delta}
+
+
+def finished_runs(args, settings):
+    """--report_only: the finished runs of ``settings`` in --work_dir; if there are none, those in
+    the committed results JSON when it was made with the same budget (rewrites the report)."""
+    found = [run(args, *s) for s in settings
+             if os.path.exists(os.path.join(run_dir(args, *s), "result.json"))]
+    committed_path = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.json")
+    if not found and os.path.exists(committed_path):
+        with open(committed_path, encoding="utf-8") as handle:
+            committed = json.load(handle)
+        if committed.get("budget") == budget_of(args):
+            wanted = {(net, sparsity / 100, method, seed) for net, sparsity, method, seed in settings}
+            found = [r for r in committed["runs"]
+                     if (r["net"], r["sparsity_target"], r["method"], r["seed"]) in wanted]
+    if not found:
+        raise BenchmarkError(f"no finished run in {args.work_dir}, and none of this budget in "
+                             "benchmarks/results/extreme_sparsity.json")
+    return found
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

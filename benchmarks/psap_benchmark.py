@@ -25,17 +25,18 @@ first seed's networks are exported to MINDIR at batch 1 and 32 and timed in one 
 network (``measure_latency``: models interleaved, after waiting for a quiet machine).
 
 Results: benchmarks/results/psap_matrix.{json,md,png} (--name). Finished runs are kept under
---work_dir and skipped when the script is started again; --report_only rewrites the report from
-the JSON.
+--work_dir and reused when the script is started again, only if made with the same settings
+(else one error line); an interrupted run continues from its newest checkpoint; --report_only
+rewrites the report from the JSON.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 from common import ROOT, machine_info, write_results
+from runs import BenchmarkError, call, check_same_recipe, main_guard
 from src.logs import MetricsFile, read_metrics
 
 DENSE_RECIPE = "resnet20_fashion_mnist.yaml"
@@ -60,13 +61,6 @@ def method_overrides(method, bn_score):
 
 def _recipe(name):
     return os.path.join(ROOT, "config", name)
-
-
-def _call(cmd, log_path):
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
 def label_of(method, multiple):
@@ -125,7 +119,7 @@ def _train(cmd, out, ckpt, log):
     seconds_path = os.path.join(out, "train_seconds.json")
     if not os.path.exists(ckpt):
         start = time.time()
-        _call(cmd + ["--resume_ckpt", "auto"], log)   # an interrupted run continues
+        call(cmd + ["--resume_ckpt", "auto"], log)   # an interrupted run continues
         with open(seconds_path, "w", encoding="utf-8") as handle:
             json.dump(time.time() - start, handle)
     if os.path.exists(seconds_path):
@@ -137,6 +131,8 @@ def _train(cmd, out, ckpt, log):
 def run(args, s, export):
     """Train + evaluate (+ export) one setting; returns its record (cached in its directory)."""
     out = run_dir(args.work_dir, s)
+    cmd, recipe = train_command(args, s, out)
+    check_same_recipe(out, cmd[2:])   # a cached run is reused only with the same settings
     record_path = os.path.join(out, "record.json")
     if os.path.exists(record_path):
         with open(record_path, encoding="utf-8") as handle:
@@ -145,19 +141,19 @@ def run(args, s, export):
             return record
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "commands.log")
-    cmd, recipe = train_command(args, s, out)
     ckpt = os.path.join(out, "last.ckpt" if s["method"] == "dense" else "last_compact.ckpt")
     seconds = _train(cmd, out, ckpt, log)
     config = ["--config_path", _recipe(recipe), "--net", s["net"]]
     eval_json = os.path.join(out, "eval.json")
     samples = ["--eval_samples", str(args.eval_samples)] if args.eval_samples else []
-    _call([sys.executable, "eval.py", *config, "--data_path", args.data_path, "--ckpt", ckpt,
-           "--json_out", eval_json, *samples], log)
+    # --overwrite: a rerun after a failure between the steps replaces their partial outputs
+    call([sys.executable, "eval.py", *config, "--data_path", args.data_path, "--ckpt", ckpt,
+          "--json_out", eval_json, "--overwrite", "true", *samples], log)
     exports = {}
     for batch in BATCHES if export else ():
         name = os.path.join(out, f"model_b{batch}")
-        _call([sys.executable, "export.py", *config, "--ckpt", ckpt, "--file_format", "MINDIR",
-               "--file_name", name, "--export_batch", str(batch)], log)
+        call([sys.executable, "export.py", *config, "--ckpt", ckpt, "--file_format", "MINDIR",
+              "--file_name", name, "--export_batch", str(batch), "--overwrite", "true"], log)
         exports[str(batch)] = name + ".mindir"
     with open(eval_json, encoding="utf-8") as handle:
         result = json.load(handle)
@@ -466,7 +462,7 @@ def time_networks(args, records):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--data_path", default="", help="required unless --report_only")
     parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--cuts", type=float, nargs="+", default=[0.4, 0.6])
     parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"],
@@ -494,10 +490,27 @@ def parse_args():
     parser.add_argument("--report_only", action="store_true",
                         help="rewrite the report from the stored results JSON (no runs)")
     args = parser.parse_args()
+    if not args.data_path and not args.report_only:
+        parser.error("--data_path is required (unless --report_only)")
     for method in args.methods + args.round_methods:
         method_overrides(method, args.bn_score)
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(ROOT, "output", "bench_psap_matrix"))
     return args
+
+
+def stored_report(path):
+    """(data, Markdown) of a results JSON this script wrote (BenchmarkError: one line if not)."""
+    if not os.path.exists(path):
+        raise BenchmarkError(f"no results file {os.path.relpath(path, ROOT)}: run the benchmark "
+                             "first, or name an existing one with --name")
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    try:
+        return data, markdown(data)
+    except KeyError as err:   # an older layout (the committed psap_benchmark.json: commit fff213e)
+        raise BenchmarkError(f"{os.path.relpath(path, ROOT)} was written by an older version of "
+                             f"this script (no {err} in it); its committed Markdown stays the "
+                             "report, this version cannot rebuild it") from None
 
 
 def command_line(args):
@@ -514,9 +527,7 @@ def main():
     args = parse_args()
     results = os.path.join(ROOT, "benchmarks", "results")
     if args.report_only:
-        with open(os.path.join(results, f"{args.name}.json"), encoding="utf-8") as handle:
-            data = json.load(handle)
-        write_results(args.name, data, markdown(data))
+        write_results(args.name, *stored_report(os.path.join(results, f"{args.name}.json")))
         return
     records = [run(args, s, export=s["seed"] == args.seeds[0]) for s in settings(args)]
     latency, loads = time_networks(args, records)
@@ -532,4 +543,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -5,18 +5,19 @@ warm-up 0.5 vs 0 epochs, for RPG at 98 % on ResNet-20 / Fashion-MNIST, several s
     python benchmarks/recipe_choices.py --data_path DIR [--seeds 7 8] [--train_samples 12000 --epochs 4]
 
 Each run is `train.py` + `eval.py --json_out` (full 10,000-image test set); runs are kept under
---work_dir and skipped when started again. Results: benchmarks/results/recipe_choices.{json,md}.
+--work_dir and reused when started again, only if made with the same settings (else one error
+line); an interrupted run continues from its newest checkpoint. Results: benchmarks/results/recipe_choices.{json,md}.
 """
 import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
 from common import ROOT, machine_info, write_results
+from runs import call, check_same_recipe, main_guard
 
 RECIPE = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s98.yaml")
 FACTORS = {"shortcut": ("A", "B"), "crop_padding": (2, 0), "warmup_epochs": (0.5, 0)}
@@ -26,18 +27,18 @@ def run(args, choice, seed):
     tag = "_".join(f"{k}{v}" for k, v in choice.items()) + f"_seed{seed}"
     out = os.path.join(args.work_dir, tag)
     path = os.path.join(out, "eval.json")
+    overrides = [x for k, v in choice.items() for x in (f"--{k}", str(v))]
+    train_args = ["--config_path", RECIPE, "--data_path", args.data_path, "--output_dir", out,
+                  "--epoch_size", str(args.epochs), "--train_samples", str(args.train_samples),
+                  "--seed", str(seed), "--delta", str(args.delta), "--log_interval", "50",
+                  "--eval_interval", "0", *overrides]
+    check_same_recipe(out, train_args)   # a cached run is reused only with the same settings
     if not os.path.exists(path):
-        overrides = [x for k, v in choice.items() for x in (f"--{k}", str(v))]
-        common = ["--data_path", args.data_path, "--output_dir", out, "--epoch_size", str(args.epochs),
-                  "--train_samples", str(args.train_samples), "--seed", str(seed),
-                  "--delta", str(args.delta), "--log_interval", "50", "--eval_interval", "0"]
         # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
-        subprocess.run([sys.executable, "train.py", "--config_path", RECIPE, *common, *overrides,
-                        "--resume_ckpt", "auto"],
-                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([sys.executable, "eval.py", "--config_path", RECIPE, "--data_path", args.data_path,
-                        "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", path,
-                        "--shortcut", choice["shortcut"]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        call([sys.executable, "train.py", *train_args, "--resume_ckpt", "auto"])
+        call([sys.executable, "eval.py", "--config_path", RECIPE, "--data_path", args.data_path,
+              "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", path,
+              "--shortcut", choice["shortcut"]])
     with open(path, encoding="utf-8") as handle:
         top1 = json.load(handle)["top1"]
     print(f"{tag}: top1 {top1:.4f}", flush=True)
@@ -86,4 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

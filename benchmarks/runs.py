@@ -1,0 +1,74 @@
+"""Training runs of the accuracy benchmarks: train.py, eval.py and export.py as subprocesses.
+
+- A run folder is reused (cached result, or an interrupted run continued with --resume_ckpt auto)
+  only if its run.json records the recipe this command would train: another budget, seed or a
+  changed recipe file is refused with one line naming the keys, never reported as if it matched.
+- A failing or interrupted step ends the benchmark with one line, not a traceback; finished runs
+  stay in the work folder and the same command continues.
+"""
+import os
+import subprocess
+import sys
+
+from common import ROOT
+from src.config import ConfigError, parse_args
+from src.run_record import read_run, recipe_changes, recipe_of
+
+
+class BenchmarkError(Exception):
+    """A benchmark step that cannot go on: one line for the user."""
+
+
+def check_same_recipe(out, train_args):
+    """BenchmarkError if ``out`` holds a run whose recipe differs from what ``train_args`` (the
+    arguments after ``train.py``) give."""
+    try:
+        record = read_run(out)
+        if record is None:
+            return
+        cfg, _ = parse_args([str(a) for a in train_args])
+    except ConfigError as err:
+        raise BenchmarkError(str(err)) from None
+    changed = recipe_changes(record["recipe"], cfg, allowed=[])
+    if changed:
+        now = recipe_of(cfg)
+        shown = ", ".join(f"{k} {record['recipe'].get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise BenchmarkError(f"{out} holds a run with other settings ({shown}{more}): use another "
+                             "--work_dir, or delete that folder to run it again")
+
+
+def call(cmd, log_path=None):
+    """Run ``cmd`` (python train.py/eval.py/export.py ...) from the repository root; its output
+    goes to ``log_path`` (appended) or nowhere. BenchmarkError if it fails; KeyboardInterrupt if it
+    was interrupted (Ctrl-C reaches the child first: train.py saves and exits 130)."""
+    log = open(log_path, "a", encoding="utf-8") if log_path else None
+    try:
+        if log:
+            log.write("$ " + " ".join(map(str, cmd)) + "\n")
+            log.flush()
+        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=log or subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT if log else None)
+    finally:
+        if log:
+            log.close()
+    if proc.returncode in (130, -2):
+        raise KeyboardInterrupt
+    if proc.returncode != 0:
+        script = os.path.basename(str(cmd[1]))
+        where = f"; its output: {log_path}" if log_path else ""
+        raise BenchmarkError(f"{script} exited {proc.returncode}{where} (command: "
+                             f"{' '.join(map(str, cmd[1:]))})")
+
+
+def main_guard(main):
+    """Run a benchmark's ``main``: one error line (exit 1) or the interrupted line (exit 130)."""
+    try:
+        main()
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept in the work folder; the same command continues",
+              file=sys.stderr)
+        sys.exit(130)
