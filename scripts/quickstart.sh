@@ -3,7 +3,7 @@
 # venv + requirements, Fashion-MNIST, a short RPG training of ResNet-20 at 90 % sparsity,
 # evaluation (accuracy, sparsity, per-layer rank) and a verified MINDIR export.
 # Usage: bash scripts/quickstart.sh [OUTPUT_DIR]
-# Time on 2 CPU cores with .venv and the data in place: 89 s on an idle machine, 211 s on a busy
+# Time on 2 CPU cores with .venv and the data in place: 86 s on an idle machine, 211 s on a busy
 # one; a new machine adds the venv and the ~770 MB MindSpore download. See README.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
