@@ -226,6 +226,8 @@ def main():
     args.data_path = args.data_path or os.path.join(ROOT, "data", "fashion_mnist")
     settings = [(net, sparsity, method, seed) for net in args.nets for sparsity in args.sparsities
                 for method in args.methods for seed in args.seeds]
+    if args.report_only:
+        keep_committed_runs(settings)
     results = finished_runs(args, settings) if args.report_only else [run(args, *s) for s in settings]
     rows = aggregate(results)
     command = (f"python benchmarks/extreme_sparsity.py --data_path DIR --nets {' '.join(args.nets)} "
@@ -241,6 +243,24 @@ def main():
 
 def budget_of(args):
     return {"train_samples": args.train_samples, "epochs": args.epochs, "delta": args.delta}
+
+
+def keep_committed_runs(settings):
+    """--report_only rewrites the committed results: refuse a selection that would drop runs."""
+    path = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        committed = json.load(handle)
+    wanted = {(net, sparsity / 100, method, seed) for net, sparsity, method, seed in settings}
+    dropped = [r for r in committed.get("runs", [])
+               if (r["net"], r["sparsity_target"], r["method"], r["seed"]) not in wanted]
+    if dropped:
+        r = dropped[0]
+        raise BenchmarkError(f"--report_only would drop {len(dropped)} run(s) of the committed "
+                             f"results (e.g. {r['net']} {100 * r['sparsity_target']:g} % "
+                             f"{r['method']} seed {r['seed']}): select them too (the committed "
+                             f"command: {committed.get('command', '?')})")
 
 
 def finished_runs(args, settings):

@@ -47,8 +47,15 @@ def call(cmd, log_path=None):
         if log:
             log.write("$ " + " ".join(map(str, cmd)) + "\n")
             log.flush()
-        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=log or subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT if log else None)
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=log or subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT if log else None)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            # the child got the same Ctrl-C: let train.py finish its step and save (subprocess.run
+            # would kill it after 0.25 s and lose the work since the last periodic checkpoint)
+            proc.wait()
+            raise
     finally:
         if log:
             log.close()
