@@ -15,7 +15,8 @@ import sys
 import time
 
 from common import ROOT, machine_info, write_results
-from runs import call, check_same_recipe, main_guard
+from runs import call, check_same_recipe, main_guard, train
+from src.outputs import write_json_atomic
 
 METHODS = [  # (label, recipe prefix, extra overrides)
     ("GMP", "gmp", []),
@@ -45,19 +46,16 @@ def run(args, label, recipe, extra, work_dir):
                 rank_summary(out, recipe)
         return result
     start = time.time()
-    # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
-    call([sys.executable, "train.py", *train_args, "--resume_ckpt", "auto"])
+    train(train_args)
     seconds = time.time() - start
-    partial = os.path.join(out, "eval_partial.json")   # eval.json appears only complete
+    partial = os.path.join(out, "eval_partial.json")   # eval.json appears only with the ranks
     call([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,
           "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", partial, "--overwrite", "true"])
     with open(partial, encoding="utf-8") as handle:
         result = json.load(handle)
     result["train_seconds"] = seconds
     result["mean_relative_rank"], result["mean_relative_effective_rank"] = rank_summary(out, recipe)
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(result, handle)
-    os.replace(partial, result_path)
+    write_json_atomic(result, result_path)
     print(f"{label}: top1 {result['top1']:.4f} sparsity {result['sparsity']:.4f} "
           f"({seconds:.0f} s)", flush=True)
     return result
@@ -65,7 +63,6 @@ def run(args, label, recipe, extra, work_dir):
 
 def rank_summary(ckpt_dir, recipe):
     """Mean relative numerical and effective rank of the convs of a run's last.ckpt."""
-    sys.path.insert(0, ROOT)
     from src.config import parse_args
     from src.models import network_from_checkpoint
     from src.report import layer_rows, mean_relative_rank

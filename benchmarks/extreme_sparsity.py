@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 from common import ROOT, machine_info, write_results
-from runs import BenchmarkError, call, check_same_recipe, main_guard
+from runs import BenchmarkError, call, check_same_recipe, main_guard, train
+from src.outputs import write_json_atomic
 
 METHODS = {  # label: (recipe prefix, extra overrides)
     "GMP": ("gmp", []),
@@ -69,8 +70,7 @@ def run(args, net, sparsity, label, seed):
         with open(result_path, encoding="utf-8") as handle:
             return json.load(handle)
     start = time.time()
-    # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
-    call([sys.executable, "train.py", *train_args, "--resume_ckpt", "auto"])
+    train(train_args)
     seconds = time.time() - start
     eval_path = os.path.join(out, "eval.json")
     call([sys.executable, "eval.py", "--config_path", recipe, "--data_path", args.data_path,
@@ -82,9 +82,7 @@ def run(args, net, sparsity, label, seed):
               "top1": evaluation["top1"], "top5": evaluation["top5"],
               "sparsity": evaluation["sparsity"], "train_seconds": seconds,
               "groups": group_statistics(os.path.join(out, "last.ckpt"))}
-    with open(result_path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(result, handle)
-    os.replace(result_path + ".tmp", result_path)
+    write_json_atomic(result, result_path)
     print(f"{net} {sparsity:g} % {label} seed {seed}: top1 {result['top1']:.4f} "
           f"sparsity {result['sparsity']:.4f} ({seconds:.0f} s)", flush=True)
     return result
@@ -226,8 +224,6 @@ def main():
     args.data_path = args.data_path or os.path.join(ROOT, "data", "fashion_mnist")
     settings = [(net, sparsity, method, seed) for net in args.nets for sparsity in args.sparsities
                 for method in args.methods for seed in args.seeds]
-    if args.report_only:
-        keep_committed_runs(settings)
     results = finished_runs(args, settings) if args.report_only else [run(args, *s) for s in settings]
     rows = aggregate(results)
     command = (f"python benchmarks/extreme_sparsity.py --data_path DIR --nets {' '.join(args.nets)} "
@@ -245,16 +241,25 @@ def budget_of(args):
     return {"train_samples": args.train_samples, "epochs": args.epochs, "delta": args.delta}
 
 
-def keep_committed_runs(settings):
-    """--report_only rewrites the committed results: refuse a selection that would drop runs."""
-    path = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.json")
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as handle:
-        committed = json.load(handle)
-    wanted = {(net, sparsity / 100, method, seed) for net, sparsity, method, seed in settings}
-    dropped = [r for r in committed.get("runs", [])
-               if (r["net"], r["sparsity_target"], r["method"], r["seed"]) not in wanted]
+COMMITTED = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.json")
+
+
+def committed_results():
+    """The committed results JSON (what --report_only rewrites), or {} if there is none."""
+    if not os.path.exists(COMMITTED):
+        return {}
+    with open(COMMITTED, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def run_key(result):
+    return result["net"], result["sparsity_target"], result["method"], result["seed"]
+
+
+def keep_committed_runs(wanted, committed):
+    """--report_only rewrites the committed results: refuse a selection (``wanted``: run keys)
+    that would drop runs."""
+    dropped = [r for r in committed.get("runs", []) if run_key(r) not in wanted]
     if dropped:
         r = dropped[0]
         raise BenchmarkError(f"--report_only would drop {len(dropped)} run(s) of the committed "
@@ -266,16 +271,13 @@ def keep_committed_runs(settings):
 def finished_runs(args, settings):
     """--report_only: the finished runs of ``settings`` in --work_dir; if there are none, those in
     the committed results JSON when it was made with the same budget (rewrites the report)."""
+    committed = committed_results()
+    wanted = {(net, sparsity / 100, method, seed) for net, sparsity, method, seed in settings}
+    keep_committed_runs(wanted, committed)
     found = [run(args, *s) for s in settings
              if os.path.exists(os.path.join(run_dir(args, *s), "result.json"))]
-    committed_path = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.json")
-    if not found and os.path.exists(committed_path):
-        with open(committed_path, encoding="utf-8") as handle:
-            committed = json.load(handle)
-        if committed.get("budget") == budget_of(args):
-            wanted = {(net, sparsity / 100, method, seed) for net, sparsity, method, seed in settings}
-            found = [r for r in committed["runs"]
-                     if (r["net"], r["sparsity_target"], r["method"], r["seed"]) in wanted]
+    if not found and committed.get("budget") == budget_of(args):
+        found = [r for r in committed["runs"] if run_key(r) in wanted]
     if not found:
         raise BenchmarkError(f"no finished run in {args.work_dir}, and none of this budget in "
                              "benchmarks/results/extreme_sparsity.json")

@@ -36,7 +36,7 @@ import sys
 import time
 
 from common import ROOT, machine_info, write_results
-from runs import BenchmarkError, call, check_same_recipe, main_guard
+from runs import BenchmarkError, call, check_same_recipe, main_guard, train
 from src.logs import MetricsFile, read_metrics
 
 DENSE_RECIPE = "resnet20_fashion_mnist.yaml"
@@ -119,7 +119,7 @@ def _train(cmd, out, ckpt, log):
     seconds_path = os.path.join(out, "train_seconds.json")
     if not os.path.exists(ckpt):
         start = time.time()
-        call(cmd + ["--resume_ckpt", "auto"], log)   # an interrupted run continues
+        train(cmd[2:], log)
         with open(seconds_path, "w", encoding="utf-8") as handle:
             json.dump(time.time() - start, handle)
     if os.path.exists(seconds_path):

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from common import ROOT, machine_info, write_results
-from runs import call, check_same_recipe, main_guard
+from runs import call, check_same_recipe, main_guard, train
 
 RECIPE = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s98.yaml")
 FACTORS = {"shortcut": ("A", "B"), "crop_padding": (2, 0), "warmup_epochs": (0.5, 0)}
@@ -34,8 +34,7 @@ def run(args, choice, seed):
                   "--eval_interval", "0", *overrides]
     check_same_recipe(out, train_args)   # a cached run is reused only with the same settings
     if not os.path.exists(path):
-        # --resume_ckpt auto: a run interrupted earlier continues from its newest checkpoint
-        call([sys.executable, "train.py", *train_args, "--resume_ckpt", "auto"])
+        train(train_args)
         call([sys.executable, "eval.py", "--config_path", RECIPE, "--data_path", args.data_path,
               "--ckpt", os.path.join(out, "last.ckpt"), "--json_out", path,
               "--shortcut", choice["shortcut"]])

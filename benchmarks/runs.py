@@ -12,7 +12,7 @@ import sys
 
 from common import ROOT
 from src.config import ConfigError, parse_args
-from src.run_record import read_run, recipe_changes, recipe_of
+from src.run_record import describe_changes, read_run, recipe_changes
 
 
 class BenchmarkError(Exception):
@@ -31,11 +31,15 @@ def check_same_recipe(out, train_args):
         raise BenchmarkError(str(err)) from None
     changed = recipe_changes(record["recipe"], cfg, allowed=[])
     if changed:
-        now = recipe_of(cfg)
-        shown = ", ".join(f"{k} {record['recipe'].get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        raise BenchmarkError(f"{out} holds a run with other settings ({shown}{more}): use another "
+        raise BenchmarkError(f"{out} holds a run with other settings "
+                             f"({describe_changes(record['recipe'], cfg, changed)}): use another "
                              "--work_dir, or delete that folder to run it again")
+
+
+def train(train_args, log_path=None):
+    """``python train.py TRAIN_ARGS`` with --resume_ckpt auto: a run interrupted earlier continues
+    from its newest checkpoint (call ``check_same_recipe`` first)."""
+    call([sys.executable, "train.py", *train_args, "--resume_ckpt", "auto"], log_path)
 
 
 def call(cmd, log_path=None):

@@ -113,6 +113,13 @@ def write_run(output_dir, run_id, recipe):
     return run_id
 
 
+def describe_changes(saved, cfg, changed, shown=4):
+    """The first ``shown`` of the ``changed`` keys as "key (saved -> now)", and how many more."""
+    now = recipe_of(cfg)
+    text = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed[:shown])
+    return text + (f" and {len(changed) - shown} more" if len(changed) > shown else "")
+
+
 def check_recipe(path, meta, cfg):
     """Refuse to continue from a checkpoint made with another recipe (one line naming the keys)."""
     saved = meta.get("recipe")
@@ -123,8 +130,7 @@ def check_recipe(path, meta, cfg):
                           "resume cannot be checked: pass --resume_allow_changes all to continue anyway")
     changed = recipe_changes(saved, cfg)
     if changed:
-        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {recipe_of(cfg).get(k)!r})" for k in changed[:4])
-        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        raise ConfigError(f"checkpoint {path} was made with another recipe: {shown}{more}; resume with "
+        raise ConfigError(f"checkpoint {path} was made with another recipe: "
+                          f"{describe_changes(saved, cfg, changed)}; resume with "
                           f"the same recipe, or allow the change with --resume_allow_changes "
                           f"{','.join(changed)}")

@@ -31,7 +31,7 @@ def low_rank_target_numpy(W2d, partial_k, factors=None):
     p = _check_partial_k(partial_k)
     w = _as_2d(W2d)
     factors = normalized_svd(w) if factors is None else factors
-    if np.linalg.norm(w) == 0.0:
+    if factors is None:   # an all-zero matrix
         return np.zeros_like(w), 0
     u, s, vt = factors
     k = select_rank(s, p)

@@ -29,9 +29,9 @@ def test_a_run_of_the_same_recipe_is_reused_and_another_is_refused_naming_the_ke
     check_same_recipe(out, _train_args(out))          # the same settings
     # operational keys (where the data is, logging) do not make another run
     check_same_recipe(out, _train_args(out) + ["--log_interval", "7"])
-    with pytest.raises(BenchmarkError, match=r"epoch_size 4 -> 3.*train_samples 8000 -> 512"):
+    with pytest.raises(BenchmarkError, match=r"epoch_size \(4 -> 3\).*train_samples \(8000 -> 512\)"):
         check_same_recipe(out, _train_args(out, epoch_size=3, train_samples=512))
-    with pytest.raises(BenchmarkError, match=r"crop_padding 0 -> 2"):   # a changed recipe file
+    with pytest.raises(BenchmarkError, match=r"crop_padding \(0 -> 2\)"):   # a changed recipe file
         check_same_recipe(out, _train_args(out, crop_padding=2))
 
 

@@ -131,7 +131,9 @@ def test_two_workers_end_bit_identical(fashion_dir, tmp_path):
 def test_killed_worker_ends_the_launch(fashion_dir, tmp_path):
     out = tmp_path / "run"
     # long enough that it cannot finish on its own; CLUSTER_TIME_OUT bounds a death during startup
-    proc = launch(out, "--data_path", fashion_dir, *TINY, "--epoch_size", "50", CLUSTER_TIME_OUT="60", MS_NODE_TIMEOUT="10")
+    # MS_NODE_TIMEOUT: the scheduler notices the dead worker after 10 s instead of 30
+    proc = launch(out, "--data_path", fashion_dir, *TINY, "--epoch_size", "50", CLUSTER_TIME_OUT="60",
+                  MS_NODE_TIMEOUT="10")
     victim, deadline = None, time.time() + 240
     try:
         while victim is None and time.time() < deadline and proc.poll() is None:
