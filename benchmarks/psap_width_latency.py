@@ -1,13 +1,16 @@
 """Does width rounding make latency follow FLOPs? Compact ResNets built straight from widths.
 
     python benchmarks/psap_width_latency.py [--net resnet56] [--cuts 0.4 0.6] [--multiples 1 4 8]
-                                            [--fold_bn]
+                                            [--fold_bn] [--profiles uniform adaptive all]
 
 For every MACs cut, two layer-width profiles of the PSAP allocation (``flops_layer_counts``, the
 function the pruner calls): ``uniform`` (equal layer sparsities: SFP's ratios) and ``adaptive``
 (layer sparsities drawn uniformly in [0.05, 0.6], seed --seed: uneven widths like PSAP's), each
 unrounded (multiple 1) and rounded to multiples of N (``round_pruned_counts``, the function behind
-``psap_width_multiple``). Each network is built with those inner widths (random weights: latency
+``psap_width_multiple``). A third profile, ``all``, is the bound for any channel pruning of the
+network: every width shrinks, the residual streams included (stage channels 16/32/64 scaled
+alike, each a multiple of N, the triple whose MACs are nearest the cut); nothing is left at dense
+width, so what does not speed up there is the runtime's, not the pruning's. Each network is built with those inner widths (random weights: latency
 does not depend on the values), exported to MINDIR at batch 1 and 32 and timed in one process
 with the dense export (``ms.load`` + ``nn.GraphCell``, median of repeated calls, models
 interleaved in rounds; see ``psap_benchmark.measure_latency``). The latency/FLOPs speed-up is
@@ -20,6 +23,7 @@ Results: benchmarks/results/psap_width_latency[_NET][_folded].{json,md}.
 """
 import argparse
 import json
+import itertools
 import os
 import sys
 import tempfile
@@ -34,12 +38,14 @@ from src.config import build_config  # noqa: E402
 from src.models import build_network, default_inner_widths  # noqa: E402
 from src.models.fold import fold_batchnorm  # noqa: E402
 from src.models.flops import count_macs_params, layer_records  # noqa: E402
+from src.models.resnet import BasicBlock, ResNet, is_cifar_style  # noqa: E402
 from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
 from src.pruning.psap_widths import round_pruned_counts  # noqa: E402
 from src.pruning.surgery import prunable_layers  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)   # Fashion-MNIST
 UNFOLDED = "dense, BN unfolded"   # the reference row of a --fold_bn run
+ALL = "all"   # the profile in which every width shrinks, residual streams included
 
 
 def layer_widths(cfg, dense_net, cut, sparsities, multiple):
@@ -59,6 +65,31 @@ def layer_widths(cfg, dense_net, cut, sparsities, multiple):
     return widths
 
 
+def all_widths_network(cfg, dense_net, cut, multiple):
+    """The CIFAR ResNet with every width cut (stage channels and inner widths alike): of the stage
+    channel triples made of the multiples of ``multiple`` next to dense x sqrt(1 - cut), the one
+    whose MACs are nearest the cut (ties: the most even scaling)."""
+    base = [int(getattr(dense_net, stage)[0].conv2.weight.shape[0]) for stage in dense_net.stage_names]
+    dense_macs = count_macs_params(dense_net, SHAPE)[0]
+    shortcut = getattr(dense_net, dense_net.stage_names[1])[0].shortcut_kind   # "A" or "B"
+    scale = np.sqrt(1.0 - cut)
+    options = []
+    for c in base:
+        low = max(multiple, int(c * scale) // multiple * multiple)
+        options.append(sorted({low, min(c, low + multiple)}))
+    best = None
+    for channels in itertools.product(*options):
+        net = ResNet(BasicBlock, [len(getattr(dense_net, s)) for s in dense_net.stage_names],
+                     list(channels), cfg.num_classes, cfg.in_channels, imagenet_stem=False,
+                     shortcut=shortcut)
+        achieved = 1.0 - count_macs_params(net, SHAPE)[0] / dense_macs
+        unevenness = float(np.ptp(np.array(channels) / np.array(base)))
+        key = (round(abs(achieved - cut), 4), unevenness)
+        if best is None or key < best[0]:
+            best = (key, net)
+    return best[1]
+
+
 def export(net, batch, path):
     net.set_train(False)
     sample = ms.Tensor(np.zeros((batch,) + SHAPE[1:], np.float32))
@@ -76,11 +107,15 @@ def build_models(args, work):
                 "adaptive": rng.uniform(0.05, 0.6, len(prunable_layers(dense)))}
     models = [("dense", None, None, None, dense)]
     for cut in args.cuts:
-        for profile, sparsities in profiles.items():
+        for profile in args.profiles:
             for multiple in args.multiples:
-                widths = layer_widths(cfg, dense, cut, sparsities, multiple)
+                if profile == ALL:
+                    net = all_widths_network(cfg, dense, cut, multiple)
+                else:
+                    net = build_network(cfg, layer_widths(cfg, dense, cut, profiles[profile],
+                                                          multiple))
                 models.append((f"{int(100 * cut)}% {profile} N={multiple}", cut, profile,
-                               multiple, build_network(cfg, widths)))
+                               multiple, net))
     if args.fold_bn:
         models.append((UNFOLDED, None, None, None, dense))
     records = []
@@ -88,9 +123,11 @@ def build_models(args, work):
         macs, params = count_macs_params(net, SHAPE)
         widths = [int(layer.weight.shape[0]) for layer in
                   (getattr(b, "conv1") for s in net.stage_names for b in getattr(net, s))]
+        streams = [int(getattr(net, s)[0].conv2.weight.shape[0]) for s in net.stage_names]
         deployed = fold_batchnorm(net) if args.fold_bn and label != UNFOLDED else net
         records.append({"label": label, "cut": cut, "profile": profile, "multiple": multiple,
                         "flops": macs, "params": params, "inner_widths_conv1": widths,
+                        "stream_widths": streams,
                         "mindir": {str(b): export(deployed, b, os.path.join(work, f"m{k}_b{b}"))
                                    for b in (1, 32)}})
     return records
@@ -111,10 +148,12 @@ def speedups(records, latency):
         del r["mindir"]
 
 
-def fixed_cost(runs, batch="32", stat="median"):
-    """Least-squares fit latency = fixed + per_mmac * MMACs over the models (``stat`` latency):
-    the part of the time that does not shrink with the inner widths."""
-    runs = [r for r in runs if r["label"] != UNFOLDED]
+def fixed_cost(runs, batch="32", stat="median", every_width=False):
+    """Least-squares fit latency = fixed + per_mmac * MMACs over dense and the models that shrink
+    the inner widths only (``every_width``: dense and the ``all`` profile), ``stat`` latency: the
+    part of the time that does not shrink with those widths."""
+    runs = [r for r in runs if r["label"] != UNFOLDED
+            and (r["profile"] is None or (r["profile"] == ALL) == every_width)]
     macs = np.array([r["flops"] / 1e6 for r in runs])
     times = np.array([r["latency"][batch][f"{stat}_ms"] for r in runs])
     per_mmac, fixed = np.polyfit(macs, times, 1)
@@ -143,7 +182,8 @@ def findings(data):
                    "per-operator overhead" if data["args"].get("fold_bn") else
                    "e.g. BatchNorm, ReLU and additions on the residual streams, which keep their "
                    "width; per-operator overhead")
-    for stat in ("median", "min"):
+    inner_only = any(r["profile"] not in (None, ALL) for r in runs)
+    for stat in ("median", "min") if inner_only else ():
         fixed, slope = fixed_cost(runs, stat=stat)
         share = fixed / dense["latency"]["32"][f"{stat}_ms"]
         out.append(
@@ -154,6 +194,33 @@ def findings(data):
             "M the dense MMACs: " + ", ".join(
                 f"{round(100 * c)} % -> {_line_ratio(fixed, slope, dense['flops'] / 1e6, c):.2f}"
                 for c in data["args"]["cuts"]) + ", whatever the widths are rounded to.")
+    if any(r["profile"] == ALL for r in runs):
+        out += _all_widths_sentences(runs, data["args"]["cuts"])
+    return out
+
+
+def _all_widths_sentences(runs, cuts):
+    """What the bound says: the best latency/FLOPs any channel pruning gets on this runtime."""
+    out = []
+    for cut in cuts:
+        group = [r for r in runs if r["cut"] == cut and r["profile"] == ALL]
+        out.append(f"Every width cut, residual streams included ({round(100 * cut)} % cut; the "
+                   "bound for any channel pruning of this network): latency/FLOPs speed-up at "
+                   "batch 32, median / min: " + ", ".join(
+                       f"N={r['multiple']} (stages {'/'.join(map(str, r['stream_widths']))}, "
+                       f"{100 * (1 - r['flops'] / runs[0]['flops']):.1f} %) "
+                       f"{r['latency_over_flops_median']['32']:.2f} / "
+                       f"{r['latency_over_flops_min']['32']:.2f}" for r in group) + ".")
+    for stat in ("median", "min"):
+        fixed, slope = fixed_cost(runs, stat=stat, every_width=True)
+        share = fixed / runs[0]["latency"]["32"][f"{stat}_ms"]
+        out.append(
+            f"A straight line through dense and these networks, batch-32 {stat} latency = "
+            f"{fixed:.1f} ms + {slope:.3f} ms per MMAC: {100 * share:.0f} % of the dense time does "
+            "not shrink even when every width does (per-operator overhead and kernels that run "
+            "narrow channels at lower efficiency). On that line: " + ", ".join(
+                f"{round(100 * c)} % -> {_line_ratio(fixed, slope, runs[0]['flops'] / 1e6, c):.2f}"
+                for c in cuts) + ".")
     return out
 
 
@@ -211,6 +278,8 @@ def markdown(data):
     lines += ["", *findings(data)]
     lines += ["", "Kept widths of the first inner conv of every block:", ""]
     lines += [f"- {r['label']}: " + " ".join(map(str, r["inner_widths_conv1"]))
+              + (f" (residual streams {'/'.join(map(str, r['stream_widths']))})"
+                 if r.get("profile") == ALL else "")
               for r in data["runs"]]
     return "\n".join(lines)
 
@@ -226,11 +295,17 @@ def main():
     parser.add_argument("--repeats_b32", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--profiles", nargs="+", default=["uniform", "adaptive", ALL],
+                        choices=["uniform", "adaptive", ALL],
+                        help="width profiles: inner widths only (uniform, adaptive) or every "
+                             "width, residual streams included (all; CIFAR ResNets only)")
     parser.add_argument("--fold_bn", action="store_true",
                         help="fold every BatchNorm into its conv before export (dense included)")
     parser.add_argument("--report_only", action="store_true",
                         help="rewrite the markdown from the stored JSON (no timing)")
     args = parser.parse_args()
+    if ALL in args.profiles and not is_cifar_style(args.net):
+        parser.error(f"--profiles {ALL} builds CIFAR-style ResNets only, not {args.net}")
     suffix = ("" if args.net == "resnet56" else f"_{args.net}") + ("_folded" if args.fold_bn else "")
     if args.report_only:
         path = os.path.join(ROOT, "benchmarks", "results", f"psap_width_latency{suffix}.json")
