@@ -505,6 +505,11 @@ def stored_report(path):
                              "first, or name an existing one with --name")
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
+    command = str(data.get("command", "")) if isinstance(data, dict) else ""
+    script = command.split()[1] if len(command.split()) > 1 else "?"
+    if not script.endswith("psap_benchmark.py"):
+        raise BenchmarkError(f"{os.path.relpath(path, ROOT)} is not a result of this script "
+                             f"(written by {script}); name a psap_benchmark result with --name")
     try:
         return data, markdown(data)
     except KeyError as err:   # an older layout (the committed psap_benchmark.json: commit fff213e)

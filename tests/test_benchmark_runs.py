@@ -43,3 +43,15 @@ def test_a_failing_step_is_one_error_and_an_interrupted_one_an_interrupt(tmp_pat
         call([sys.executable, "-c", "import sys; sys.exit(3)"], str(log))
     with pytest.raises(KeyboardInterrupt):                 # train.py's exit after Ctrl-C
         call([sys.executable, "-c", "import sys; sys.exit(130)"])
+
+
+def test_psap_report_only_explains_a_results_file_it_cannot_rebuild_in_one_line():
+    from psap_benchmark import stored_report
+    results = os.path.join(ROOT, "benchmarks", "results")
+    cases = {"psap_width_latency.json": "is not a result of this script (written by "
+                                        "benchmarks/psap_width_latency.py)",
+             "psap_benchmark.json": "written by an older version of this script",
+             "no_such_result.json": "no results file"}
+    for name, message in cases.items():
+        with pytest.raises(BenchmarkError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            stored_report(os.path.join(results, name))
