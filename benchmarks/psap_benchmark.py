@@ -15,7 +15,8 @@ learning-rate schedule and seed for all methods of a cell):
   (soft pruning on the same ASFP-shaped schedule and MACs target, uniform layer ratios, L2 score,
   no protection); FPGM: the same with ``--filter_score fpgm``;
 - PSAP-L2: the PSAP recipe as it is (adaptive ratios, protection, L2 score); PSAP-BN: the same
-  with ``--filter_score BN_SCORE`` (default bn_l2);
+  with ``--filter_score BN_SCORE`` (default bn_l2); PSAP-BN-S: PSAP-BN with the residual streams
+  pruned too (``--psap_stream_ratios`` from --stream_ratios, default 0.5 0 0.25: 8/32/48);
 - methods in --round_methods also run with ``--psap_width_multiple N`` (label suffix +RN);
 - every pruned run: ``--psap_target flops --psap_ratio CUT``; ``pretrained``: additionally
   ``--pre_trained DENSE/last.ckpt --lr_max --pretrained_lr --warmup_epochs 0``.
@@ -47,13 +48,15 @@ ACCURACY_BENCHMARK = "benchmarks/accuracy_sparsity.py"
 NET_NAMES = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}
 
 
-def method_overrides(method, bn_score):
+def method_overrides(method, bn_score, stream_ratios=(0.5, 0.0, 0.25)):
     """Overrides of the PSAP recipe that make ``method`` (None for dense)."""
+    streams = "[" + ",".join(str(r) for r in stream_ratios) + "]"
     table = {"dense": None,
              "SFP": NO_PSAP + ["--filter_score", "l2"],
              "FPGM": NO_PSAP + ["--filter_score", "fpgm"],
              "PSAP-L2": ["--filter_score", "l2"],
-             "PSAP-BN": ["--filter_score", bn_score]}
+             "PSAP-BN": ["--filter_score", bn_score],
+             "PSAP-BN-S": ["--filter_score", bn_score, "--psap_stream_ratios", streams]}
     if method not in table:
         raise SystemExit(f"unknown method '{method}'; choose from {', '.join(table)}")
     return table[method]
@@ -96,7 +99,7 @@ def run_dir(work_dir, s):
 
 def train_command(args, s, out):
     """The train.py command line of one setting."""
-    extra = method_overrides(s["method"], args.bn_score)
+    extra = method_overrides(s["method"], args.bn_score, args.stream_ratios)
     recipe = DENSE_RECIPE if extra is None else PSAP_RECIPE
     cmd = [sys.executable, "train.py", "--config_path", _recipe(recipe), "--net", s["net"],
            "--data_path", args.data_path, "--output_dir", out, "--epoch_size", str(args.epochs),
@@ -474,6 +477,8 @@ def parse_args():
                         help="methods also run with --psap_width_multiple --multiple")
     parser.add_argument("--multiple", type=int, default=8)
     parser.add_argument("--bn_score", default="bn_l2", help="filter_score of PSAP-BN")
+    parser.add_argument("--stream_ratios", type=float, nargs=3, default=[0.5, 0.0, 0.25],
+                        help="psap_stream_ratios of PSAP-BN-S (residual streams pruned too)")
     parser.add_argument("--train_samples", type=int, default=10000)
     parser.add_argument("--eval_samples", type=int, default=0, help="0 = the full test set")
     parser.add_argument("--epochs", type=int, default=6)
@@ -493,7 +498,7 @@ def parse_args():
     if not args.data_path and not args.report_only:
         parser.error("--data_path is required (unless --report_only)")
     for method in args.methods + args.round_methods:
-        method_overrides(method, args.bn_score)
+        method_overrides(method, args.bn_score, args.stream_ratios)
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(ROOT, "output", "bench_psap_matrix"))
     return args
 
@@ -525,6 +530,8 @@ def command_line(args):
     for key in ("multiple", "bn_score", "train_samples", "eval_samples", "epochs",
                 "pretrained_lr"):
         parts.append(f"--{key} {getattr(args, key)}")
+    if any(m.endswith("-S") for m in args.methods):
+        parts.append("--stream_ratios " + " ".join(map(str, args.stream_ratios)))
     return " ".join(parts)
 
 

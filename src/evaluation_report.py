@@ -4,6 +4,7 @@ compact PSAP network, or the per-layer density and rank of a sparse one (table, 
 from src.dataset import input_shape
 from src.metrics import evaluate
 from src.models import build_network, default_inner_widths
+from src.models.resnet import cifar_stage_widths
 from src.models.flops import count_macs_params
 from src.pruning.base import prunable_weight_names, sparsity_of
 from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
@@ -38,6 +39,11 @@ def _report_widths(cfg, meta, result, report_png, log):
     full = [w for block in dense for w in block]
     result["inner_widths"] = meta["inner_widths"]
     log("inner conv widths (kept/dense): " + " ".join(f"{k}/{f}" for k, f in zip(kept, full)))
+    if meta.get("stage_widths"):
+        result["stage_widths"] = meta["stage_widths"]
+        dense_streams = cifar_stage_widths(cfg.width_multiplier)
+        log("residual-stream widths (kept/dense): " + " ".join(
+            f"{k}/{f}" for k, f in zip(meta["stage_widths"], dense_streams)))
     if report_png:
         labels = [f"b{i}.c{j + 1}" for i, block in enumerate(dense) for j in range(len(block))]
         plot_widths(labels, full, kept, report_png, f"{cfg.net}: kept filters per layer")

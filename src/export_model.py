@@ -69,7 +69,7 @@ def export_sparse(net, file_name, ckpt, meta):
     from src.sparse_format import canonical_zeros, ideal_size_bytes, read_sparse, write_sparse
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     path = file_name + FORMATS["SPARSE"]
-    keep_meta = {k: meta[k] for k in ("net", "inner_widths") if k in meta}
+    keep_meta = {k: meta[k] for k in ("net", "inner_widths", "stage_widths") if k in meta}
     size = write_sparse(arrays, path, keep_meta)
     restored, _ = read_sparse(path)
     for name, array in arrays.items():

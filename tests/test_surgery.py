@@ -82,7 +82,7 @@ def test_resnet20_compact_equals_masked(pynative):
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     plans = plan_removal(arrays, layers)
     assert list(plans[0]["kept_constant"]) == [alive]
-    compact, widths = compact_network(net, cfg)
+    compact, widths, _ = compact_network(net, cfg)
     assert widths == expected_widths
     assert widths[4] == [1]
     compact_out = _outputs(compact, x)
@@ -117,7 +117,7 @@ def test_bottleneck_compact_equals_masked(pynative):
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     plans = plan_removal(arrays, layers)
     assert sum(len(p["folded"]) for p in plans) == folded_expected
-    compact, widths = compact_network(net, cfg, plans)
+    compact, widths, _ = compact_network(net, cfg, plans)
     for layer, plan in zip(layers, plans):
         assert widths[layer["block"]][layer["inner"]] == len(plan["keep"])
     compact_out = _outputs(compact, x)
@@ -148,7 +148,87 @@ def test_rounded_widths_compact_equals_masked(pynative):
         _zero(net, layer["conv"], rng.choice(size, size=int(cut), replace=False), layer["bn"])
     x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
     masked = _outputs(net, x)
-    compact, widths = compact_network(net, cfg)
+    compact, widths, _ = compact_network(net, cfg)
     assert [w[0] for w in widths] == [int(v) for v in n - rounded]
     assert all(w[0] % 8 == 0 for w in widths)
+    assert np.max(np.abs(_outputs(compact, x) - masked)) <= 1e-4
+
+
+def _zero_stream(net, stream, channels):
+    for writer in stream["writers"]:
+        _zero(net, writer["conv"], channels, writer["bn"])
+
+
+def _stream_case(shortcut, seed):
+    """ResNet-20 with inner filters and residual-stream channels zeroed (gamma and beta too)."""
+    from src.pruning.surgery import residual_streams
+    rng = np.random.default_rng(seed)
+    cfg = build_config({"net": "resnet20", "in_channels": 3, "dataset": "cifar10",
+                        "shortcut": shortcut}, {})
+    net = build_network(cfg)
+    _randomise_bn(net, rng)
+    for layer in prunable_layers(net):
+        n = int({p.name: p for p in net.get_parameters()}[layer["conv"]].shape[0])
+        _zero(net, layer["conv"], rng.choice(n, size=n // 4, replace=False), layer["bn"])
+    return cfg, net, residual_streams(net), rng
+
+
+def test_residual_streams_name_every_writer_and_reader():
+    from src.pruning.surgery import residual_streams
+    for shortcut, carried in (("A", [0, 16, 32]), ("B", [0, 0, 0])):
+        net = build_network(build_config({"net": "resnet20", "shortcut": shortcut}, {}))
+        streams = residual_streams(net)
+        assert [s["channels"] for s in streams] == [16, 32, 64]
+        assert [s["carried"] for s in streams] == carried
+        assert streams[0]["writers"][0]["conv"] == "conv1.weight"
+        assert [w["conv"] for w in streams[1]["writers"]][-3:] == \
+            [f"layer2.{b}.conv2.weight" for b in range(3)]
+        assert streams[0]["readers"][:3] == [f"layer1.{b}.conv1.weight" for b in range(3)]
+        assert streams[2]["readers"][-1] == "fc.weight"
+        if shortcut == "B":
+            assert "layer2.0.downsample.0.weight" in [w["conv"] for w in streams[1]["writers"]]
+            assert "layer2.0.downsample.0.weight" in streams[0]["readers"]
+    try:
+        residual_streams(build_network(build_config({"net": "resnet50", "in_channels": 3,
+                                                     "dataset": "imagenet"}, {})))
+    except TypeError as err:
+        assert "CIFAR-style" in str(err)
+    else:
+        raise AssertionError("a bottleneck ResNet was accepted")
+
+
+def test_stream_pruned_compact_equals_masked_option_a(pynative):
+    """Option A: stage 1 loses half its stream, stage 2 keeps its carried channels but also takes
+    back stage-1-pruned ones (the 8/32/48 layout), stage 3 loses a quarter of its new channels."""
+    from src.pruning.surgery import plan_stream_removal
+    cfg, net, streams, rng = _stream_case("A", 3)
+    gone1 = rng.choice(16, size=8, replace=False)
+    _zero_stream(net, streams[0], gone1)
+    gone3 = 32 + rng.choice(32, size=16, replace=False)
+    _zero_stream(net, streams[2], gone3)
+    # a silent channel of stage 2 that stage 1 keeps arrives through the shortcut: it must stay
+    carried_alive = np.setdiff1d(np.arange(16), gone1)[0]
+    _zero_stream(net, streams[1], [carried_alive])
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    masked = _outputs(net, x)
+    arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
+    orders = plan_stream_removal(arrays, streams)
+    assert [len(o) for o in orders] == [8, 32, 48]
+    assert list(orders[1][:8]) == list(orders[0]) and carried_alive in orders[1]
+    compact, _, stage_widths = compact_network(net, cfg, stream_plans=orders)
+    assert stage_widths == [8, 32, 48]
+    assert np.max(np.abs(_outputs(compact, x) - masked)) <= 1e-4
+
+
+def test_stream_pruned_compact_equals_masked_option_b(pynative):
+    from src.pruning.surgery import plan_stream_removal
+    cfg, net, streams, rng = _stream_case("B", 4)
+    for stream, cut in zip(streams, (4, 16, 8)):
+        _zero_stream(net, stream, rng.choice(stream["channels"], size=cut, replace=False))
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    masked = _outputs(net, x)
+    arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
+    orders = plan_stream_removal(arrays, streams)
+    compact, _, stage_widths = compact_network(net, cfg, stream_plans=orders)
+    assert stage_widths == [12, 16, 56]     # option B: no carried constraint, stages may shrink
     assert np.max(np.abs(_outputs(compact, x) - masked)) <= 1e-4

@@ -3,13 +3,15 @@ from src.models.precision import AMP_LEVELS, training_network  # noqa: F401
 from src.models.resnet import build_resnet, count_parameters, default_inner_widths  # noqa: F401
 
 
-def build_network(cfg, inner_widths=None):
+def build_network(cfg, inner_widths=None, stage_widths=None):
     """The recipe's ResNet in float32 (also under ``amp_level``: only the train step's twin is cast,
-    see src/models/precision.py); ``inner_widths`` (from a compact checkpoint) shrinks the inner convs."""
+    see src/models/precision.py); ``inner_widths`` and ``stage_widths`` (from a compact checkpoint)
+    shrink the inner convs and the residual streams."""
     shortcut = None if cfg.shortcut == "auto" else cfg.shortcut
     return build_resnet(cfg.net, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                         width_multiplier=cfg.width_multiplier, shortcut=shortcut,
-                        inner_widths=inner_widths, zero_gamma=cfg.zero_init_residual)
+                        inner_widths=inner_widths, zero_gamma=cfg.zero_init_residual,
+                        stage_widths=stage_widths)
 
 
 # recipe keys that decide the network's architecture (what a checkpoint's weights must fit)
@@ -52,7 +54,7 @@ def network_from_checkpoint(cfg, path):
         raise checkpoint.CheckpointError(f"checkpoint {path} holds a {meta['net']}, the config "
                                          f"builds a {cfg.net}")
     check_architecture(cfg, meta, path)
-    net = build_network(cfg, meta.get("inner_widths"))
+    net = build_network(cfg, meta.get("inner_widths"), meta.get("stage_widths"))
     checkpoint.load_into(net, params, path, strict=True)
     net.set_train(False)
     return net, meta

@@ -10,8 +10,9 @@ Two families:
 
 Every constructor accepts ``inner_widths``: one list per residual block giving the output channels
 of the block's inner convs (basic block: [conv1]; bottleneck: [conv1, conv2]). ``None`` means the
-standard widths. Filter pruning (PSAP) shrinks exactly these widths, because the channels of the
-residual stream are summed and must keep their count.
+standard widths. Filter pruning (PSAP) shrinks these widths; the CIFAR-style constructor also
+accepts ``stage_widths`` (the residual-stream channels of each stage, PSAP's
+``psap_stream_ratios``), ``None`` meaning 16/32/64 x ``width_multiplier``.
 """
 import math
 
@@ -53,7 +54,7 @@ class _ResidualBlock(nn.Cell):
     def __init__(self, in_channels, channels, stride=1, shortcut="B", inner=None,
                  zero_gamma=False):
         super().__init__()
-        inner = [channels] * self.num_inner if inner is None else list(inner)
+        inner = [channels] * self.num_inner if inner is None else [int(w) for w in inner]
         self._layers(in_channels, channels * self.expansion, stride, shortcut, inner, zero_gamma)
 
     def _layers(self, in_channels, out_channels, stride, shortcut, inner, zero_gamma):
@@ -201,32 +202,49 @@ def default_inner_widths(arch, width_multiplier=1.0):
         for count, channels in zip(stages, [64, 128, 256, 512]):
             widths += [[channels] * block.num_inner for _ in range(count)]
     else:
-        for channels in _cifar_channels(width_multiplier):
+        for channels in cifar_stage_widths(width_multiplier):
             widths += [[channels] for _ in range(CIFAR_DEPTHS[depth])]
     return widths
 
 
-def _cifar_channels(width_multiplier):
+def cifar_stage_widths(width_multiplier):
     return [int(round(c * width_multiplier)) for c in (16, 32, 64)]
 
 
 def build_resnet(arch, num_classes=1000, in_channels=3, width_multiplier=1.0, shortcut=None,
-                 inner_widths=None, zero_gamma=False):
-    """Build a ResNet by name: resnet18/34/50 (ImageNet) or resnet20/32/56/110 (CIFAR-style)."""
+                 inner_widths=None, zero_gamma=False, stage_widths=None):
+    """Build a ResNet by name: resnet18/34/50 (ImageNet) or resnet20/32/56/110 (CIFAR-style);
+    ``stage_widths`` (CIFAR-style only) replaces the three stages' residual-stream widths."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown network '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
     depth = int(arch.replace("resnet", ""))
     if depth in IMAGENET_DEPTHS:
         if width_multiplier != 1.0:
             raise ValueError("width_multiplier applies to CIFAR-style ResNets only")
+        if stage_widths is not None:
+            raise ValueError("stage_widths applies to CIFAR-style ResNets only")
         block, stages = IMAGENET_DEPTHS[depth]
         return ResNet(block, stages, [64, 128, 256, 512], num_classes, in_channels,
                       imagenet_stem=True, shortcut=shortcut or "B", inner_widths=inner_widths,
                       zero_gamma=zero_gamma)
     count = CIFAR_DEPTHS[depth]
-    return ResNet(BasicBlock, [count] * 3, _cifar_channels(width_multiplier), num_classes,
-                  in_channels, imagenet_stem=False, shortcut=shortcut or "A",
+    shortcut = shortcut or "A"
+    channels = cifar_stage_widths(width_multiplier) if stage_widths is None else \
+        _checked_stage_widths(stage_widths, shortcut)
+    return ResNet(BasicBlock, [count] * 3, channels, num_classes,
+                  in_channels, imagenet_stem=False, shortcut=shortcut,
                   inner_widths=inner_widths, zero_gamma=zero_gamma)
+
+
+def _checked_stage_widths(stage_widths, shortcut):
+    widths = [int(w) for w in stage_widths]
+    if len(widths) != 3 or min(widths) < 1:
+        raise ValueError(f"stage_widths must be three positive widths, got {list(stage_widths)}")
+    if shortcut == "A" and any(b < a for a, b in zip(widths, widths[1:])):
+        # option A adds the previous stream zero-padded: a stage cannot be narrower than the last
+        raise ValueError(f"stage_widths {widths} shrink from one stage to the next, which option-A "
+                         "shortcuts cannot do")
+    return widths
 
 
 def count_parameters(net):

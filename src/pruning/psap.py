@@ -28,7 +28,9 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
   ``raw``: the literal design, sum(grad^2) accumulated over the whole interval, compared as is;
 - only inner convs of residual blocks are pruned (``src.pruning.surgery``); at the last pruning
   step the BN gamma and beta of the pruned filters are zeroed too, so the pruned channels output
-  exactly 0 and the compact network equals the masked one (see ``_select``).
+  exactly 0 and the compact network equals the masked one (see ``_select``);
+- ``psap_stream_ratios`` (off by default; not the paper's design): the residual streams lose
+  channels too, for latency that follows FLOPs (``psap_streams``).
 """
 import numpy as np
 
@@ -45,6 +47,7 @@ from src.pruning.psap_protection import (  # noqa: F401
     BN_TINY, OUTCOME_COLUMNS, ProtectionMixin, bn_normalized_energy, protected_filters)
 from src.pruning.psap_scores import (  # noqa: F401
     BN_SCORES, SCORES, filter_scores, folded_weight, taylor_bn_terms)
+from src.pruning.psap_streams import StreamPruning, check_stream_recipe
 from src.pruning.psap_taylor import TaylorMixin
 from src.pruning.psap_widths import allowed_pruned_counts, round_pruned_counts
 from src.pruning.surgery import prunable_layers, zero_filters
@@ -92,12 +95,22 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
                               help_text="normalized: gradient energy of the first step after a pruning "
                                         "step with the BN scale divided out (default); raw: sum(grad^2) "
                                         "over the whole interval, as is"),
+        "psap_stream_ratios": Key(list, [],
+                                  help_text="fraction of each stage's residual-stream channels to "
+                                            "prune by the end, e.g. [0.5, 0, 0.25] (CIFAR-style "
+                                            "ResNets, psap_target flops); [] = inner convs only"),
         "psap_adaptive": Key(bool, True, help_text="false = uniform layer ratios (SFP baseline)"),
         "psap_protect": Key(bool, True, help_text="false = no protection (SFP baseline)"),
     }
 
+    @classmethod
+    def check_recipe(cls, cfg):
+        from src.models.resnet import is_cifar_style
+        check_stream_recipe(cfg, is_cifar_style)
+
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
+        self.stream = StreamPruning(cfg, net) if cfg.psap_stream_ratios else None
         self.layers = prunable_layers(net)
         self.conv_names = [layer["conv"] for layer in self.layers]
         shapes = {p.name: tuple(p.shape) for p in net.get_parameters()}
@@ -166,7 +179,8 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
                 "psap_regrown": self.regrown.astype(np.int32),
                 "psap_outcome": self.outcome.copy(),
                 "psap_taylor": self.taylor.copy(),
-                "psap_taylor_batches": np.int64(self.taylor_batches)}
+                "psap_taylor_batches": np.int64(self.taylor_batches),
+                **(self.stream.state_dict() if self.stream else {})}
 
     def load_state_dict(self, state):
         if not state:
@@ -196,6 +210,10 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
             self.outcome[:rows] = outcome[:rows]
         if state.get("psap_taylor_batches") is not None:
             self.taylor_batches = int(np.asarray(state["psap_taylor_batches"]))
+        if self.stream:
+            self.stream.load_state_dict(state)
+        elif state.get("psap_stream_zeroed") is not None:
+            raise ValueError("the checkpoint was trained with psap_stream_ratios, the config has none")
 
     def report(self):
         return {"psap_target": round(self.current_target, 4),
@@ -237,7 +255,11 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def _prunable_fraction(self, records, pruned):
         if self.cfg.psap_target == "filters":
             return pruned.sum() / self.filter_counts.sum()
-        return removed_macs(records, self.layers, pruned) / sum(r["macs"] for r in records)
+        dense = sum(r["macs"] for r in records)
+        if self.stream:   # the streams at their final width, then the inner filters
+            records = self.stream.records(records, self.stream.final_counts)
+        return (dense - sum(r["macs"] for r in records)
+                + removed_macs(records, self.layers, pruned)) / dense
 
     def _layer_counts(self, sparsities, target, records, available, minimum):
         cfg = self.cfg
@@ -359,10 +381,11 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         # at the target instead of silently dropping them on top of it.
         dead = np.concatenate([zero_filters(weights[n]) for n in self.conv_names])
         records = self._geometry(getattr(ctx, "input_shape", None))
-        counts = self._plan(sparsities, target, records, dead)
+        stream_masks, inner_records, inner_target = self._prune_streams(ctx, target, records, final)
+        counts = self._plan(sparsities, inner_target, inner_records, dead)
         protected = self.protect > 0
         masks, new_zeroed = self._select(weights, bn, counts, dead, protected, final)
-        ctx.zero_outside(masks)
+        ctx.zero_outside({**masks, **stream_masks})
         self._reset_taylor()
 
         outcome = self._record_outcome(protected, new_zeroed)
@@ -371,11 +394,28 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         self.current_target = target
         self.last_counts = counts
         self.final_done = final
-        ctx.record(self._log_step(epoch, final, target, counts, records, newly_protected, outcome))
+        ctx.record(self._log_step(epoch, final, target, counts, records, inner_records,
+                                  newly_protected, outcome))
 
-    def _log_step(self, epoch, final, target, counts, records, newly_protected, outcome):
+    def _prune_streams(self, ctx, target, records, final):
+        """``psap_stream_ratios``: zero the streams' share of this step first; the inner filters
+        then meet the rest of ``target`` on the network with the streams cut. Returns (masks,
+        records of the stream-cut network, the inner target as a fraction of its MACs)."""
+        if not self.stream:
+            return {}, records, target
+        arrays = ctx.get_weights(self.stream.weight_names())
+        progress = target / self.cfg.psap_ratio if self.cfg.psap_ratio else 1.0
+        masks, counts = self.stream.select(arrays, self.stream.counts(progress, final), final)
+        cut = self.stream.records(records, counts)
+        dense, rest = sum(r["macs"] for r in records), sum(r["macs"] for r in cut)
+        return masks, cut, max(0.0, (target * dense - (dense - rest)) / rest)
+
+    def _log_step(self, epoch, final, target, counts, records, inner_records, newly_protected,
+                  outcome):
         """Log the pruning step; returns it as a metrics.jsonl event."""
-        removed = removed_macs(records, self.layers, counts) / sum(r["macs"] for r in records)
+        dense = sum(r["macs"] for r in records)
+        removed = (dense - sum(r["macs"] for r in inner_records)
+                   + removed_macs(inner_records, self.layers, counts)) / dense
         regrowth = self.regrowth_summary()
         zeroed, total = int(counts.sum()), int(self.filter_counts.sum())
         protected = int(np.sum(self.protect > 0))
@@ -388,7 +428,13 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
             outcome["regrew"], _compact_ratios(counts / self.filter_counts),
             outcome["protected_before"], outcome["kept"], outcome["still_protected"],
             outcome["won"], outcome["competed"], regrowth["regrown"], regrowth["survived"])
-        return {"event": "psap_step", "psap_step": self.steps_done, "final": final, "target": target,
+        streams = {}
+        if self.stream:
+            streams = {"stream_widths": self.stream.kept_widths()}
+            self.logger.info("psap step %d: residual-stream widths %s (of %s)", self.steps_done,
+                             "/".join(map(str, streams["stream_widths"])),
+                             "/".join(map(str, self.stream.channels)))
+        return {"event": "psap_step", **streams, "psap_step": self.steps_done, "final": final, "target": target,
                 "zeroed_filters": zeroed, "filters": total, "macs_removed": removed, "protected": protected,
                 "newly_protected": int(newly_protected), **{f"outcome_{k}": v for k, v in outcome.items()},
                 **{f"regrowth_{k}": v for k, v in regrowth.items()}}

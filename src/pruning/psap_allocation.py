@@ -151,18 +151,28 @@ def adaptive_layer_ratios(sparsities, filter_counts, global_ratio, max_ratio, co
     return _round_to_cost_target(counts, order, caps, unit, target)
 
 
+def cut_records(records, out_cut, in_cut):
+    """``records`` (``layer_records``) of the network with ``out_cut[name]`` output and
+    ``in_cut[name]`` input channels removed from the named convs / FC; MACs exact (bilinear where
+    both sides of a conv shrink)."""
+    result = []
+    for r in records:
+        cut_out, cut_in = out_cut.get(r["name"], 0), in_cut.get(r["name"], 0)
+        if cut_out or cut_in:
+            per_pair = r["macs"] // (r["c_out"] * r["c_in"])
+            c_out, c_in = r["c_out"] - cut_out, r["c_in"] - cut_in
+            r = dict(r, c_out=c_out, c_in=c_in, macs=c_out * c_in * per_pair)
+        result.append(r)
+    return result
+
+
 def removed_macs(records, layers, counts):
     """MACs removed when ``counts[l]`` output filters of prunable layer l (and the matching input
     channels of its next conv) are removed; exact, bilinear where both sides of a conv shrink."""
     out_cut = {layer["conv"]: int(c) for layer, c in zip(layers, counts)}
     in_cut = {layer["next_conv"]: int(c) for layer, c in zip(layers, counts)}
-    removed = 0
-    for r in records:
-        cut_out, cut_in = out_cut.get(r["name"], 0), in_cut.get(r["name"], 0)
-        if cut_out or cut_in:
-            per_pair = r["macs"] // (r["c_out"] * r["c_in"])
-            removed += r["macs"] - (r["c_out"] - cut_out) * (r["c_in"] - cut_in) * per_pair
-    return removed
+    return sum(r["macs"] for r in records) - \
+        sum(r["macs"] for r in cut_records(records, out_cut, in_cut))
 
 
 def filter_costs(records, layers):

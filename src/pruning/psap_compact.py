@@ -1,7 +1,7 @@
 """The end of a PSAP run: the physically smaller network, its metadata and the target check."""
 from src.errors import TrainingError
 from src.models.flops import count_macs_params
-from src.pruning.surgery import compact_network, plan_removal
+from src.pruning.surgery import compact_network, plan_removal, plan_stream_removal
 
 TARGET_TOLERANCE = 0.01
 
@@ -31,7 +31,11 @@ def finish_compact(pruner, ctx):
     cfg = pruner.cfg
     shape = tuple(ctx.input_shape)
     plans = _plans(pruner, ctx)
-    compact, widths = compact_network(ctx.net, cfg, plans)
+    stream_plans = None
+    if pruner.stream:
+        arrays = {p.name: p.asnumpy() for p in ctx.net.get_parameters()}
+        stream_plans = plan_stream_removal(arrays, pruner.stream.streams)
+    compact, widths, stage_widths = compact_network(ctx.net, cfg, plans, stream_plans)
     dense_macs, dense_params = count_macs_params(ctx.net, shape)
     compact_macs, compact_params = count_macs_params(compact, shape)
     kept_filters = sum(len(p["keep"]) for p in plans)
@@ -47,6 +51,9 @@ def finish_compact(pruner, ctx):
             "achieved_ratio": float(achieved), "input_shape": list(shape),
             "filter_score": cfg.filter_score, "psap_width_multiple": int(cfg.psap_width_multiple),
             "regrown_filters": regrowth["regrown"], "regrown_survived": regrowth["survived"]}
+    if stage_widths is not None:
+        meta["stage_widths"] = stage_widths
+        pruner.logger.info("psap: residual-stream widths %s", "/".join(map(str, stage_widths)))
     pruner.logger.info(
         "psap: compact network: MACs %d -> %d (-%.2f%%), params %d -> %d "
         "(-%.2f%%), prunable filters %d -> %d (-%.2f%%); regrown filters %d, kept to the end %d",

@@ -1,9 +1,11 @@
 """Physical removal of zeroed filters: a soft-pruned ResNet -> a genuinely smaller dense ResNet.
 
-Which convs may lose filters: only the inner convs of residual blocks (basic block: conv1;
+Which convs may lose filters: the inner convs of residual blocks (basic block: conv1;
 bottleneck: conv1 and conv2). Their output channels feed one next conv only. The stem, the last
 conv of every block and the downsample convs write into a residual stream whose channels are
-summed with a shortcut, so their widths must stay (as in SFP/FPGM).
+summed with a shortcut, so their widths stay (as in SFP/FPGM) - unless the streams are pruned as
+well (PSAP's ``psap_stream_ratios``, CIFAR-style ResNets): a stream channel goes when every conv
+writing it is zero there and its BatchNorm gamma and beta are zero (see ``residual_streams``).
 
 When is removing filter j of conv l exact? In eval mode the channel outputs
 ``relu(BN(conv(x)))``. With an all-zero filter that is the constant
@@ -116,11 +118,94 @@ def plan_removal(arrays, layers):
     return plans
 
 
-def compact_network(net, cfg, plans=None):
-    """Remove the removable zero filters of ``net``; returns (compact_net, inner_widths).
+def _writer(conv, bn):
+    return {"conv": conv.weight.name, "bn": _bn_names(bn), "bn_eps": float(bn.eps)}
 
-    ``cfg`` is the recipe ``net`` was built from (``build_network(cfg, inner_widths)`` rebuilds the
-    smaller network). The compact network gives the same eval-mode outputs as ``net``.
+
+def residual_streams(net):
+    """The residual streams of a CIFAR-style ResNet, one per stage, in network order.
+
+    Each entry: ``channels``; ``writers`` (convs whose outputs are added into the stream, with
+    their BN: the stem for the first stage, a projection shortcut (option B), every block's conv2);
+    ``readers`` (weights whose input axis 1 is the stream: the conv1 of every block fed by it, the
+    next stage's first conv1 and projection, or the FC); ``carried``: how many of the previous
+    stage's channels an option-A shortcut adds, zero-padded, into this stream's first channels
+    (0 for the first stage and for option B).
+
+    A stream channel outputs exactly 0 in eval mode when every writer's filter and BN gamma and
+    beta are 0 there and, if it is one of the ``carried`` channels, it is 0 in the previous stream
+    too: each block then computes relu(0 + 0).
+    """
+    if not isinstance(net, ResNet) or net.imagenet_stem or \
+            not all(isinstance(b, BasicBlock) for s in net.stage_names for b in getattr(net, s)):
+        raise TypeError("residual-stream pruning supports the CIFAR-style ResNets "
+                        "(resnet20/32/56/110)")
+    stages = [list(getattr(net, name)) for name in net.stage_names]
+    streams = []
+    for s, blocks in enumerate(stages):
+        first = blocks[0]
+        writers = [_writer(net.conv1, net.bn1)] if s == 0 else []
+        carried = 0
+        if first.shortcut_kind == "B":
+            writers.append(_writer(first.downsample[0], first.downsample[1]))
+        elif first.shortcut_kind == "A":
+            carried = int(first.conv1.weight.shape[1])
+        writers += [_writer(b.conv2, b.bn2) for b in blocks]
+        readers = [b.conv1.weight.name for b in (blocks if s == 0 else blocks[1:])]
+        if s + 1 < len(stages):
+            following = stages[s + 1][0]
+            readers.append(following.conv1.weight.name)
+            if following.shortcut_kind == "B":
+                readers.append(following.downsample[0].weight.name)
+        else:
+            readers.append(net.fc.weight.name)
+        streams.append({"channels": int(first.conv2.weight.shape[0]), "writers": writers,
+                        "readers": readers, "carried": carried})
+    return streams
+
+
+def silent_stream_channels(arrays, stream):
+    """Boolean (channels,): stream channels every writer leaves exactly 0 (zero filter, zero BN
+    gamma and beta)."""
+    silent = np.ones(stream["channels"], dtype=bool)
+    for writer in stream["writers"]:
+        silent &= zero_filters(arrays[writer["conv"]])
+        silent &= arrays[writer["bn"]["gamma"]] == 0
+        silent &= arrays[writer["bn"]["beta"]] == 0
+    return silent
+
+
+def plan_stream_removal(arrays, streams):
+    """Per stream, the kept channels in compact order (a list of index arrays).
+
+    A channel is removed when it is silent (``silent_stream_channels``) and, if carried by an
+    option-A shortcut, removed from the previous stream too; at least one channel stays. Compact
+    order: the previous stream's kept channels first (in their order), so that an option-A
+    shortcut stays "subsample, then zero-pad", then the others ascending.
+    """
+    orders = []
+    for s, stream in enumerate(streams):
+        removable = silent_stream_channels(arrays, stream)
+        if stream["carried"]:
+            carried_kept = orders[s - 1]
+            removable[carried_kept] = False
+        if removable.all():
+            removable[0] = False
+        kept = np.flatnonzero(~removable)
+        head = orders[s - 1] if stream["carried"] else np.array([], dtype=np.int64)
+        tail = np.setdiff1d(kept, head)
+        orders.append(np.concatenate([head, tail]).astype(np.int64))
+    return orders
+
+
+def compact_network(net, cfg, plans=None, stream_plans=None):
+    """Remove the removable zero filters of ``net``; returns (compact_net, inner_widths,
+    stage_widths) (stage_widths None when the streams are not pruned).
+
+    ``cfg`` is the recipe ``net`` was built from (``build_network(cfg, inner_widths,
+    stage_widths)`` rebuilds the smaller network). ``stream_plans`` (``plan_stream_removal``):
+    the kept residual-stream channels of every stage, in compact order. The compact network gives
+    the same eval-mode outputs as ``net``.
     """
     layers = prunable_layers(net)
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
@@ -142,11 +227,21 @@ def compact_network(net, cfg, plans=None):
             out_keep[name] = keep
         in_keep[layer["next_conv"]] = keep
 
+    stage_widths = None
+    if stream_plans is not None:
+        for stream, order in zip(residual_streams(net), stream_plans):
+            for writer in stream["writers"]:
+                for name in [writer["conv"], *writer["bn"].values()]:
+                    out_keep[name] = order
+            for name in stream["readers"]:
+                in_keep[name] = order
+        stage_widths = [int(len(order)) for order in stream_plans]
+
     widths = [list(w) for w in _current_widths(net, layers)]
     for layer, plan in zip(layers, plans):
         widths[layer["block"]][layer["inner"]] = int(len(plan["keep"]))
 
-    compact = build_network(cfg, widths)
+    compact = build_network(cfg, widths, stage_widths)
     for param in compact.get_parameters():
         if param.name not in arrays:
             raise RuntimeError(f"compact network parameter '{param.name}' has no source in the "
@@ -160,7 +255,7 @@ def compact_network(net, cfg, plans=None):
             raise RuntimeError(f"surgery shape mismatch for '{param.name}': {tuple(value.shape)} "
                                f"from the pruned network, {tuple(param.shape)} in the compact one")
         param.set_data(ms.Tensor(np.ascontiguousarray(value), param.dtype))
-    return compact, widths
+    return compact, widths, stage_widths
 
 
 def _current_widths(net, layers):
