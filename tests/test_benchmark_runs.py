@@ -55,3 +55,12 @@ def test_psap_report_only_explains_a_results_file_it_cannot_rebuild_in_one_line(
     for name, message in cases.items():
         with pytest.raises(BenchmarkError, match=message.replace("(", r"\(").replace(")", r"\)")):
             stored_report(os.path.join(results, name))
+
+
+def test_the_stream_method_of_the_psap_benchmark_trains_the_recipe_it_names():
+    import psap_benchmark
+    cmd = ["--config_path", os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml"),
+           "--data_path", "somewhere", *psap_benchmark.method_overrides("PSAP-BN-S", "bn_l2",
+                                                                       (0.5, 0.0, 0.25))]
+    cfg, _ = parse_args(cmd)
+    assert cfg.psap_stream_ratios == [0.5, 0.0, 0.25] and cfg.filter_score == "bn_l2"
