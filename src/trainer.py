@@ -82,6 +82,9 @@ class Trainer:
         self.optimizer, self.train_step, self.ctx = (self.session.optimizer, self.session.train_step,
                                                      self.session.ctx)
         self.ctx.rank, self.ctx.group_size = self.rank, self.group_size
+        # a pass over the training set beyond the last epoch's (its own augmentation seed)
+        self.ctx.recalibration_data = lambda: batches(self._dataset(training=True,
+                                                                    epoch=cfg.epoch_size))
         if self.group_size > 1:  # methods read the statistics every worker holds
             self.ctx.before_reading_statistics = lambda: average_bn_statistics(self.net, self.group_size)
         self.metrics = MetricsFile(self.output_dir, enabled=self.is_main)

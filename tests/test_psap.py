@@ -842,3 +842,39 @@ def test_config_errors_are_one_line(tmp_path):
     # 6-epoch recipe) reaches the ratio at its end
     _, _, pruner, _ = _setup(tmp_path, psap_end_epoch=9, epoch_size=4)
     assert pruner.end_epoch == 4
+
+
+def test_bn_statistics_are_reestimated_after_the_final_step_only(tmp_path):
+    """psap_bn_recalibration: the final step (gamma and beta of pruned channels zeroed) asks the
+    context for that many batches of forward passes; earlier steps do not."""
+    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=2, psap_bn_recalibration=7)
+    calls = []
+    ctx.recalibrate_bn = lambda n: calls.append(n) or n
+    for epoch in range(2):
+        ctx.train(np.random.default_rng(epoch), pruner.energy_names)
+        pruner.on_epoch_end(epoch, ctx)
+        assert calls == ([] if epoch == 0 else [7])
+    _, _, off, ctx_off = _setup(tmp_path, epoch_size=1, psap_bn_recalibration=0)
+    ctx_off.recalibrate_bn = lambda n: calls.append(n) or n
+    off.on_epoch_end(0, ctx_off)
+    assert calls == [7]
+
+
+def test_train_context_recalibration_moves_bn_statistics_and_nothing_else(tmp_path):
+    from src.pruning.context import TrainContext
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cfg = build_config({"net": "resnet20", "in_channels": 1, "dataset": "fashion_mnist"}, {})
+    ms.set_seed(0)
+    net = build_network(cfg)
+    ctx = TrainContext(net, None, None, None)
+    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+    assert ctx.recalibrate_bn(3) == 0                       # no data: nothing happens
+    rng = np.random.default_rng(0)
+    data = [(ms.Tensor(rng.normal(2.0, 1.0, (8, 1, 28, 28)).astype(np.float32)), None)
+            for _ in range(5)]
+    ctx.recalibration_data = lambda: iter(data)
+    assert ctx.recalibrate_bn(3) == 3
+    after = {p.name: p.asnumpy() for p in net.get_parameters()}
+    moved = {n for n in before if not np.array_equal(before[n], after[n])}
+    assert moved and all(n.endswith(("moving_mean", "moving_variance")) for n in moved)
+    assert ctx.recalibrate_bn(50) == 5                      # capped by the data

@@ -102,8 +102,13 @@ class SparseTraining:
         stays indexed by iteration, as the reference's is."""
         self.optimizer.global_step.set_data(Tensor(np.array([iterations], np.int32)))
 
-    def end_epoch(self):
-        """Call at the end of every epoch (PSAP prunes there; RPG and GMP need nothing)."""
+    def end_epoch(self, recalibration_batches=None):
+        """Call at the end of every epoch (PSAP prunes there; RPG and GMP need nothing).
+        ``recalibration_batches``: an iterable of (image, label) training batches on which PSAP's
+        final pruning step re-estimates the BatchNorm statistics (``psap_bn_recalibration``); pass
+        it at the last epoch (without it PSAP warns and the pruned network may lose accuracy)."""
+        if recalibration_batches is not None:
+            self.ctx.recalibration_data = lambda: iter(recalibration_batches)
         self.pruner.on_epoch_end(self.ctx.epoch, self.ctx)
         self.ctx.epoch += 1
 

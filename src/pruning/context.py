@@ -32,6 +32,9 @@ class TrainContext:
         self.rank = 0
         self.group_size = 1
         self.before_reading_statistics = None  # data parallel: averages BN statistics (trainer)
+        # a callable returning an iterable of (image, label) training batches, for
+        # recalibrate_bn (train.py: a fresh pass over the training set; SparseTraining: end_epoch)
+        self.recalibration_data = None
         self.recorders = []
         self._params = {p.name: p for p in net.get_parameters()}
         self._variants = {}
@@ -43,6 +46,21 @@ class TrainContext:
         if self.before_reading_statistics and any(name.endswith(BN_STATISTICS) for name in names):
             self.before_reading_statistics()
         return {name: self._params[name].asnumpy() for name in names}
+
+    def recalibrate_bn(self, num_batches):
+        """Re-estimate the BatchNorm moving statistics with up to ``num_batches`` forward passes
+        in training mode over ``recalibration_data`` (no weight changes: the optimizer does not
+        run). Returns the number of batches used (0 without data)."""
+        if self.recalibration_data is None or num_batches <= 0:
+            return 0
+        self.net.set_train(True)
+        used = 0
+        for image, _ in self.recalibration_data():
+            if used >= num_batches:
+                break
+            self.net(image)
+            used += 1
+        return used
 
     def set_weights(self, arrays):
         for name, value in arrays.items():
