@@ -201,6 +201,16 @@ MUTANTS = [
     m("sparsity_thres_ignored", "src/pruning/rpg.py",
       "        if not self.thresholded:\n            return\n", "        return\n",
       "tests/test_rpg_pruner.py::test_sparsity_thres_keeps_the_rank_loss_to_sparse_layers"),
+    m("bn_statistics_not_reestimated", "src/pruning/psap.py",
+      "        if final:\n            self._recalibrate_bn(ctx)\n", "",
+      "tests/test_psap.py::test_bn_statistics_are_reestimated_after_the_final_step_only"),
+    m("stream_channel_pruned_under_a_carried_one", "src/pruning/psap_streams.py",
+      "                candidates[kept_before] = False\n", "                pass\n",
+      "tests/test_psap_streams.py::test_option_a_never_prunes_a_channel_the_previous_stage_keeps"),
+    m("stream_cut_left_out_of_the_macs_target", "src/pruning/psap.py",
+      "        return masks, cut, max(0.0, (target * dense - (dense - rest)) / rest)",
+      "        return masks, records, target",
+      "tests/test_psap_streams.py"),
 ]
 
 
