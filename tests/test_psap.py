@@ -366,6 +366,22 @@ def finish(pruner, ctx):
     return compact, meta["inner_widths"]
 
 
+def finish_and_compare(pruner, ctx, net):
+    """``finish``, then the compact network must compute what the masked one computes (to 1e-4,
+    in PyNative mode: no graph compiles for a one-off comparison)."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        compact, widths = finish(pruner, ctx)
+        x = ms.Tensor(np.random.default_rng(6).normal(size=(2, 1, 28, 28)).astype(np.float32))
+        net.set_train(False)
+        compact.set_train(False)
+        assert np.max(np.abs(net(x).asnumpy() - compact(x).asnumpy())) <= 1e-4
+    finally:
+        ms.set_context(mode=previous)
+    return compact, widths
+
+
 def _zeroed(ctx, names):
     return {n: np.flatnonzero(~np.any(ctx.params[n].asnumpy().reshape(
         ctx.params[n].shape[0], -1) != 0, axis=1)) for n in names}
@@ -389,16 +405,7 @@ def test_pruner_follows_schedule_and_ends_compact(tmp_path):
     assert len(pruned) and not np.any(ctx.params[layer["bn"]["gamma"]].asnumpy()[pruned])
     assert not np.any(ctx.params[layer["bn"]["beta"]].asnumpy()[pruned])
 
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
-        compact, widths = finish(pruner, ctx)
-        x = ms.Tensor(np.random.default_rng(6).normal(size=(2, 1, 28, 28)).astype(np.float32))
-        net.set_train(False)
-        compact.set_train(False)
-        assert np.max(np.abs(net(x).asnumpy() - compact(x).asnumpy())) <= 1e-4
-    finally:
-        ms.set_context(mode=previous)
+    compact, widths = finish_and_compare(pruner, ctx, net)
 
     params, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
     assert meta["inner_widths"] == widths and meta["net"] == "resnet20"

@@ -12,7 +12,7 @@ from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
 from src.pruning.psap_streams import StreamPruning, kept_stream_widths
 from src.pruning.surgery import residual_streams
-from tests.test_psap import _setup, finish
+from tests.test_psap import _setup, finish, finish_and_compare
 
 SHAPE = (1, 1, 28, 28)
 
@@ -84,16 +84,7 @@ def test_a_stream_pruned_run_meets_the_target_and_its_compact_net_equals_the_mas
     widths = [e["stream_widths"] for e in ctx.events if e["event"] == "psap_step"]
     assert widths[-1] == [8, 32, 48]
     assert all(a >= b for a, b in zip(widths[0], widths[-1]))   # the streams narrow gradually
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
-        compact, inner = finish(pruner, ctx)
-        x = ms.Tensor(np.random.default_rng(6).normal(size=(2, 1, 28, 28)).astype(np.float32))
-        net.set_train(False)
-        compact.set_train(False)
-        assert np.max(np.abs(net(x).asnumpy() - compact(x).asnumpy())) <= 1e-4
-    finally:
-        ms.set_context(mode=previous)
+    _, inner = finish_and_compare(pruner, ctx, net)
     params, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
     assert meta["stage_widths"] == [8, 32, 48]
     assert abs(1 - meta["compact_macs"] / meta["dense_macs"] - 0.4) <= 0.01
