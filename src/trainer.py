@@ -168,6 +168,9 @@ class Trainer:
                     raise checkpoint.CheckpointError(f"{path} belongs to another run (run id "
                                                      f"{meta.get('run_id')}, this directory's run is "
                                                      f"{record['run_id']})")
+                # first: a pruning key changed mid-run can never be allowed, so say that, not
+                # "allow it with resume_allow_changes"
+                self._refuse_pruning_changes(path, meta)
                 run_record.check_recipe(path, meta, self.cfg)
                 # the per-step learning rates follow from the recipe (and an allowed epoch_size change)
                 checkpoint.load_into(self.train_step, params, path, strict=True,
@@ -199,7 +202,6 @@ class Trainer:
             raise ConfigError(f"checkpoint {path} is from a {saved_steps}-step run, this one has "
                               f"{self.total_steps}: a pruning schedule cannot be stretched mid-run "
                               "(only a dense run, prune_method none, can be given more epochs)")
-        self._refuse_pruning_changes(path, meta)
         if self.start_step >= self.total_steps:
             changed = [k for k in run_record.recipe_changes(meta.get("recipe") or {}, self.cfg, allowed=())
                        if k in self.cfg.resume_allow_changes or "all" in self.cfg.resume_allow_changes]
@@ -223,14 +225,15 @@ class Trainer:
         """The pruning target and the method's keys cannot change once a pruning run has begun,
         even when resume_allow_changes names them: the masks so far were built for the old ones
         (the run would end off target, or the change would do nothing)."""
-        if self.cfg.prune_method == "none" or not self.start_step or meta.get("recipe") is None:
+        step = int(meta.get("step") or 0)
+        if self.cfg.prune_method == "none" or not step or meta.get("recipe") is None:
             return
         from src.pruning.registry import keys_of
         fixed = set(keys_of(self.cfg.prune_method)) | {"sparsity", "prune_include", "prune_exclude",
                                                        "prune_method"}
         changed = [k for k in run_record.recipe_changes(meta["recipe"], self.cfg, allowed=()) if k in fixed]
         if changed:
-            raise ConfigError(f"checkpoint {path} is {self.start_step} steps into a pruning run: "
+            raise ConfigError(f"checkpoint {path} is {step} steps into a pruning run: "
                               f"{', '.join(changed)} cannot change mid-run (start a new run instead)")
 
     def _check_same_start(self):

@@ -250,10 +250,13 @@ def test_ctrl_c_during_evaluation_is_one_line(reference, fashion_dir, tmp_path):
     assert lines[0].startswith("interrupted"), lines[0]
 
 
-@pytest.mark.parametrize("change", [["--sparsity", "0.8"], ["--alpha", "0.5"]])
-def test_pruning_keys_cannot_change_mid_run(reference, fashion_dir, tmp_path, change):
+@pytest.mark.parametrize("change, allow", [(["--sparsity", "0.8"], True),
+                                           (["--alpha", "0.5"], True),
+                                           (["--sparsity", "0.8"], False)])
+def test_pruning_keys_cannot_change_mid_run(reference, fashion_dir, tmp_path, change, allow):
     """Allowed or not, the target and the method's keys stay fixed once masks exist: the run would
-    end off target or the change would do nothing. One line, exit 2, nothing written."""
+    end off target or the change would do nothing. One line, exit 2, nothing written; not allowed,
+    the line must not suggest allowing it (that would be refused next)."""
     out = tmp_path / "run"
     out.mkdir()
     middle = step_checkpoints(reference)[1]
@@ -261,9 +264,11 @@ def test_pruning_keys_cannot_change_mid_run(reference, fashion_dir, tmp_path, ch
     shutil.copy(middle, out / middle.name)
     before = {p.name: digest(p) for p in out.iterdir()}
     key = change[0][2:]
+    allowing = ["--resume_allow_changes", f"[{key}]"] if allow else []
     proc = run_script("train.py", *TINY, *change, "--data_path", fashion_dir, "--output_dir", out,
-                      "--resume_ckpt", "auto", "--resume_allow_changes", f"[{key}]", check=False)
+                      "--resume_ckpt", "auto", *allowing, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = error_lines(proc)
     assert len(lines) == 1 and key in lines[0] and "mid-run" in lines[0], lines
+    assert "resume_allow_changes" not in lines[0]
     assert {p.name: digest(p) for p in out.iterdir()} == before

@@ -141,11 +141,22 @@ def test_bad_stream_recipes_are_refused_naming_the_key(changes, message):
     assert "psap_stream_ratios" in str(err.value)
 
 
-def test_a_stage_narrower_than_the_one_before_is_refused_with_option_a():
-    cfg = build_config({"net": "resnet20", "prune_method": "psap",
-                        "psap_stream_ratios": [0.0, 0.75, 0.0]}, {})
+def test_a_stage_narrower_than_the_one_before_is_refused_with_option_a_only():
     with pytest.raises(ConfigError, match="16/8/64"):
-        StreamPruning(cfg, build_network(cfg))
+        build_config({"net": "resnet20", "prune_method": "psap",
+                      "psap_stream_ratios": [0.0, 0.75, 0.0]}, {})
+    cfg = build_config({"net": "resnet20", "prune_method": "psap", "shortcut": "B",
+                        "psap_stream_ratios": [0.0, 0.75, 0.0]}, {})
+    assert StreamPruning(cfg, build_network(cfg)).kept_widths([0, 24, 0]) == [16, 8, 64]
+
+
+def test_a_stream_cut_moved_by_rounding_is_said_in_the_log(tmp_path, caplog):
+    """[0.5, 0, 0.25] asks 8/32/48; on multiples of 16 stage 1 keeps 16: a warning, not silence."""
+    with caplog.at_level("WARNING"):
+        _setup(tmp_path, psap_target="flops", psap_ratio=0.4, psap_width_multiple=16,
+               psap_stream_ratios=[0.5, 0.0, 0.25])
+    assert any("16/32/48" in r.getMessage() and "8/32/48" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_eval_and_export_rebuild_a_stream_pruned_compact_checkpoint(tmp_path, fashion_dir):

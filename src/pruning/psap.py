@@ -117,6 +117,12 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
         self.stream = StreamPruning(cfg, net) if cfg.psap_stream_ratios else None
+        if self.stream and self.stream.kept_widths(self.stream.final_counts) != self.stream.requested:
+            logger.warning("psap: psap_stream_ratios %s keep stream widths %s, not the %s the ratios "
+                           "alone give (kept widths on multiples of psap_width_multiple %d, at least "
+                           "one channel)", list(cfg.psap_stream_ratios),
+                           "/".join(map(str, self.stream.kept_widths(self.stream.final_counts))),
+                           "/".join(map(str, self.stream.requested)), cfg.psap_width_multiple)
         self.layers = prunable_layers(net)
         self.conv_names = [layer["conv"] for layer in self.layers]
         shapes = {p.name: tuple(p.shape) for p in net.get_parameters()}
@@ -414,9 +420,11 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         if not wanted:
             return
         used = ctx.recalibrate_bn(wanted) if hasattr(ctx, "recalibrate_bn") else 0
+        ctx.record({"event": "bn_recalibration", "batches": int(used), "asked": int(wanted)})
         if used:
             self.logger.info("psap: BatchNorm statistics re-estimated on %d training batches after "
-                             "the final pruning step", used)
+                             "the final pruning step%s", used,
+                             f" (all the data gives; {wanted} asked)" if used < wanted else "")
         else:
             self.logger.warning("psap: no training batches to re-estimate the BatchNorm statistics "
                                 "after the final pruning step; the pruned network may lose accuracy "

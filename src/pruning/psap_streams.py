@@ -30,20 +30,32 @@ from src.pruning.surgery import residual_streams
 BN_FIELDS = ("gamma", "beta", "moving_variance")
 
 
+def _half_up(value):
+    return int(np.floor(value + 0.5))
+
+
 def kept_stream_widths(channels, ratios, multiple):
     """Kept channels per stream at the end: ``c - round(r c)``, moved to the nearest multiple of
-    ``multiple`` (at least one multiple, at most ``c``)."""
+    ``multiple`` (halves up; at least one multiple, at most ``c``); never fewer than one."""
     kept = []
     for c, r in zip(channels, ratios):
-        k = c - int(round(r * c))
+        k = c - _half_up(r * c)
         if multiple > 1 and c >= multiple:
-            k = min(c, max(multiple, int(round(k / multiple)) * multiple))
+            k = min(c, max(multiple, _half_up(k / multiple) * multiple))
         kept.append(max(1, k))
     return kept
 
 
+def _check_widening(ratios, kept, option_a):
+    if option_a and any(b < a for a, b in zip(kept, kept[1:])):
+        raise ConfigError(f"config key 'psap_stream_ratios': {list(ratios)} keeps stream widths "
+                          f"{'/'.join(map(str, kept))}; with option-A shortcuts a stage cannot "
+                          "keep fewer channels than the one before")
+
+
 def check_stream_recipe(cfg, is_cifar_style):
     """Recipe constraints of ``psap_stream_ratios`` (ConfigError naming the key)."""
+    from src.models.resnet import cifar_stage_widths
     ratios = cfg.psap_stream_ratios
     if not ratios:
         return
@@ -58,6 +70,9 @@ def check_stream_recipe(cfg, is_cifar_style):
     if cfg.psap_target != "flops":
         raise ConfigError("config key 'psap_stream_ratios': needs psap_target flops (a stream "
                           "channel is not a filter of one layer)")
+    kept = kept_stream_widths(cifar_stage_widths(cfg.width_multiplier), ratios,
+                              cfg.psap_width_multiple)
+    _check_widening(ratios, kept, cfg.shortcut in ("A", "auto"))
 
 
 class StreamPruning:
@@ -67,10 +82,11 @@ class StreamPruning:
         self.streams = residual_streams(net)
         self.channels = np.array([s["channels"] for s in self.streams], dtype=np.int64)
         kept = kept_stream_widths(self.channels, cfg.psap_stream_ratios, cfg.psap_width_multiple)
-        if any(s["carried"] for s in self.streams) and any(b < a for a, b in zip(kept, kept[1:])):
-            raise ConfigError(f"config key 'psap_stream_ratios': {list(cfg.psap_stream_ratios)} "
-                              f"keeps stream widths {'/'.join(map(str, kept))}; with option-A "
-                              "shortcuts a stage cannot keep fewer channels than the one before")
+        _check_widening(cfg.psap_stream_ratios, kept, any(s["carried"] for s in self.streams))
+        # what the ratios alone give (c - round(r c)): differs when rounding to the width multiple
+        # or the one-channel floor moved a stage
+        self.requested = [c - _half_up(r * c) for c, r in zip(self.channels,
+                                                              cfg.psap_stream_ratios)]
         self.final_counts = self.channels - np.array(kept, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.channels)])
         self.zeroed = np.zeros(int(self.channels.sum()), dtype=bool)
