@@ -37,7 +37,7 @@ import sys
 import time
 
 from common import ROOT, machine_info, write_results
-from runs import BenchmarkError, call, check_same_recipe, main_guard, train
+from runs import BenchmarkError, OneLineParser, call, check_same_recipe, main_guard, train
 from src.logs import MetricsFile, read_metrics
 
 DENSE_RECIPE = "resnet20_fashion_mnist.yaml"
@@ -58,7 +58,7 @@ def method_overrides(method, bn_score, stream_ratios=(0.5, 0.0, 0.25)):
              "PSAP-BN": ["--filter_score", bn_score],
              "PSAP-BN-S": ["--filter_score", bn_score, "--psap_stream_ratios", streams]}
     if method not in table:
-        raise SystemExit(f"unknown method '{method}'; choose from {', '.join(table)}")
+        raise ValueError(f"unknown method '{method}'; choose from {', '.join(table)}")
     return table[method]
 
 
@@ -164,7 +164,8 @@ def run(args, s, export):
                   mindir=exports, checkpoint=ckpt,
                   train_command=" ".join(["python"] + cmd[1:]).replace(ROOT + "/", ""))
     record.update({k: result[k] for k in ("top1", "top5", "loss", "params", "flops",
-                                          "dense_params", "dense_flops", "inner_widths")
+                                          "dense_params", "dense_flops", "inner_widths",
+                                          "stage_widths")
                    if k in result})
     record["pruning_steps"], record["regrowth"] = pruning_log(out)
     with open(record_path + ".tmp", "w", encoding="utf-8") as handle:
@@ -301,7 +302,8 @@ def aggregate(records, latency):
                    params=int(round(sum(r["params"] for r in group) / len(group))),
                    flops=int(round(sum(r["flops"] for r in group) / len(group))),
                    dense_flops=first.get("dense_flops", first["flops"]),
-                   inner_widths=first.get("inner_widths"), regrowth=[r.get("regrowth")
+                   inner_widths=first.get("inner_widths"),
+                   stage_widths=first.get("stage_widths"), regrowth=[r.get("regrowth")
                                                                      for r in group],
                    protection=[_protection_totals(r) for r in group])
         if key in latency:
@@ -414,9 +416,27 @@ def markdown(data):
                      and r["method"] != "dense"]
             lines += [f"## {NET_NAMES.get(net, net)}, {start}", "", *header,
                       *[_row_line(r) for r in dense + group], ""]
-    lines += ["## PSAP vs SFP", "", *verdicts(rows), "", "## Protection (mean over seeds)", "",
-              *protection_lines(rows), "", f"![top-1 vs MACs cut]({data['png']})", ""]
+    verdict = verdicts(rows)
+    lines += (["## PSAP vs SFP", "", *verdict, ""] if verdict else [])
+    lines += ["## Protection (mean over seeds)", "", *protection_lines(rows), "",
+              "## Kept widths (first seed)", "", *width_lines(rows), "",
+              f"![top-1 vs MACs cut]({data['png']})", ""]
     return "\n".join(lines)
+
+
+def width_lines(rows):
+    """Inner widths of every block (and residual-stream widths when pruned), per pruned row."""
+    out = []
+    for r in rows:
+        if r["method"] == "dense" or not r.get("inner_widths"):
+            continue
+        inner = " ".join(str(w[0]) if len(w) == 1 else "/".join(map(str, w))
+                         for w in r["inner_widths"])
+        streams = r.get("stage_widths")
+        out.append(f"- {NET_NAMES.get(r['net'], r['net'])}, {r['start']}, "
+                   f"{round(100 * r['cut'])} %, {r['label']}: inner {inner}"
+                   + (f"; residual streams {'/'.join(map(str, streams))}" if streams else ""))
+    return out
 
 
 def plot(rows, nets, starts, path):
@@ -463,8 +483,8 @@ def time_networks(args, records):
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_path", default="", help="required unless --report_only")
     parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--cuts", type=float, nargs="+", default=[0.4, 0.6])
@@ -498,9 +518,26 @@ def parse_args():
     if not args.data_path and not args.report_only:
         parser.error("--data_path is required (unless --report_only)")
     for method in args.methods + args.round_methods:
-        method_overrides(method, args.bn_score, args.stream_ratios)
+        try:
+            method_overrides(method, args.bn_score, args.stream_ratios)
+        except ValueError as err:
+            parser.error(str(err))
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(ROOT, "output", "bench_psap_matrix"))
+    if not args.report_only:
+        check_recipes(args, parser)
     return args
+
+
+def check_recipes(args, parser):
+    """Every run's train.py settings, checked before the first run starts (a bad --bn_score or
+    --stream_ratios would otherwise surface hours later, in a log)."""
+    from src.config import ConfigError, parse_args as parse_recipe
+    for s in settings(args):
+        cmd, _ = train_command(args, dict(s, start="scratch"), os.path.join(args.work_dir, "x"))
+        try:
+            parse_recipe(cmd[2:])
+        except ConfigError as err:
+            parser.error(f"{label_of(s['method'], s['multiple'])} on {s['net']}: {err}")
 
 
 def stored_report(path):

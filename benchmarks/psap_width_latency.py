@@ -30,6 +30,7 @@ import tempfile
 
 from common import ROOT, machine_info, write_results
 from psap_benchmark import measure_latency
+from runs import BenchmarkError, OneLineParser, main_guard
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
@@ -38,7 +39,7 @@ from src.config import build_config  # noqa: E402
 from src.models import build_network, default_inner_widths  # noqa: E402
 from src.models.fold import fold_batchnorm  # noqa: E402
 from src.models.flops import count_macs_params, layer_records  # noqa: E402
-from src.models.resnet import BasicBlock, ResNet, is_cifar_style  # noqa: E402
+from src.models.resnet import ARCHITECTURES, BasicBlock, ResNet, is_cifar_style  # noqa: E402
 from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
 from src.pruning.psap_widths import round_pruned_counts  # noqa: E402
 from src.pruning.surgery import prunable_layers  # noqa: E402
@@ -284,12 +285,14 @@ def markdown(data):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--net", default="resnet56")
-    parser.add_argument("--cuts", type=float, nargs="+", default=[0.4, 0.6])
-    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 4, 8])
+def parse_args():
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default="resnet56", choices=ARCHITECTURES,
+                        help="default resnet56")
+    parser.add_argument("--cuts", type=float, nargs="+", default=[0.4, 0.6],
+                        help="MACs cuts, each in (0, 1); default 0.4 0.6")
+    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 4, 8],
+                        help="width multiples N >= 1 (1 = unrounded); default 1 4 8")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats_b1", type=int, default=50)
     parser.add_argument("--repeats_b32", type=int, default=20)
@@ -298,25 +301,49 @@ def main():
     parser.add_argument("--profiles", nargs="+", default=["uniform", "adaptive", ALL],
                         choices=["uniform", "adaptive", ALL],
                         help="width profiles: inner widths only (uniform, adaptive) or every "
-                             "width, residual streams included (all; CIFAR ResNets only)")
+                             "width, residual streams included (all; CIFAR ResNets only); "
+                             "default all three")
     parser.add_argument("--fold_bn", action="store_true",
                         help="fold every BatchNorm into its conv before export (dense included)")
+    parser.add_argument("--name", default="",
+                        help="results file name under benchmarks/results (default "
+                             "psap_width_latency[_NET][_folded]: the committed results)")
     parser.add_argument("--report_only", action="store_true",
                         help="rewrite the markdown from the stored JSON (no timing)")
     args = parser.parse_args()
-    if ALL in args.profiles and not is_cifar_style(args.net):
-        parser.error(f"--profiles {ALL} builds CIFAR-style ResNets only, not {args.net}")
+    if any(not 0 < c < 1 for c in args.cuts):
+        parser.error(f"--cuts: each cut must be in (0, 1), got {args.cuts}")
+    if any(m < 1 for m in args.multiples):
+        parser.error(f"--multiples: each must be >= 1, got {args.multiples}")
+    if min(args.repeats_b1, args.repeats_b32) < args.rounds or args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be >= 1 and at most --repeats_b1 and --repeats_b32, "
+                     "--warmup >= 0")
+    if ALL in args.profiles and not is_cifar_style(args.net) and not args.report_only:
+        parser.error(f"--profiles {ALL} builds CIFAR-style ResNets only, not {args.net} (pass "
+                     "--profiles uniform adaptive)")
     suffix = ("" if args.net == "resnet56" else f"_{args.net}") + ("_folded" if args.fold_bn else "")
+    args.name = args.name or f"psap_width_latency{suffix}"
+    return args
+
+
+def main():
+    args = parse_args()
     if args.report_only:
-        path = os.path.join(ROOT, "benchmarks", "results", f"psap_width_latency{suffix}.json")
+        path = os.path.join(ROOT, "benchmarks", "results", f"{args.name}.json")
+        if not os.path.exists(path):
+            raise BenchmarkError(f"no results file {os.path.relpath(path, ROOT)}: run the "
+                                 "benchmark first, or name an existing one with --name")
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-        write_results(f"psap_width_latency{suffix}", data, markdown(data))
+        write_results(args.name, data, markdown(data))
         return
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     with tempfile.TemporaryDirectory() as work:
-        records = build_models(args, work)
+        try:
+            records = build_models(args, work)
+        except ValueError as err:   # e.g. a cut the allocation cannot reach within its caps
+            raise BenchmarkError(str(err)) from None
         load_before = os.getloadavg()
         latency = measure_latency(records, {1: args.repeats_b1, 32: args.repeats_b32},
                                   args.warmup, args.rounds, args.seed)
@@ -325,8 +352,8 @@ def main():
     command = "python benchmarks/psap_width_latency.py " + " ".join(sys.argv[1:])
     data = {"machine": machine_info(), "command": command.strip(), "args": vars(args),
             "load_before": list(load_before), "load_after": list(load_after), "runs": records}
-    write_results(f"psap_width_latency{suffix}", data, markdown(data))
+    write_results(args.name, data, markdown(data))
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -6,6 +6,7 @@
 - A failing or interrupted step ends the benchmark with one line, not a traceback; finished runs
   stay in the work folder and the same command continues.
 """
+import argparse
 import os
 import subprocess
 import sys
@@ -70,6 +71,13 @@ def call(cmd, log_path=None):
         where = f"; its output: {log_path}" if log_path else ""
         raise BenchmarkError(f"{script} exited {proc.returncode}{where} (command: "
                              f"{' '.join(map(str, cmd[1:]))})")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``error: ...``, exit 2), as train.py's are."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def main_guard(main):

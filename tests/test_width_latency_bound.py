@@ -1,7 +1,6 @@
 """The every-width bound of benchmarks/psap_width_latency.py (profile ``all``): the network it
 times really has every width cut, on multiples of N, at the requested MACs cut."""
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -36,8 +35,36 @@ def test_every_width_is_cut_on_multiples_at_the_target(cut, multiple):
     assert streams != [16, 32, 64] and np.all(np.array(streams) <= [16, 32, 64])
 
 
-def test_the_bound_refuses_imagenet_networks_in_one_line():
-    run = subprocess.run([sys.executable, "benchmarks/psap_width_latency.py", "--net", "resnet50",
-                          "--profiles", "all"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 2
-    assert "CIFAR-style ResNets only" in run.stderr.strip().splitlines()[-1]
+@pytest.mark.parametrize("argv, message", [
+    (["--cuts", "1.5"], "each cut must be in (0, 1)"),
+    (["--cuts", "0"], "each cut must be in (0, 1)"),
+    (["--multiples", "0"], "each must be >= 1"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--repeats_b1", "1", "--rounds", "2"], "at most --repeats_b1"),
+    (["--net", "foo"], "invalid choice"),
+    (["--net", "resnet50", "--profiles", "all"], "CIFAR-style ResNets only")])
+def test_bad_width_latency_arguments_are_one_line(argv, message, monkeypatch, capsys):
+    import psap_width_latency
+    monkeypatch.setattr(sys, "argv", ["psap_width_latency.py", *argv])
+    with pytest.raises(SystemExit) as stop:
+        psap_width_latency.parse_args()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "PSAP-XX"], "unknown method 'PSAP-XX'"),
+    (["--methods", "PSAP-BN-S", "--stream_ratios", "1", "0", "0"], "three fractions"),
+    (["--methods", "PSAP-BN-S", "--stream_ratios", "0", "0.75", "0"], "16/8/64"),
+    (["--nets", "resnet50", "--methods", "PSAP-BN-S"], "CIFAR-style"),
+    (["--bn_score", "nope"], "filter_score")])
+def test_bad_psap_benchmark_settings_are_refused_before_any_run(argv, message, monkeypatch,
+                                                                 capsys, tmp_path):
+    import psap_benchmark
+    monkeypatch.setattr(sys, "argv", ["psap_benchmark.py", "--data_path", str(tmp_path),
+                                      "--work_dir", str(tmp_path / "work"), *argv])
+    with pytest.raises(SystemExit) as stop:
+        psap_benchmark.parse_args()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "work").exists()
