@@ -17,6 +17,7 @@ learning-rate schedule and seed for all methods of a cell):
 - PSAP-L2: the PSAP recipe as it is (adaptive ratios, protection, L2 score); PSAP-BN: the same
   with ``--filter_score BN_SCORE`` (default bn_l2); PSAP-BN-S: PSAP-BN with the residual streams
   pruned too (``--psap_stream_ratios`` from --stream_ratios, default 0.5 0 0.25: 8/32/48);
+  PSAP-BN-SU: PSAP-BN-S with uniform inner ratios (``--psap_adaptive false``: even widths);
 - methods in --round_methods also run with ``--psap_width_multiple N`` (label suffix +RN);
 - every pruned run: ``--psap_target flops --psap_ratio CUT``; ``pretrained``: additionally
   ``--pre_trained DENSE/last.ckpt --lr_max --pretrained_lr --warmup_epochs 0``.
@@ -56,7 +57,9 @@ def method_overrides(method, bn_score, stream_ratios=(0.5, 0.0, 0.25)):
              "FPGM": NO_PSAP + ["--filter_score", "fpgm"],
              "PSAP-L2": ["--filter_score", "l2"],
              "PSAP-BN": ["--filter_score", bn_score],
-             "PSAP-BN-S": ["--filter_score", bn_score, "--psap_stream_ratios", streams]}
+             "PSAP-BN-S": ["--filter_score", bn_score, "--psap_stream_ratios", streams],
+             "PSAP-BN-SU": ["--filter_score", bn_score, "--psap_stream_ratios", streams,
+                            "--psap_adaptive", "false"]}
     if method not in table:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(table)}")
     return table[method]
@@ -567,7 +570,7 @@ def command_line(args):
     for key in ("multiple", "bn_score", "train_samples", "eval_samples", "epochs",
                 "pretrained_lr"):
         parts.append(f"--{key} {getattr(args, key)}")
-    if any(m.endswith("-S") for m in args.methods):
+    if any(m.endswith(("-S", "-SU")) for m in args.methods):
         parts.append("--stream_ratios " + " ".join(map(str, args.stream_ratios)))
     return " ".join(parts)
 
