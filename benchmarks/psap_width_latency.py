@@ -39,7 +39,7 @@ from src.config import build_config  # noqa: E402
 from src.models import build_network, default_inner_widths  # noqa: E402
 from src.models.fold import fold_batchnorm  # noqa: E402
 from src.models.flops import count_macs_params, layer_records  # noqa: E402
-from src.models.resnet import ARCHITECTURES, BasicBlock, ResNet, is_cifar_style  # noqa: E402
+from src.models.resnet import ARCHITECTURES, is_cifar_style  # noqa: E402
 from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
 from src.pruning.psap_widths import round_pruned_counts  # noqa: E402
 from src.pruning.surgery import prunable_layers  # noqa: E402
@@ -72,7 +72,6 @@ def all_widths_network(cfg, dense_net, cut, multiple):
     whose MACs are nearest the cut (ties: the most even scaling)."""
     base = [int(getattr(dense_net, stage)[0].conv2.weight.shape[0]) for stage in dense_net.stage_names]
     dense_macs = count_macs_params(dense_net, SHAPE)[0]
-    shortcut = getattr(dense_net, dense_net.stage_names[1])[0].shortcut_kind   # "A" or "B"
     scale = np.sqrt(1.0 - cut)
     options = []
     for c in base:
@@ -80,9 +79,7 @@ def all_widths_network(cfg, dense_net, cut, multiple):
         options.append(sorted({low, min(c, low + multiple)}))
     best = None
     for channels in itertools.product(*options):
-        net = ResNet(BasicBlock, [len(getattr(dense_net, s)) for s in dense_net.stage_names],
-                     list(channels), cfg.num_classes, cfg.in_channels, imagenet_stem=False,
-                     shortcut=shortcut)
+        net = build_network(cfg, stage_widths=list(channels))
         achieved = 1.0 - count_macs_params(net, SHAPE)[0] / dense_macs
         unevenness = float(np.ptp(np.array(channels) / np.array(base)))
         key = (round(abs(achieved - cut), 4), unevenness)

@@ -322,6 +322,10 @@ class FakeContext:
     def record(self, event):
         self.events = getattr(self, "events", []) + [event]
 
+    def recalibrate_bn(self, num_batches):
+        """No training data here: as TrainContext without ``recalibration_data``."""
+        return 0
+
     def zero_outside(self, masks):
         for name, mask in masks.items():
             p = self.params[name]

@@ -230,13 +230,15 @@ def build_resnet(arch, num_classes=1000, in_channels=3, width_multiplier=1.0, sh
     count = CIFAR_DEPTHS[depth]
     shortcut = shortcut or "A"
     channels = cifar_stage_widths(width_multiplier) if stage_widths is None else \
-        _checked_stage_widths(stage_widths, shortcut)
+        checked_stage_widths(stage_widths, shortcut)
     return ResNet(BasicBlock, [count] * 3, channels, num_classes,
                   in_channels, imagenet_stem=False, shortcut=shortcut,
                   inner_widths=inner_widths, zero_gamma=zero_gamma)
 
 
-def _checked_stage_widths(stage_widths, shortcut):
+def checked_stage_widths(stage_widths, shortcut):
+    """Three positive stage widths as ints; ValueError if not, or if they shrink from one stage to
+    the next under option-A shortcuts."""
     widths = [int(w) for w in stage_widths]
     if len(widths) != 3 or min(widths) < 1:
         raise ValueError(f"stage_widths must be three positive widths, got {list(stage_widths)}")

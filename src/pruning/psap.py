@@ -111,17 +111,17 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
 
     @classmethod
     def check_recipe(cls, cfg):
-        from src.models.resnet import is_cifar_style
-        check_stream_recipe(cfg, is_cifar_style)
+        check_stream_recipe(cfg)
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
         self.stream = StreamPruning(cfg, net) if cfg.psap_stream_ratios else None
-        if self.stream and self.stream.kept_widths(self.stream.final_counts) != self.stream.requested:
+        final_streams = self.stream.kept_widths(self.stream.final_counts) if self.stream else None
+        if self.stream and final_streams != self.stream.requested:
             logger.warning("psap: psap_stream_ratios %s keep stream widths %s, not the %s the ratios "
                            "alone give (kept widths on multiples of psap_width_multiple %d, at least "
                            "one channel)", list(cfg.psap_stream_ratios),
-                           "/".join(map(str, self.stream.kept_widths(self.stream.final_counts))),
+                           "/".join(map(str, final_streams)),
                            "/".join(map(str, self.stream.requested)), cfg.psap_width_multiple)
         self.layers = prunable_layers(net)
         self.conv_names = [layer["conv"] for layer in self.layers]
@@ -267,11 +267,16 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def _prunable_fraction(self, records, pruned):
         if self.cfg.psap_target == "filters":
             return pruned.sum() / self.filter_counts.sum()
+        # the streams at their final width, then the inner filters
+        cut = self.stream.records(records, self.stream.final_counts) if self.stream else records
+        return self._removed_fraction(records, cut, pruned)
+
+    def _removed_fraction(self, records, inner_records, counts):
+        """Fraction of the dense MACs (``records``) removed by the stream cut (``inner_records``:
+        the stream-cut network, ``records`` itself without streams) and ``counts`` inner filters."""
         dense = sum(r["macs"] for r in records)
-        if self.stream:   # the streams at their final width, then the inner filters
-            records = self.stream.records(records, self.stream.final_counts)
-        return (dense - sum(r["macs"] for r in records)
-                + removed_macs(records, self.layers, pruned)) / dense
+        return (dense - sum(r["macs"] for r in inner_records)
+                + removed_macs(inner_records, self.layers, counts)) / dense
 
     def _layer_counts(self, sparsities, target, records, available, minimum):
         cfg = self.cfg
@@ -419,7 +424,7 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         wanted = self.cfg.psap_bn_recalibration
         if not wanted:
             return
-        used = ctx.recalibrate_bn(wanted) if hasattr(ctx, "recalibrate_bn") else 0
+        used = ctx.recalibrate_bn(wanted)
         ctx.record({"event": "bn_recalibration", "batches": int(used), "asked": int(wanted)})
         if used:
             self.logger.info("psap: BatchNorm statistics re-estimated on %d training batches after "
@@ -446,9 +451,7 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def _log_step(self, epoch, final, target, counts, records, inner_records, newly_protected,
                   outcome):
         """Log the pruning step; returns it as a metrics.jsonl event."""
-        dense = sum(r["macs"] for r in records)
-        removed = (dense - sum(r["macs"] for r in inner_records)
-                   + removed_macs(inner_records, self.layers, counts)) / dense
+        removed = self._removed_fraction(records, inner_records, counts)
         regrowth = self.regrowth_summary()
         zeroed, total = int(counts.sum()), int(self.filter_counts.sum())
         protected = int(np.sum(self.protect > 0))

@@ -10,8 +10,7 @@ class PruningTargetError(TrainingError, ValueError):
     """The compact network misses the configured pruning ratio (a one-line error for the CLI)."""
 
 
-def _plans(pruner, ctx):
-    arrays = {p.name: p.asnumpy() for p in ctx.net.get_parameters()}
+def _plans(pruner, arrays):
     plans = plan_removal(arrays, pruner.layers)
     kept_constant = sum(len(p["kept_constant"]) for p in plans)
     if kept_constant:
@@ -30,11 +29,9 @@ def finish_compact(pruner, ctx):
     protection outcome)}."""
     cfg = pruner.cfg
     shape = tuple(ctx.input_shape)
-    plans = _plans(pruner, ctx)
-    stream_plans = None
-    if pruner.stream:
-        arrays = {p.name: p.asnumpy() for p in ctx.net.get_parameters()}
-        stream_plans = plan_stream_removal(arrays, pruner.stream.streams)
+    arrays = {p.name: p.asnumpy() for p in ctx.net.get_parameters()}
+    plans = _plans(pruner, arrays)
+    stream_plans = plan_stream_removal(arrays, pruner.stream.streams) if pruner.stream else None
     compact, widths, stage_widths = compact_network(ctx.net, cfg, plans, stream_plans)
     dense_macs, dense_params = count_macs_params(ctx.net, shape)
     compact_macs, compact_params = count_macs_params(compact, shape)

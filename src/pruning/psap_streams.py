@@ -23,6 +23,7 @@ The inner allocation then meets the rest of the MACs target on the network with 
 import numpy as np
 
 from src.config import ConfigError
+from src.models.resnet import checked_stage_widths, cifar_stage_widths, is_cifar_style
 from src.pruning.psap_allocation import cut_records
 from src.pruning.psap_scores import filter_scores
 from src.pruning.surgery import residual_streams
@@ -47,15 +48,17 @@ def kept_stream_widths(channels, ratios, multiple):
 
 
 def _check_widening(ratios, kept, option_a):
-    if option_a and any(b < a for a, b in zip(kept, kept[1:])):
+    """The compact network must be buildable: ``checked_stage_widths``, as a recipe error."""
+    try:
+        checked_stage_widths(kept, "A" if option_a else "B")
+    except ValueError:
         raise ConfigError(f"config key 'psap_stream_ratios': {list(ratios)} keeps stream widths "
                           f"{'/'.join(map(str, kept))}; with option-A shortcuts a stage cannot "
-                          "keep fewer channels than the one before")
+                          "keep fewer channels than the one before") from None
 
 
-def check_stream_recipe(cfg, is_cifar_style):
+def check_stream_recipe(cfg):
     """Recipe constraints of ``psap_stream_ratios`` (ConfigError naming the key)."""
-    from src.models.resnet import cifar_stage_widths
     ratios = cfg.psap_stream_ratios
     if not ratios:
         return
