@@ -13,7 +13,10 @@ Runs are kept under --work_dir and reused when the script is started again, only
 the same recipe and budget (else one error line: use another --work_dir); an interrupted run
 continues from its newest checkpoint. The report covers the settings of this command, so to add
 seeds later give all of them (the finished ones are reused). Results replace
-benchmarks/results/extreme_sparsity.{json,md,png} (git restores the committed ones);
+benchmarks/results/NAME.{json,md,png} (--name, default extreme_sparsity; git restores the
+committed ones); --recipes shipped trains a recipe shipped for the net and sparsity where there
+is one (the ResNet-32x2 RPG recipes); --checkpoint_every N keeps a checkpoint every N iterations
+(the masks after every update, read by benchmarks/collapse_analysis.py);
 --report_only rewrites them from the finished runs, or, when --work_dir has none, from the
 committed JSON if it was made with the same budget.
 """
@@ -34,14 +37,24 @@ METHODS = {  # label: (recipe prefix, extra overrides)
     "RigL-ERK": ("rigl_erk", []),
     "RPG lamb=0": ("rpg", ["--lamb", "0"]),
     "RPG": ("rpg", []),
+    # RPG's global magnitude allocation replaced by ERK's (needs the density_distribution key of
+    # RPG/GMP: these labels fail with one config error line on code without it)
+    "RPG-ERK": ("rpg", ["--density_distribution", "erk"]),
+    "RPG lamb=0 ERK": ("rpg", ["--lamb", "0", "--density_distribution", "erk"]),
 }
 NETS = {"resnet20": [], "resnet32x2": ["--net", "resnet32", "--width_multiplier", "2"]}
 GROUPS = ("stem", "3x3", "1x1/downsample", "FC")
 NOT_NETWORK = ("pruning_mask.", "moments.", "rpg_rank.", "grad_energy.")
 
 
-def recipe_for(prefix):
-    """Every method's Fashion-MNIST recipe at 98 % (RigL's at 90 %); --sparsity sets the target."""
+def recipe_for(prefix, net="resnet20", sparsity=98.0, recipes="s98"):
+    """Every method's Fashion-MNIST recipe at 98 % (RigL's at 90 %); --sparsity sets the target.
+    ``recipes="shipped"``: the recipe shipped for this net and sparsity when there is one
+    (config/rpg_resnet32x2_fashion_mnist_s995.yaml: lamb 0.5, partial_k 0.1, T_end 0.8), else
+    the same fallback."""
+    shipped = f"{prefix}_{net}_fashion_mnist_s{sparsity:g}".replace(".", "") + ".yaml"
+    if recipes == "shipped" and os.path.exists(os.path.join(ROOT, "config", shipped)):
+        return os.path.join(ROOT, "config", shipped)
     name = f"{prefix}_resnet20_fashion_mnist_s98.yaml"
     if not os.path.exists(os.path.join(ROOT, "config", name)):
         name = f"{prefix}_resnet20_fashion_mnist_s90.yaml"
@@ -58,12 +71,15 @@ def run(args, net, sparsity, label, seed):
     only if the run folder holds a run of the same recipe and budget)."""
     out = run_dir(args, net, sparsity, label, seed)
     prefix, extra = METHODS[label]
-    recipe = recipe_for(prefix)
+    recipe = recipe_for(prefix, net, sparsity, args.recipes)
     interval = ["--gmp_frequency" if prefix == "gmp" else "--delta", str(args.delta)]
     train_args = ["--config_path", recipe, "--data_path", args.data_path, "--output_dir", out,
                   "--epoch_size", str(args.epochs), "--train_samples", str(args.train_samples),
                   "--seed", str(seed), "--sparsity", str(sparsity / 100), "--log_interval", "50",
                   "--eval_interval", "0", *extra, *interval, *NETS[net]]
+    if args.checkpoint_every:   # operational keys: the same recipe, more checkpoints kept
+        train_args += ["--save_checkpoint_steps", str(args.checkpoint_every),
+                       "--keep_checkpoint_max", "100000"]
     check_same_recipe(out, train_args)
     result_path = os.path.join(out, "result.json")
     if os.path.exists(result_path):
@@ -81,6 +97,7 @@ def run(args, net, sparsity, label, seed):
     result = {"net": net, "sparsity_target": sparsity / 100, "method": label, "seed": seed,
               "top1": evaluation["top1"], "top5": evaluation["top5"],
               "sparsity": evaluation["sparsity"], "train_seconds": seconds,
+              "recipe": os.path.relpath(recipe, ROOT),
               "groups": group_statistics(os.path.join(out, "last.ckpt"))}
     write_json_atomic(result, result_path)
     print(f"{net} {sparsity:g} % {label} seed {seed}: top1 {result['top1']:.4f} "
@@ -159,7 +176,10 @@ def markdown(rows, command, args, partial):
              "10,000-image test set; seeds as listed. top-1 as mean +- sample std over seeds "
              "(min..max). Ranks are of the (C_out, C_in*k*k) matrix relative to full rank, "
              "averaged over the layers of the group; zero rows = output channels with no weight "
-             "left, zero columns = inputs no weight reads.", ""]
+             "left, zero columns = inputs no weight reads."
+             + (" Recipes: the one shipped for the net and sparsity where it exists, else the "
+                "ResNet-20 98 % one (RigL: 90 %) with --net/--sparsity; each run's file is in the "
+                "JSON's runs[].recipe." if args.recipes == "shipped" else ""), ""]
     for net in dict.fromkeys(r["net"] for r in rows):
         lines += [f"## {net}", "", "| sparsity | method | seeds | top-1 (%) | " +
                   " | ".join(f"{g}: eff. rank / num. rank / zero rows / zero cols" for g in GROUPS) + " |",
@@ -174,7 +194,7 @@ def markdown(rows, command, args, partial):
                          f"{100 * r['top1_mean']:.2f} +- {100 * r['top1_std']:.2f} "
                          f"({100 * r['top1_min']:.1f}..{100 * r['top1_max']:.1f}) | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("![top-1 and 3x3 effective rank against sparsity](extreme_sparsity.png)")
+    lines.append(f"![top-1 and 3x3 effective rank against sparsity]({args.name}.png)")
     return "\n".join(lines)
 
 
@@ -216,6 +236,15 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--delta", type=int, default=16)
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "output", "bench_extreme"))
+    parser.add_argument("--recipes", choices=["s98", "shipped"], default="s98",
+                        help="s98: every net and sparsity trains the ResNet-20 98 %% recipes (RigL: "
+                             "90 %%); shipped: a recipe shipped for the net and sparsity where one "
+                             "exists (config/rpg_resnet32x2_fashion_mnist_s995.yaml)")
+    parser.add_argument("--checkpoint_every", type=int, default=0,
+                        help="also keep a checkpoint every N iterations (e.g. --delta: the masks "
+                             "after every update, for benchmarks/collapse_analysis.py)")
+    parser.add_argument("--name", default="extreme_sparsity",
+                        help="results file name under benchmarks/results/")
     parser.add_argument("--report_only", action="store_true",
                         help="report the runs finished so far (no training); the Markdown says so")
     args = parser.parse_args()
@@ -229,26 +258,30 @@ def main():
     command = (f"python benchmarks/extreme_sparsity.py --data_path DIR --nets {' '.join(args.nets)} "
                f"--sparsities {' '.join(f'{s:g}' for s in args.sparsities)} --seeds "
                f"{' '.join(map(str, args.seeds))} --methods {' '.join(repr(m) if ' ' in m else m for m in args.methods)} "
-               f"--train_samples {args.train_samples} --epochs {args.epochs} --delta {args.delta}")
-    png = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.png")
+               f"--train_samples {args.train_samples} --epochs {args.epochs} --delta {args.delta}"
+               + (f" --recipes {args.recipes}" if args.recipes != "s98" else "")
+               + (f" --name {args.name}" if args.name != "extreme_sparsity" else ""))
+    png = os.path.join(ROOT, "benchmarks", "results", f"{args.name}.png")
     plot(rows, png)
-    write_results("extreme_sparsity", {"machine": machine_info(), "command": command,
+    write_results(args.name, {"machine": machine_info(), "command": command,
                                        "budget": budget_of(args), "rows": rows, "runs": results},
                   markdown(rows, command, args, partial=len(results) < len(settings)))
 
 
 def budget_of(args):
-    return {"train_samples": args.train_samples, "epochs": args.epochs, "delta": args.delta}
+    budget = {"train_samples": args.train_samples, "epochs": args.epochs, "delta": args.delta}
+    return budget if args.recipes == "s98" else dict(budget, recipes=args.recipes)
 
 
-COMMITTED = os.path.join(ROOT, "benchmarks", "results", "extreme_sparsity.json")
+def committed_path(name):
+    return os.path.join(ROOT, "benchmarks", "results", f"{name}.json")
 
 
-def committed_results():
+def committed_results(name="extreme_sparsity"):
     """The committed results JSON (what --report_only rewrites), or {} if there is none."""
-    if not os.path.exists(COMMITTED):
+    if not os.path.exists(committed_path(name)):
         return {}
-    with open(COMMITTED, encoding="utf-8") as handle:
+    with open(committed_path(name), encoding="utf-8") as handle:
         return json.load(handle)
 
 
@@ -271,7 +304,7 @@ def keep_committed_runs(wanted, committed):
 def finished_runs(args, settings):
     """--report_only: the finished runs of ``settings`` in --work_dir; if there are none, those in
     the committed results JSON when it was made with the same budget (rewrites the report)."""
-    committed = committed_results()
+    committed = committed_results(args.name)
     wanted = {(net, sparsity / 100, method, seed) for net, sparsity, method, seed in settings}
     keep_committed_runs(wanted, committed)
     found = [run(args, *s) for s in settings
@@ -280,7 +313,7 @@ def finished_runs(args, settings):
         found = [r for r in committed["runs"] if run_key(r) in wanted]
     if not found:
         raise BenchmarkError(f"no finished run in {args.work_dir}, and none of this budget in "
-                             "benchmarks/results/extreme_sparsity.json")
+                             f"benchmarks/results/{args.name}.json")
     return found
 
 

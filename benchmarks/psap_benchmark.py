@@ -18,6 +18,9 @@ learning-rate schedule and seed for all methods of a cell):
   with ``--filter_score BN_SCORE`` (default bn_l2); PSAP-BN-S: PSAP-BN with the residual streams
   pruned too (``--psap_stream_ratios`` from --stream_ratios, default 0.5 0 0.25: 8/32/48);
   PSAP-BN-SU: PSAP-BN-S with uniform inner ratios (``--psap_adaptive false``: even widths);
+  ablations of PSAP-BN: PSAP-BN-NP without protection (``--psap_protect false``), PSAP-BN-NA
+  without adaptive per-layer ratios (``--psap_adaptive false``); PSAP-L2 is PSAP-BN without the
+  BN-aware score;
 - methods in --round_methods also run with ``--psap_width_multiple N`` (label suffix +RN);
 - every pruned run: ``--psap_target flops --psap_ratio CUT``; ``pretrained``: additionally
   ``--pre_trained DENSE/last.ckpt --lr_max --pretrained_lr --warmup_epochs 0``.
@@ -29,7 +32,10 @@ network (``measure_latency``: models interleaved, after waiting for a quiet mach
 Results: benchmarks/results/psap_matrix.{json,md,png} (--name). Finished runs are kept under
 --work_dir and reused when the script is started again, only if made with the same settings
 (else one error line); an interrupted run continues from its newest checkpoint; --report_only
-rewrites the report from the JSON.
+rewrites the report from the JSON. --keep_committed NAME takes the runs of
+benchmarks/results/NAME.json that this command would train (same settings and budget) from that
+file instead of training them again (their run folders need not exist): they are marked
+"(committed)" in the report and not timed.
 """
 import argparse
 import json
@@ -57,6 +63,9 @@ def method_overrides(method, bn_score, stream_ratios=(0.5, 0.0, 0.25)):
              "FPGM": NO_PSAP + ["--filter_score", "fpgm"],
              "PSAP-L2": ["--filter_score", "l2"],
              "PSAP-BN": ["--filter_score", bn_score],
+             # ablations of PSAP-BN: one part off at a time (PSAP-L2 is the one without the BN score)
+             "PSAP-BN-NP": ["--filter_score", bn_score, "--psap_protect", "false"],
+             "PSAP-BN-NA": ["--filter_score", bn_score, "--psap_adaptive", "false"],
              "PSAP-BN-S": ["--filter_score", bn_score, "--psap_stream_ratios", streams],
              "PSAP-BN-SU": ["--filter_score", bn_score, "--psap_stream_ratios", streams,
                             "--psap_adaptive", "false"]}
@@ -132,6 +141,36 @@ def _train(cmd, out, ckpt, log):
         with open(seconds_path, encoding="utf-8") as handle:
             return json.load(handle)
     return None
+
+
+BUDGET_KEYS = ("train_samples", "epochs", "eval_samples", "bn_score", "pretrained_lr")
+SETTING_KEYS = ("net", "seed", "start", "cut", "method", "multiple")
+
+
+def committed_records(args):
+    """{setting: record} of benchmarks/results/NAME.json (--keep_committed) made with this
+    command's budget (BenchmarkError: one line if another), marked with the file they came from."""
+    if not args.keep_committed:
+        return {}
+    name = args.keep_committed
+    data, _ = stored_report(os.path.join(ROOT, "benchmarks", "results", f"{name}.json"))
+    other = [k for k in BUDGET_KEYS if data["args"].get(k) != getattr(args, k)]
+    if other:
+        k = other[0]
+        raise BenchmarkError(f"--keep_committed {name}: its runs were made with {k} "
+                             f"{data['args'].get(k)}, this command has {getattr(args, k)}: "
+                             "give the same budget")
+    # their MINDIR files went with their run folders: not timed again
+    return {tuple(r[k] for k in SETTING_KEYS): dict(r, mindir={}, committed=name)
+            for r in data["runs"]}
+
+
+def run_or_committed(args, s, export, committed):
+    """A committed record of ``s`` unless --work_dir holds a finished run of it; else ``run``."""
+    key = tuple(s[k] for k in SETTING_KEYS)
+    if key in committed and not os.path.exists(os.path.join(run_dir(args.work_dir, s), "record.json")):
+        return committed[key]
+    return run(args, s, export)
 
 
 def run(args, s, export):
@@ -300,6 +339,8 @@ def aggregate(records, latency):
     for key, group in cells.items():
         first = group[0]
         row = {k: first[k] for k in ("net", "start", "cut", "method", "multiple", "label")}
+        if any(r.get("committed") for r in group):
+            row["committed"] = sorted({r.get("committed") or "this run" for r in group})
         row.update(key=key, top1_by_seed={str(r["seed"]): r["top1"] for r in group},
                    top1=_stats([100 * r["top1"] for r in group]),
                    params=int(round(sum(r["params"] for r in group) / len(group))),
@@ -344,7 +385,8 @@ def _row_line(r):
              if "latency_over_flops" in r else "-")
     cut = "-" if r["method"] == "dense" else f"{round(100 * r['cut'])} %"
     speedup = "-" if r["flops_speedup"] is None else f"{r['flops_speedup']:.2f}x"
-    return (f"| {cut} | {r['label']} | {t['mean']:.2f} ± {t['std']:.2f} | {t['min']:.2f}-"
+    label = r["label"] + (" (committed)" if r.get("committed") else "")
+    return (f"| {cut} | {label} | {t['mean']:.2f} ± {t['std']:.2f} | {t['min']:.2f}-"
             f"{t['max']:.2f} | {t['n']} | {r['params']:,} | {r['flops'] / 1e6:.2f} M | "
             f"{speedup} | {latency} | {ratio} |")
 
@@ -373,6 +415,30 @@ def verdicts(rows):
                    f"{sfp['top1']['mean']:.2f} %: {diff:+.2f} points over {best['top1']['n']} "
                    f"seed(s), spread (std) {spread:.2f}: {word if word.startswith('no') else 'PSAP ' + word}"
                    + ("; the acceptance asks for +1.00" if round(100 * cut) == 60 else "") + ".")
+    return out
+
+
+ABLATIONS = {"PSAP-L2": "without the BN-aware score (L2)", "PSAP-BN-NP": "without protection",
+             "PSAP-BN-NA": "without adaptive per-layer ratios", "SFP": "without all three"}
+
+
+def ablation_lines(rows):
+    """Per (net, start, cut) with PSAP-BN and an ablation: mean top-1 difference to PSAP-BN."""
+    out = []
+    for full in (r for r in rows if r["label"] == "PSAP-BN"):
+        same = [r for r in rows if (r["net"], r["start"], r["cut"]) == (full["net"], full["start"],
+                                                                        full["cut"])]
+        for r in (r for r in same if r["label"] in ABLATIONS):
+            if r["label"] == "SFP" and len(same) < 4:
+                continue            # PSAP vs SFP alone: the verdict above says it
+            diff = r["top1"]["mean"] - full["top1"]["mean"]
+            spread = max(r["top1"]["std"], full["top1"]["std"])
+            out.append(f"- {NET_NAMES.get(r['net'], r['net'])}, {r['start']}, "
+                       f"{round(100 * r['cut'])} %: PSAP-BN {ABLATIONS[r['label']]} ({r['label']}) "
+                       f"{r['top1']['mean']:.2f} % vs {full['top1']['mean']:.2f} %: {diff:+.2f} "
+                       f"points over {r['top1']['n']} seed(s), spread (std) {spread:.2f}"
+                       + (" (outside the spread)" if abs(diff) > spread else " (inside the spread)")
+                       + ".")
     return out
 
 
@@ -419,8 +485,16 @@ def markdown(data):
                      and r["method"] != "dense"]
             lines += [f"## {NET_NAMES.get(net, net)}, {start}", "", *header,
                       *[_row_line(r) for r in dense + group], ""]
+    if any(r.get("committed") for r in rows):
+        names = sorted({n for r in rows for n in r.get("committed", []) if n != "this run"})
+        lines += ["(committed): runs taken from " + ", ".join(f"benchmarks/results/{n}.json"
+                                                           for n in names)
+                  + " (--keep_committed), trained by an earlier commit of the code with the same "
+                  "settings and budget; not re-run, not timed.", ""]
     verdict = verdicts(rows)
     lines += (["## PSAP vs SFP", "", *verdict, ""] if verdict else [])
+    ablation = ablation_lines(rows)
+    lines += (["## Ablations of PSAP-BN", "", *ablation, ""] if ablation else [])
     lines += ["## Protection (mean over seeds)", "", *protection_lines(rows), "",
               "## Kept widths (first seed)", "", *width_lines(rows), "",
               f"![top-1 vs MACs cut]({data['png']})", ""]
@@ -515,6 +589,9 @@ def parse_args():
     parser.add_argument("--max_wait", type=float, default=40, help="minutes")
     parser.add_argument("--work_dir", default="")
     parser.add_argument("--name", default="psap_matrix", help="results file name")
+    parser.add_argument("--keep_committed", default="",
+                        help="results name whose runs of this command are taken as they are "
+                             "instead of trained again (marked committed in the report)")
     parser.add_argument("--report_only", action="store_true",
                         help="rewrite the report from the stored results JSON (no runs)")
     args = parser.parse_args()
@@ -572,6 +649,8 @@ def command_line(args):
         parts.append(f"--{key} {getattr(args, key)}")
     if any(m.endswith(("-S", "-SU")) for m in args.methods):
         parts.append("--stream_ratios " + " ".join(map(str, args.stream_ratios)))
+    if args.keep_committed:
+        parts.append(f"--keep_committed {args.keep_committed}")
     return " ".join(parts)
 
 
@@ -581,7 +660,9 @@ def main():
     if args.report_only:
         write_results(args.name, *stored_report(os.path.join(results, f"{args.name}.json")))
         return
-    records = [run(args, s, export=s["seed"] == args.seeds[0]) for s in settings(args)]
+    committed = committed_records(args)
+    records = [run_or_committed(args, s, s["seed"] == args.seeds[0], committed)
+               for s in settings(args)]
     latency, loads = time_networks(args, records)
     rows = aggregate(records, latency)
     png = os.path.join(results, f"{args.name}.png")
