@@ -64,3 +64,69 @@ def test_the_stream_method_of_the_psap_benchmark_trains_the_recipe_it_names():
                                                                        (0.5, 0.0, 0.25))]
     cfg, _ = parse_args(cmd)
     assert cfg.psap_stream_ratios == [0.5, 0.0, 0.25] and cfg.filter_score == "bn_l2"
+
+
+def test_the_psap_ablations_train_the_recipe_they_name():
+    import psap_benchmark
+    base = ["--config_path", os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml"),
+            "--data_path", "somewhere"]
+    no_protect, _ = parse_args(base + psap_benchmark.method_overrides("PSAP-BN-NP", "bn_l2"))
+    no_adaptive, _ = parse_args(base + psap_benchmark.method_overrides("PSAP-BN-NA", "bn_l2"))
+    full, _ = parse_args(base + psap_benchmark.method_overrides("PSAP-BN", "bn_l2"))
+    assert (full.psap_protect, full.psap_adaptive) == (True, True)
+    assert (no_protect.psap_protect, no_protect.psap_adaptive) == (False, True)
+    assert (no_adaptive.psap_protect, no_adaptive.psap_adaptive) == (True, False)
+    assert no_protect.filter_score == no_adaptive.filter_score == "bn_l2"
+
+
+def _psap_args(tmp_path, **changes):
+    import argparse
+    values = {"keep_committed": "psap_resnet56_cut60", "train_samples": 10000, "epochs": 6,
+              "eval_samples": 0, "bn_score": "bn_l2", "pretrained_lr": 0.01,
+              "work_dir": str(tmp_path), **changes}
+    return argparse.Namespace(**values)
+
+
+def test_committed_psap_rows_are_reused_without_their_run_folders_and_marked(tmp_path):
+    import psap_benchmark
+    committed = psap_benchmark.committed_records(_psap_args(tmp_path))
+    setting = {"net": "resnet56", "seed": 43, "start": "scratch", "cut": 0.6, "method": "SFP",
+               "multiple": 1}
+    record = psap_benchmark.run_or_committed(_psap_args(tmp_path), setting, True, committed)
+    assert record["committed"] == "psap_resnet56_cut60" and record["top1"] == 0.7617
+    assert record["mindir"] == {}                       # its exports are gone: not timed
+    rows = psap_benchmark.aggregate([record], {})
+    assert "(committed)" in psap_benchmark._row_line(rows[0])
+    with pytest.raises(BenchmarkError, match=r"made with epochs 6, this command has 5"):
+        psap_benchmark.committed_records(_psap_args(tmp_path, epochs=5))
+
+
+def test_the_extreme_sparsity_benchmark_trains_the_shipped_resnet32x2_recipe_when_asked():
+    import extreme_sparsity
+    shipped = extreme_sparsity.recipe_for("rpg", "resnet32x2", 99.5, "shipped")
+    assert shipped.endswith("config/rpg_resnet32x2_fashion_mnist_s995.yaml")
+    assert extreme_sparsity.recipe_for("rpg", "resnet32x2", 99.5).endswith("rpg_resnet20_fashion_mnist_s98.yaml")
+    assert extreme_sparsity.recipe_for("rigl_erk", "resnet32x2", 99.5, "shipped").endswith(
+        "rigl_erk_resnet20_fashion_mnist_s90.yaml")
+
+
+def test_the_collapse_analysis_names_emptied_layers_and_the_fc_classes_left_without_weight():
+    import numpy as np
+    from collapse_analysis import first_empty, mask_state, update_of
+    fc = np.zeros((10, 64), np.float32)
+    fc[0, 3] = fc[1, 3] = fc[2, 5] = 1
+    params = {"pruning_mask.conv1.weight": np.zeros((16, 1, 3, 3), np.float32),
+              "pruning_mask.layer1.0.conv1.weight": np.ones((16, 16, 3, 3), np.float32),
+              "pruning_mask.fc.weight": fc, "conv1.weight": np.ones((16, 1, 3, 3), np.float32)}
+    state = mask_state(params)
+    assert state["empty_layers"] == ["conv1.weight"] and state["stem_density"] == 0.0
+    assert (state["fc_weights"], state["fc_classes_without_weight"], state["fc_inputs_read"]) == (3, 7, 2)
+    updates = [{"update": 1, "step": 16}, {"update": 2, "step": 32}]
+    # an update at step t runs after the checkpoint of step t
+    assert update_of(16, updates) is None and update_of(32, updates)["update"] == 1
+    assert update_of(None, updates)["update"] == 2
+    rows = [{"step": 16, "update": 0, "empty_layers": []},
+            {"step": 32, "update": 1, "empty_layers": ["conv1.weight"]}]
+    assert first_empty(rows) == {"step": 32, "update": 1, "layers": ["conv1.weight"]}
+    with pytest.raises(BenchmarkError, match="no pruning masks"):
+        mask_state({"conv1.weight": np.ones((2, 1, 3, 3))})
