@@ -66,11 +66,23 @@ def run_dir(args, net, sparsity, label, seed):
     return os.path.join(args.work_dir, tag)
 
 
+def check_density_distribution(label, extra):
+    """BenchmarkError unless RPG reads ``density_distribution``: the recipe parser accepts the key
+    for every method (it is RigL's), so on code without it an ERK label would train plain RPG."""
+    if "--density_distribution" not in extra:
+        return
+    from src.pruning.rpg import RPGPruner
+    if not any("density_distribution" in getattr(c, "keys", {}) for c in RPGPruner.__mro__):
+        raise BenchmarkError(f"{label} needs RPG's density_distribution key (branch density), "
+                             "which this code's RPG does not read: it would train plain RPG")
+
+
 def run(args, net, sparsity, label, seed):
     """Train + evaluate + layer-group statistics of one setting (cached in result.json, reused
     only if the run folder holds a run of the same recipe and budget)."""
     out = run_dir(args, net, sparsity, label, seed)
     prefix, extra = METHODS[label]
+    check_density_distribution(label, extra)
     recipe = recipe_for(prefix, net, sparsity, args.recipes)
     interval = ["--gmp_frequency" if prefix == "gmp" else "--delta", str(args.delta)]
     train_args = ["--config_path", recipe, "--data_path", args.data_path, "--output_dir", out,

@@ -130,3 +130,15 @@ def test_the_collapse_analysis_names_emptied_layers_and_the_fc_classes_left_with
     assert first_empty(rows) == {"step": 32, "update": 1, "layers": ["conv1.weight"]}
     with pytest.raises(BenchmarkError, match="no pruning masks"):
         mask_state({"conv1.weight": np.ones((2, 1, 3, 3))})
+
+
+def test_an_erk_label_of_the_extreme_benchmark_is_refused_while_rpg_ignores_the_key():
+    import extreme_sparsity
+    from src.pruning.rpg import RPGPruner
+    reads = any("density_distribution" in getattr(c, "keys", {}) for c in RPGPruner.__mro__)
+    extreme_sparsity.check_density_distribution("RPG", [])            # no ERK: nothing to check
+    if reads:   # after the density merge the label trains what it names
+        extreme_sparsity.check_density_distribution("RPG-ERK", extreme_sparsity.METHODS["RPG-ERK"][1])
+    else:
+        with pytest.raises(BenchmarkError, match="would train plain RPG"):
+            extreme_sparsity.check_density_distribution("RPG-ERK", extreme_sparsity.METHODS["RPG-ERK"][1])
