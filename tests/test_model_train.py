@@ -5,6 +5,7 @@ sparsity, pruned weights and their momentum +0.0, mask updates after exactly the
 of optimizer steps); for the methods that never skip an optimizer step, bit-identity with the
 exact loop (SparseTraining); PSAP's compact network and its MINDIR; the data-sinking check;
 one-line errors; resume; two data-parallel workers under msrun."""
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from mindspore import nn
 from src.config import ConfigError
 from src.errors import TrainingError
 from src.models.resnet import build_resnet
+from src.pruning import api
 from src.pruning.api import PruningAlgorithm, SparseTraining
 from src.pruning.train_cell import optimizer_state
 from tests.conftest import ROOT
@@ -41,16 +43,23 @@ def toy_dataset(count=96, batch=16):
                                  shuffle=False).batch(batch)
 
 
+class _CountingSteps(PruningAlgorithm):
+    """The README's class, noting the optimizer's step count at every event."""
+
+    def optimizer(self, optimizer):
+        masked = super().optimizer(optimizer)
+        self.steps_seen = []
+        self.ctx.recorders.append(lambda event: self.steps_seen.append(
+            (event["event"], event["step"], int(optimizer.global_step.asnumpy()[0]))))
+        return masked
+
+
 def build(method, net, ds, epochs=EPOCHS, **keys):
-    """The README's steps up to the Model; a recorder notes the optimizer's step count at every
-    event."""
-    algo = PruningAlgorithm(method, steps_per_epoch=ds.get_dataset_size(), epochs=epochs, **keys)
+    """The README's steps up to the Model (noting the optimizer's step count at every event)."""
+    algo = _CountingSteps(method, steps_per_epoch=ds.get_dataset_size(), epochs=epochs, **keys)
     net = algo.apply(net)
     opt = algo.optimizer(nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9,
                                      weight_decay=1e-4))
-    algo.steps_seen = []
-    algo.ctx.recorders.append(lambda event: algo.steps_seen.append(
-        (event["event"], event["step"], int(opt.global_step.asnumpy()[0]))))
     return algo, net, opt, ms.Model(net, nn.CrossEntropyLoss(), opt)
 
 
@@ -93,6 +102,7 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     code = _readme_example()
     assert len(code.strip().splitlines()) < 20
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(api, "PruningAlgorithm", _CountingSteps)
     ms.set_seed(3)
     namespace = {"net": PlainConvNet(), "ds": toy_dataset()}
     exec(compile(code, "README.md (model-train example)", "exec"), namespace)
@@ -100,6 +110,8 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     total = sum(m.size for m in algo.masks().values())
     steps = [e["step"] for e in algo.events if e["event"] == "mask_update"]
     assert steps == algo.pruner.update_steps == [4, 8, 12]
+    # each update after exactly that many optimizer steps (between steps 4 and 5, ...)
+    assert [x for x in algo.steps_seen if x[0] == "mask_update"] == [("mask_update", s, s) for s in steps]
     params = {p.name: p.asnumpy() for p in net.trainable_params()}
     moments = optimizer_state(namespace["opt"].optimizer, list(algo.masks()))
     for name, mask in algo.masks().items():
@@ -300,3 +312,45 @@ def test_two_data_parallel_workers_end_with_the_same_masks(tmp_path):
         assert np.array_equal(rank0[name], rank1[name]), f"workers differ in {name}"
     kept = sum(int(rank0[k].sum()) for k in masks)
     assert kept == round(0.1 * sum(rank0[k].size for k in masks))
+
+
+def test_the_benchmark_reuses_finished_runs_and_refuses_another_recipe(tmp_path, monkeypatch):
+    """benchmarks/model_train_vs_loop.py: finished runs (run.json + result.json) are reported
+    without training again; a folder of another budget is one BenchmarkError line."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import model_train_vs_loop as bench
+    from runs import BenchmarkError
+    from src.config import parse_args
+    from src.outputs import write_json_atomic
+    from src.run_record import recipe_of, write_run
+    work, results = tmp_path / "work", tmp_path / "results"
+    budget = ["--train_samples", "512", "--epochs", "1", "--delta", "1", "--eval_samples", "128"]
+    places = ["--work_dir", str(work), "--results_dir", str(results)]
+    bench_args = ["--data_path", "somewhere", "--sparsities", "90", "--seeds", "1", "2", *budget, *places]
+    namespace = type("Args", (), {"data_path": "somewhere", "train_samples": 512, "epochs": 1,
+                                  "delta": 1, "eval_samples": 128})
+    for path, top1 in (("loop", (0.50, 0.54)), ("model", (0.52, 0.60))):
+        for seed, value in zip((1, 2), top1):
+            out = work / f"s90_{path}_seed{seed}"
+            cfg, _ = parse_args(bench.train_args(namespace, 90, seed, str(out)))
+            write_run(str(out), "someid", recipe_of(cfg))
+            write_json_atomic({"path": path, "sparsity_target": 0.9, "seed": seed, "top1": value,
+                               "top5": 0.9, "sparsity": 0.9, "seconds": 10.0}, str(out / "result.json"))
+
+    def no_training(*_, **__):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(bench, "call", no_training)
+    monkeypatch.setattr(bench, "train", no_training)
+    monkeypatch.setattr(sys, "argv", ["model_train_vs_loop.py", *bench_args])
+    bench.main()
+    rows = {r["path"]: r for r in json.load(open(results / "model_train_vs_loop.json"))["rows"]}
+    assert rows["loop"]["top1_runs"] == [0.50, 0.54] and rows["model"]["seeds"] == [1, 2]
+    assert rows["model"]["top1_mean"] == pytest.approx(0.56)
+    assert rows["model"]["top1_std"] == pytest.approx(np.std([0.52, 0.60], ddof=1))
+    assert "| 90 % | model | 2 | 56.00 +- 5.66 (52.0..60.0) | 52.0, 60.0 | 10 |" in \
+        (results / "model_train_vs_loop.md").read_text()
+    assert (results / "model_train_vs_loop.png").stat().st_size > 0
+    monkeypatch.setattr(sys, "argv", ["model_train_vs_loop.py", *bench_args, "--epochs", "2"])
+    with pytest.raises(BenchmarkError, match=r"epoch_size \(1 -> 2\)"):
+        bench.main()
