@@ -211,6 +211,22 @@ MUTANTS = [
       "        return masks, cut, max(0.0, (target * dense - (dense - rest)) / rest)",
       "        return masks, records, target",
       "tests/test_psap_streams.py"),
+    # --- issue 20: pruning inside ms.Model.train (src/pruning/model_train.py) ------------------
+    m("model_train_pieces_not_run", "src/pruning/model_train.py",
+      "        for piece in self.pieces:\n            gradients = piece.on_gradients(gradients)\n"
+      "        success = self.optimizer(gradients)\n",
+      "        success = self.optimizer(gradients)\n        return success\n",
+      "tests/test_model_train.py::test_hard_mask_methods_under_model_train[gmp-keys0-True]"),
+    m("model_train_update_one_step_late", "src/pruning/model_train.py",
+      "            self.before_step(self.iterations, batch)",
+      "            self.before_step(self.iterations - 1, batch)",
+      "tests/test_model_train.py::test_hard_mask_methods_under_model_train[gmp-keys0-True]"),
+    m("model_train_resume_restarts_the_callbacks_pass", "src/pruning/model_train.py",
+      "            for _ in range(algo.draws % algo.steps_per_epoch):", "            for _ in range(0):",
+      "tests/test_model_train.py::test_state_dict_with_the_train_network_continues_exactly"),
+    m("model_train_sink_size_not_checked", "src/pruning/model_train.py",
+      "        if every % sink_size:", "        if False:",
+      "tests/test_model_train.py::test_a_sink_size_that_does_not_divide_delta_is_one_line"),
 ]
 
 

@@ -18,10 +18,9 @@ The optimizer must train every pruned weight; its per-parameter state (every opt
 named "<slot>.<weight name>", see ``train_cell.optimizer_state``) is zeroed with the pruned weights.
 Graph mode (``ms.set_context(mode=ms.GRAPH_MODE)``) is required, as for train.py.
 
-Why not ``ms.Model.train``: RPG's mask update replaces an iteration's optimizer step with a dense
-gradient and host work on that iteration's batch, and the learning-rate schedule must then be
-moved on by hand; a callback sees a step only after it ran (and with dataset sinking, after many
-steps), so it could not reproduce the reference. ``step`` runs exactly what train.py runs.
+``step`` runs exactly what train.py runs: RPG's mask update replaces that iteration's optimizer
+step, as in the reference. For ``ms.Model.train`` (callbacks, data sinking) use
+``PruningAlgorithm`` (``model_train.py``), where the update runs between two optimizer steps.
 """
 import logging
 
@@ -33,6 +32,7 @@ from src.config import ConfigError, build_config, keys_of_other_methods
 from src.errors import TrainingError, require_finite_loss
 from src.pruning.base import sparsity_of
 from src.pruning.context import TrainContext
+from src.pruning.model_train import PruningAlgorithm  # noqa: F401  (public: ms.Model.train)
 from src.pruning.registry import build_pruner
 from src.pruning.train_cell import LossCell, TrainStep
 
