@@ -92,7 +92,7 @@ def _clone_with_working_copy_edits(target):
 def test_quickstart_from_a_clone_under_an_unusual_folder(tmp_path):
     """The README's first command in a clone under "My Prüfung ü/": data, training, evaluation
     (JSON and PNG) and the verified MINDIR export, all under that folder (QUICKSTART_SMOKE=1: the
-    pipeline, not the accuracy)."""
+    pipeline, not the accuracy); then scripts/run_export.sh to ONNX, relative name, cwd there."""
     data = _real_fashion_mnist()
     if data is None:   # get_fashion_mnist.sh verifies the official files' MD5
         pytest.skip("the real Fashion-MNIST files are not available")
@@ -115,3 +115,13 @@ def test_quickstart_from_a_clone_under_an_unusual_folder(tmp_path):
     assert abs(json.loads((out / "eval.json").read_text())["sparsity"] - 0.9) < 1e-3
     assert f"reloaded {out / 'resnet20_rpg_s90.mindir'}: max abs difference" in proc.stdout
     assert len(os.listdir(clone / "data" / "fashion_mnist")) == 4   # the data read from there too
+    # the export launcher, ONNX, a relative name in a working directory under that folder
+    env["PATH"] = os.path.join(sys.prefix, "bin") + os.pathsep + env.get("PATH", "")
+    proc = subprocess.run(["bash", str(clone / "scripts" / "run_export.sh"),
+                           str(clone / "config" / "rpg_resnet20_fashion_mnist_s90.yaml"),
+                           str(out / "last.ckpt"), "ONNX", "net ü+1"], cwd=out, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    onnx = (out / "net ü+1.onnx").read_bytes()
+    assert onnx[:1] == b"\x08" and b"conv1.weight" in onnx   # ModelProto: ir_version first
+    assert not [name for name in os.listdir(out) if name.startswith(".")]   # no temporary left
