@@ -73,6 +73,22 @@ def test_checkpoint_save_load_and_pre_trained_in_an_unusual_folder(tmp_path):
         assert np.array_equal(mine.asnumpy(), theirs.asnumpy()), mine.name
 
 
+def test_image_folders_under_an_unusual_folder(tmp_path):
+    """ImageNet-style folders (MindSpore's ImageFolderDataset) at such a path, file names too."""
+    from PIL import Image
+    from src.dataset import create_dataset
+    root = tmp_path / UNUSUAL / "imagenet"
+    for label, cls in enumerate(("n01 ü", "n02+b")):
+        (root / "val" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((20, 24, 3), 60 * label, np.uint8)).save(
+                root / "val" / cls / f"bild {i} ü.JPEG")
+    batches = list(create_dataset("imagenet", str(root), False, 4, image_size=16,
+                                  eval_resize=20).create_dict_iterator(output_numpy=True))
+    assert len(batches) == 1 and sorted(batches[0]["label"]) == [0, 0, 1, 1]
+    assert batches[0]["image"].shape == (4, 3, 16, 16)
+
+
 def _real_fashion_mnist():
     for candidate in (os.environ.get("FASHION_MNIST_DIR"), SYSTEM_FASHION_MNIST):
         if _has_real(candidate):
