@@ -44,7 +44,7 @@ def main():
                           num_samples=cfg.eval_samples, num_parallel_workers=cfg.num_parallel_workers)
     result = evaluation_report(cfg, net, meta, data, flags["ckpt"], flags["report_png"])
     if flags["json_out"]:
-        write_json_atomic(result, flags["json_out"])
+        write_json_atomic(result, flags["json_out"], overwrite)
         print(f"wrote {flags['json_out']}")
 
 

@@ -5,7 +5,9 @@
 
 The format's suffix (.mindir, .onnx, .air, .sparse.npz) is appended to NAME unless NAME already
 ends with it. An existing output file is never replaced unless --overwrite true is given, and then
-only by a file that passed its check (MINDIR: outputs compared with the checkpoint network).
+only by a file that passed its check (MINDIR: outputs compared with the checkpoint network; SPARSE:
+read back bit-exact). NAME may be any path, spaces and non-ASCII letters included: MindSpore's
+export, which refuses such names, writes into a temporary folder and the file is copied into place.
 MINDIR is reloaded after writing and its output compared with the checkpoint network on a random
 batch (fails above 1e-4 max abs difference). AIR needs an Ascend device. SPARSE writes the pruned
 weights as values + Elias-Fano coded positions (``NAME.sparse.npz``), reads it back and checks it
@@ -45,8 +47,8 @@ def main():
     if fold_bn and file_format == "SPARSE":
         raise ConfigError("--fold_bn true: SPARSE stores the checkpoint's own weights and is never "
                           "folded; fold a graph format (MINDIR, ONNX, AIR)")
-    check_output_path("--file_name", file_name + FORMATS[file_format],
-                      overwrite=parse_bool_flag("overwrite", flags["overwrite"]))
+    overwrite = parse_bool_flag("overwrite", flags["overwrite"])
+    check_output_path("--file_name", file_name + FORMATS[file_format], overwrite=overwrite)
     import mindspore as ms
     from src.device import set_up_device
     from src.export_model import export_checkpoint_network
@@ -58,7 +60,7 @@ def main():
     ms.set_context(mode=ms.GRAPH_MODE)  # export traces the graph whatever the recipe's mode
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])
     export_checkpoint_network(cfg, net, meta, file_format, file_name, flags["ckpt"], batch,
-                              fold_bn)
+                              fold_bn, overwrite)
 
 
 if __name__ == "__main__":

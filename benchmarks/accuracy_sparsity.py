@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from common import ROOT, machine_info, write_results
+from common import ROOT, machine_info, save_figure, write_results
 from runs import call, check_same_recipe, main_guard, train
 from src.outputs import write_json_atomic
 
@@ -95,7 +95,7 @@ def plot(rows, dense, path):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle("ResNet-20 on Fashion-MNIST")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -15,7 +15,7 @@ from mindspore import Tensor  # noqa: E402
 
 from src.config import build_config  # noqa: E402
 from src.models import build_network  # noqa: E402
-from src.outputs import write_json_atomic, write_text_atomic  # noqa: E402
+from src.outputs import atomic_output, write_json_atomic, write_text_atomic  # noqa: E402
 from src.training_graph import build_training_graph  # noqa: E402
 
 
@@ -68,6 +68,12 @@ def write_results(name, data, markdown):
     write_json_atomic(data, os.path.join(directory, f"{name}.json"))
     write_text_atomic(markdown.rstrip() + "\n", os.path.join(directory, f"{name}.md"))
     print(markdown)
+
+
+def save_figure(fig, path, **savefig_kwargs):
+    """``fig.savefig`` through a temporary name (src/outputs.py): a crash never leaves half a PNG."""
+    with atomic_output(path, ".png") as tmp:  # the extension tells matplotlib the format
+        fig.savefig(tmp, **savefig_kwargs)
 
 
 def dumps(data):

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, machine_info, write_results
+from common import ROOT, machine_info, save_figure, write_results
 from runs import BenchmarkError, call, check_same_recipe, main_guard, train
 from src.outputs import write_json_atomic
 
@@ -233,7 +233,7 @@ def plot(rows, path):
             ax.set_xlabel("sparsity (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

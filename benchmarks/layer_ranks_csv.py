@@ -3,12 +3,12 @@ one column per conv layer, holding the k the rank loss kept (empty: the layer wa
 loss, e.g. below ``sparsity_thres``), or with ``--value rank`` the numerical rank recorded with
 ``record_layer_ranks: true``.
 
-    python benchmarks/layer_ranks_csv.py OUTPUT_DIR [--value k|rank] [--out CSV]
+    python benchmarks/layer_ranks_csv.py OUTPUT_DIR [--value k|rank] [--out CSV] [--overwrite true]
 
 Default output OUTPUT_DIR/layerwise_ranks.csv (the reference's name). Bad input (no folder, no
-metrics.jsonl, no layer_ranks events, no recorded rank): one error line, exit 2.
+metrics.jsonl, no layer_ranks events, no recorded rank, an existing CSV without --overwrite): one
+error line, exit 2; the earlier CSV is left as it was.
 """
-import argparse
 import csv
 import io
 import os
@@ -17,8 +17,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.plot_run import BadRun, load_events, write_reported  # noqa: E402
-from src.outputs import write_text_atomic  # noqa: E402
+from benchmarks.plot_run import BadRun, OneLineParser, load_events, write_reported  # noqa: E402
+from src.outputs import OutputExists, add_overwrite_option, refuse_existing, write_text_atomic  # noqa: E402
 
 
 def layer_ranks_table(events, value="k"):
@@ -41,18 +41,20 @@ def layer_ranks_table(events, value="k"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="a train.py output folder (with metrics.jsonl)")
     parser.add_argument("--value", choices=["k", "rank"], default="k")
     parser.add_argument("--out", help="the CSV to write (default OUTPUT_DIR/layerwise_ranks.csv)")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
+    out = args.out or os.path.join(args.output_dir, "layerwise_ranks.csv")
     try:
+        refuse_existing(out, args.overwrite, "--out" if args.out else "")
         text = layer_ranks_table(load_events(args.output_dir), args.value)
-    except BadRun as err:
+    except (BadRun, OutputExists) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or os.path.join(args.output_dir, "layerwise_ranks.csv")
-    return write_reported(lambda: write_text_atomic(text, out), out)
+    return write_reported(lambda: write_text_atomic(text, out, args.overwrite), out)
 
 
 if __name__ == "__main__":

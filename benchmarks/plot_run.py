@@ -1,12 +1,12 @@
 """One picture of a training run, drawn from its metrics.jsonl (not from the log text).
 
-    python benchmarks/plot_run.py OUTPUT_DIR [--out PNG]     # default OUTPUT_DIR/run.png
+    python benchmarks/plot_run.py OUTPUT_DIR [--out PNG] [--overwrite true]   # default OUTPUT_DIR/run.png
 
 Three panels against the training step: the training loss and the learning rate; the pruned
 fraction (weight sparsity for RPG and the other unstructured methods, the fraction of zeroed
 filters for PSAP) with the mask updates or PSAP pruning steps marked and their targets; the
-evaluation top-1. Bad input (no such folder, no metrics.jsonl, an empty or unreadable one): one
-error line, exit 2.
+evaluation top-1. Bad input (no such folder, no metrics.jsonl, an empty or unreadable one, an
+existing PNG without --overwrite): one error line, exit 2; the earlier PNG is left as it was.
 """
 import argparse
 import os
@@ -16,11 +16,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from src.logs import MetricsFile, read_metrics  # noqa: E402
-from src.outputs import OutputError, atomic_output  # noqa: E402
+from src.outputs import (OutputError, OutputExists, add_overwrite_option, atomic_output,  # noqa: E402
+                         refuse_existing)
 
 
 class BadRun(ValueError):
     """The run's folder or metrics file cannot be plotted (a one-line message)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (``error: ...``, exit 2), as the entry scripts' are."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def load_events(output_dir):
@@ -122,7 +130,7 @@ def title_of(output_dir, events):
     return f"{name}: {', '.join(sorted(methods))}" if methods else name
 
 
-def plot_run(events, path, title):
+def plot_run(events, path, title, overwrite=False):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -133,29 +141,36 @@ def plot_run(events, path, title):
     axes[0].set_title(title)
     axes[-1].set_xlabel("step")
     fig.tight_layout()
-    with atomic_output(path, ".png") as tmp:  # the extension tells matplotlib the format
+    with atomic_output(path, ".png", overwrite=overwrite) as tmp:  # the extension: the format
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="a train.py output folder (with metrics.jsonl)")
     parser.add_argument("--out", help="the PNG to write (default OUTPUT_DIR/run.png)")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
+    out = args.out or os.path.join(args.output_dir, "run.png")
     try:
+        refuse_existing(out, args.overwrite, "--out" if args.out else "")
         events = load_events(args.output_dir)
-    except BadRun as err:
+    except (BadRun, OutputExists) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or os.path.join(args.output_dir, "run.png")
-    return write_reported(lambda: plot_run(events, out, title_of(args.output_dir, events)), out)
+    return write_reported(lambda: plot_run(events, out, title_of(args.output_dir, events),
+                                           args.overwrite), out)
 
 
 def write_reported(write, out):
-    """Run ``write()``, which writes ``out``: "wrote OUT" and 0, or one error line and 1."""
+    """Run ``write()``, which writes ``out``: "wrote OUT" and 0, or one error line and 2 (``out``
+    appeared meanwhile and --overwrite was not given) or 1 (it could not be written)."""
     try:
         write()
+    except OutputExists as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except OutputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -43,7 +43,7 @@ import os
 import sys
 import time
 
-from common import ROOT, machine_info, write_results
+from common import ROOT, machine_info, save_figure, write_results
 from runs import BenchmarkError, OneLineParser, call, check_same_recipe, main_guard, train
 from src.logs import MetricsFile, read_metrics
 
@@ -540,7 +540,7 @@ def plot(rows, nets, starts, path):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from common import ROOT, machine_info, write_results
+from src.outputs import write_text_atomic
 from src.logs import read_metrics
 
 RECIPE = "config/rpg_resnet20_fashion_mnist_s90.yaml"
@@ -181,8 +182,7 @@ def main():
         with open(args.render, encoding="utf-8") as handle:
             data = json.load(handle)
         path = os.path.join(ROOT, "benchmarks", "results", "scaling.md")
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(render(data) + "\n")
+        write_text_atomic(render(data) + "\n", path)
         print(render(data))
         return
 

@@ -1,7 +1,7 @@
 """Convert torchvision ResNet weights (ResNet-50 by default, also 18/34) to a MindSpore checkpoint.
 
     python scripts/convert_torchvision_resnet50.py --input FILE --output OUT.ckpt \
-        [--num_classes 1000] [--arch resnet50] [--tolerance 1e-3] [--no_check]
+        [--num_classes 1000] [--arch resnet50] [--tolerance 1e-3] [--no_check] [--overwrite true]
 
 Inputs (chosen by the file extension):
 - ``.pth`` / ``.pt``: a torch state dict, bare or under ``"state_dict"`` / ``"model"``; a
@@ -16,7 +16,8 @@ running_var`` become ``gamma/beta/moving_mean/moving_variance``, ``num_batches_t
 Every parameter of the network must get exactly one tensor of its shape, and every other key of the
 file is an error. When torch is importable, the logits of a torch ResNet (defined below with
 torchvision's module names) and of the converted MindSpore network are compared on one random
-batch. The output is written atomically, and only after every check passed.
+batch. The output is written atomically, and only after every check passed; an existing OUT.ckpt
+is refused (exit 2) unless --overwrite true (or bare --overwrite) is given.
 
 Errors are one line on stderr; exit code 1 (input, conversion, check), 2 (bad arguments).
 """
@@ -38,6 +39,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from src.checkpoint import CheckpointError  # noqa: E402
+from src.outputs import OutputError, OutputExists, add_overwrite_option, refuse_existing  # noqa: E402
 
 ARCHS = {"resnet18": ("basic", [2, 2, 2, 2]),
          "resnet34": ("basic", [3, 4, 6, 3]),
@@ -522,22 +524,25 @@ def load_exactly(net, arrays):
             raise ConversionError(f"parameter {param.name} differs after loading")
 
 
-def save_converted(net, output_path, arch, num_classes, input_path):
-    """Write the converted network atomically, with the metadata train.py's pre_trained reads."""
+def save_converted(net, output_path, arch, num_classes, input_path, overwrite=False):
+    """Write the converted network atomically, with the metadata train.py's pre_trained reads;
+    an existing ``output_path`` only with ``overwrite``."""
     from src import checkpoint
-    checkpoint.save_atomic(net, output_path,
+    checkpoint.save_atomic(net, output_path, overwrite=overwrite,
                            meta={"net": arch, "num_classes": num_classes,
                                  "converted_from": os.path.basename(input_path)})
 
 
 def convert(input_path, output_path, arch="resnet50", num_classes=1000, check="auto",
-            tolerance=LOGITS_TOLERANCE, log=print):
+            tolerance=LOGITS_TOLERANCE, log=print, overwrite=False):
     """Convert ``input_path`` to ``output_path``. ``check``: 'auto' (torch logits check when torch
     is importable), 'off'. Returns the max abs logits difference, or None when not checked.
-    Nothing is written unless every check passes."""
+    Nothing is written unless every check passes; an existing ``output_path`` is refused first
+    thing (OutputExists) unless ``overwrite``."""
     import mindspore as ms
     from src.models.resnet import build_resnet
 
+    refuse_existing(output_path, overwrite, "--output")
     tensors, fmt = read_input(input_path)
     previous_mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -568,7 +573,7 @@ def convert(input_path, output_path, arch="resnet50", num_classes=1000, check="a
         else:
             log("logits check skipped (disabled)")
 
-        save_converted(net, output_path, arch, num_classes, input_path)
+        save_converted(net, output_path, arch, num_classes, input_path, overwrite)
     finally:
         ms.set_context(mode=previous_mode)
     log(f"wrote {output_path}")
@@ -590,6 +595,7 @@ def parse_args(argv):
                         help="max abs logits difference to torch (default %(default)g)")
     parser.add_argument("--no_check", action="store_true",
                         help="skip the torch logits check even when torch is importable")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
     if os.path.splitext(args.input)[1].lower() not in EXTENSIONS:
         raise ArgumentError(f"--input {args.input}: unsupported file type (expected "
@@ -611,17 +617,19 @@ def check_common_args(args):
 def main(argv=None):
     return run_cli(argv, parse_args, lambda args: convert(
         args.input, args.output, args.arch, args.num_classes,
-        check="off" if args.no_check else "auto", tolerance=args.tolerance))
+        check="off" if args.no_check else "auto", tolerance=args.tolerance,
+        overwrite=args.overwrite))
 
 
 def run_cli(argv, parse, convert_args):
-    """The converters' command-line behaviour: one error line, exit 2 (arguments), 1 (input), 130."""
+    """The converters' command-line behaviour: one error line, exit 2 (arguments, an existing
+    --output without --overwrite), 1 (input, writing), 130."""
     try:
         convert_args(parse(sys.argv[1:] if argv is None else argv))
-    except ArgumentError as err:
+    except (ArgumentError, OutputExists) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except CheckpointError as err:
+    except (CheckpointError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """Convert a MindSpore model-zoo / MindSpore Hub ResNet-50 checkpoint to this project's ResNet-50.
 
     python scripts/convert_zoo_resnet50.py --input resnet50_zoo.ckpt --output resnet50.ckpt \
-        [--num_classes 1000] [--tolerance 1e-3] [--no_check]
+        [--num_classes 1000] [--tolerance 1e-3] [--no_check] [--overwrite true]
 
 The zoo's ResNet-50 (mindspore-ai/models, official/cv/ResNet/src/resnet.py) is the same v1.5
 network (stride on the 3x3 conv) under other names: ``down_sample_layer.0/1`` for the projection
@@ -25,8 +25,9 @@ Optimizer and bookkeeping entries of the file (``moments.*``, ``learning_rate``,
 ``momentum``, ``epoch_num``, ``step_num``, loss-scale state, ...) are ignored. Check (on by default,
 no torch needed): the file is loaded into a zoo-layout MindSpore ResNet-50 with symmetric padding,
 whose logits must equal the converted network's (names, class row and eps fold); the difference to
-the zoo's own ``'same'`` padding is reported. Errors are one line on stderr; exit code 1 (input,
-conversion, check), 2 (bad arguments).
+the zoo's own ``'same'`` padding is reported. The output is written atomically after the check;
+an existing one is refused unless --overwrite true. Errors are one line on stderr; exit code 1
+(input, conversion, check), 2 (bad arguments, an existing --output without --overwrite).
 """
 import importlib.util
 import os
@@ -45,6 +46,8 @@ _spec = importlib.util.spec_from_file_location(
 tv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tv)
 ConversionError, ArgumentError = tv.ConversionError, tv.ArgumentError
+
+from src.outputs import refuse_existing  # noqa: E402
 
 ARCH = "resnet50"
 ZOO_BN_EPS = 1e-4
@@ -198,12 +201,14 @@ def check_logits(net, zoo_arrays, num_classes, tolerance, check_shape, log):
 
 
 def convert(input_path, output_path, num_classes=1000, check="auto",
-            tolerance=tv.LOGITS_TOLERANCE, log=print, check_shape=CHECK_SHAPE):
-    """Convert ``input_path`` to ``output_path``; nothing is written unless every check passed.
+            tolerance=tv.LOGITS_TOLERANCE, log=print, check_shape=CHECK_SHAPE, overwrite=False):
+    """Convert ``input_path`` to ``output_path``; nothing is written unless every check passed,
+    and an existing ``output_path`` is refused first thing unless ``overwrite``.
     Returns check_logits's (symmetric, same, max |logit|), or None with ``check='off'``."""
     import mindspore as ms
     from src.models.resnet import build_resnet
 
+    refuse_existing(output_path, overwrite, "--output")
     zoo_arrays, ignored = read_zoo_checkpoint(input_path)
     arrays, dropped = drop_background_row(zoo_arrays, num_classes, input_path)
     arrays = fold_bn_eps(arrays)
@@ -224,7 +229,7 @@ def convert(input_path, output_path, num_classes=1000, check="auto",
             result = check_logits(net, zoo_arrays, num_classes, tolerance, check_shape, log)
         else:
             log("logits check skipped (disabled)")
-        tv.save_converted(net, output_path, ARCH, num_classes, input_path)
+        tv.save_converted(net, output_path, ARCH, num_classes, input_path, overwrite)
     finally:
         ms.set_context(mode=previous_mode)
     log(f"wrote {output_path}")
@@ -240,13 +245,15 @@ def parse_args(argv):
                         help="max abs logits difference to the symmetric-padding zoo layout, "
                              "relative to max |logit| (default %(default)g)")
     parser.add_argument("--no_check", action="store_true", help="skip the logits check")
+    tv.add_overwrite_option(parser)
     return tv.check_common_args(parser.parse_args(argv))
 
 
 def main(argv=None):
     return tv.run_cli(argv, parse_args, lambda args: convert(
         args.input, args.output, args.num_classes,
-        check="off" if args.no_check else "auto", tolerance=args.tolerance))
+        check="off" if args.no_check else "auto", tolerance=args.tolerance,
+        overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 # venv + requirements, Fashion-MNIST, a short RPG training of ResNet-20 at 90 % sparsity,
 # evaluation (accuracy, sparsity, per-layer rank) and a verified MINDIR export.
 # Usage: bash scripts/quickstart.sh [OUTPUT_DIR]
+# Any folder works, names with spaces or non-ASCII letters included (the clone's and OUTPUT_DIR).
+# QUICKSTART_SMOKE=1: 1 epoch of 512 images, 256 evaluated: checks the pipeline, not the accuracy
+# (tests/test_unusual_paths.py runs it from a clone under a folder named "My Prüfung ü").
 # Time on 2 CPU cores with .venv and the data in place: 86 s on an idle machine, 211 s on a busy
 # one; a new machine adds the venv and the ~770 MB MindSpore download. See README.md.
 set -euo pipefail
@@ -16,12 +19,15 @@ fi
 source scripts/setup_env.sh
 DATA="$(bash scripts/get_fashion_mnist.sh "$ROOT/data/fashion_mnist" | tail -n 1)"
 CONFIG=config/rpg_resnet20_fashion_mnist_s90.yaml
-echo "[quickstart] training ResNet-20 with RPG to 90 % sparsity on 8,000 Fashion-MNIST images"
+EPOCHS=3; SAMPLES=8192; EVAL_SAMPLES=2000; DELTA=16
+if [ "${QUICKSTART_SMOKE:-0}" = 1 ]; then EPOCHS=1; SAMPLES=512; EVAL_SAMPLES=256; DELTA=2; fi
+echo "[quickstart] training ResNet-20 with RPG to 90 % sparsity on $SAMPLES Fashion-MNIST images"
 python train.py --config_path "$CONFIG" --data_path "$DATA" --output_dir "$OUT" \
-    --epoch_size 3 --train_samples 8192 --eval_samples 2000 --delta 16 --log_interval 16
+    --epoch_size "$EPOCHS" --train_samples "$SAMPLES" --eval_samples "$EVAL_SAMPLES" \
+    --delta "$DELTA" --log_interval 16
 echo "[quickstart] evaluating"
 python eval.py --config_path "$CONFIG" --data_path "$DATA" --ckpt "$OUT/last.ckpt" \
-    --eval_samples 2000 --json_out "$OUT/eval.json" --report_png "$OUT/layers.png"
+    --eval_samples "$EVAL_SAMPLES" --json_out "$OUT/eval.json" --report_png "$OUT/layers.png"
 echo "[quickstart] exporting MINDIR"
 python export.py --config_path "$CONFIG" --ckpt "$OUT/last.ckpt" --file_format MINDIR \
     --file_name "$OUT/resnet20_rpg_s90"

@@ -21,10 +21,12 @@ META_PREFIX = "meta."
 PRUNER_PREFIX = "pruner."
 
 
-def save_atomic(params, path, meta=None, pruner_state=None):
+def save_atomic(params, path, meta=None, pruner_state=None, overwrite=True):
     """Write ``params`` (a Cell or a list of Parameters / {'name','data'} dicts) to ``path`` atomically.
 
     ``meta`` values are str/int/float; ``pruner_state`` values are numpy arrays or scalars.
+    ``overwrite=False`` refuses an existing ``path`` (src.outputs.OutputExists), for files a user
+    named; a run's own checkpoints (last.ckpt, epoch checkpoints) are replaced as it goes.
     """
     append = {}
     for key, value in (meta or {}).items():
@@ -39,7 +41,7 @@ def save_atomic(params, path, meta=None, pruner_state=None):
     # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix;
     # it writes "<name>.tmp" first and renames that to "<name>.ckpt" itself
     with atomic_output(path, ".ckpt", leftovers=(".tmp",), catch=(OSError, RuntimeError),
-                       failure=lambda reason: CheckpointError(
+                       overwrite=overwrite, failure=lambda reason: CheckpointError(
                            f"cannot write checkpoint {path}: {reason}; earlier checkpoints are "
                            "left as they were")) as tmp_path:
         ms.save_checkpoint(items, tmp_path, append_dict=append or None, crc_check=True)

@@ -10,8 +10,9 @@ from src.interrupt import EXIT_CODE, STOP, Interrupted
 def user_errors():
     """Exception classes that mean "the input is wrong", with their exit codes."""
     from src.errors import CheckpointError, DataError, TrainingError
-    from src.outputs import OutputError
-    return [(ConfigError, 2), (DataError, 1), (CheckpointError, 1), (TrainingError, 1), (OutputError, 1)]
+    from src.outputs import OutputError, OutputExists
+    return [(ConfigError, 2), (OutputExists, 2), (DataError, 1), (CheckpointError, 1), (TrainingError, 1),
+            (OutputError, 1)]
 
 
 def run(main, extra_errors=()):

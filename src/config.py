@@ -13,6 +13,7 @@ import sys
 
 import yaml
 
+from src.outputs import refuse_existing
 from src.recipe_keys import ALIASES, BASE_KEYS, ConfigError, Key  # noqa: F401  (re-exported)
 
 
@@ -241,8 +242,9 @@ def check_launcher(cfg):
 
 def check_output_path(key, path, kind="file", overwrite=False):
     """``path`` must be creatable as a ``kind`` ('file' or 'dir'): an existing entry of the other kind,
-    a file where a parent folder should be, a missing folder (for a file) or an existing file that
-    ``overwrite`` does not allow to replace is a ConfigError naming ``key``."""
+    a file where a parent folder should be or a missing folder (for a file) is a ConfigError naming
+    ``key``; an existing file that ``overwrite`` does not allow to replace is the OutputExists of
+    src/outputs.refuse_existing (exit 2 as well)."""
     if not path:
         return
     full = os.path.abspath(path)
@@ -250,9 +252,8 @@ def check_output_path(key, path, kind="file", overwrite=False):
         raise ConfigError(f"{key} '{path}' exists and is not a directory")
     if kind == "file" and os.path.isdir(full):
         raise ConfigError(f"{key} '{path}' is a directory, expected a file name")
-    if kind == "file" and os.path.exists(full) and not overwrite:
-        raise ConfigError(f"{key} '{path}' exists: not replacing an earlier result (pass --overwrite "
-                          "true to replace it)")
+    if kind == "file":
+        refuse_existing(path, overwrite, key)
     parent = os.path.dirname(full)
     while parent and not os.path.exists(parent):
         if kind == "file":

@@ -6,11 +6,17 @@ MindSpore and NumPy are imported inside the functions: export.py imports this mo
 ExportError and FORMATS) before its heavy imports.
 """
 import os
+import re
+import shutil
 
-from src.outputs import atomic_output, failure_reason
+from src.outputs import atomic_output, failure_reason, plain_directory
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air", "SPARSE": ".sparse.npz"}
 TOLERANCE = 1e-4  # max abs difference between a reloaded MINDIR and the checkpoint network
+# The only paths ms.export writes to (mindspore/_checkparam.py check_file_name_by_regular, called
+# by ms.export with the absolute path it is given): ASCII letters, digits and @ _ - . : / \
+MINDSPORE_PATH = re.compile(r"^[0-9a-zA-Z@_\-.:/\\]+$")
+MINDSPORE_RULE = "has only the characters MindSpore's export accepts (ASCII letters, digits, @_-.:/)"
 
 
 class ExportError(RuntimeError):
@@ -25,25 +31,26 @@ def base_name(file_name, file_format):
     return stem if os.path.basename(stem) else file_name
 
 
-def export_graph(net, sample, file_name, file_format, verify=None):
-    """ms.export to a temporary name, ``verify(temporary path)``, then rename: an earlier file is
-    never half-overwritten, nor replaced by a file that fails its check. Returns the path written."""
+def export_graph(net, sample, file_name, file_format, verify=None, overwrite=False):
+    """ms.export into a private temporary folder whose path MindSpore accepts (it refuses any name
+    outside MINDSPORE_PATH: a space, a non-ASCII letter, '+', ...), copy the file to a temporary
+    name beside the output, ``verify(that path)``, then rename: an earlier file is never
+    half-overwritten, nor replaced by a file that fails its check, nor replaced at all without
+    ``overwrite``. Errors name the user's file. Returns the path written."""
     import mindspore as ms
     suffix = FORMATS[file_format]
     final = file_name + suffix
-    directory = os.path.dirname(os.path.abspath(final))
-    mode = os.stat(directory).st_mode
-    try:
-        with atomic_output(final, suffix) as tmp:
-            try:  # MindSpore appends the suffix to the base name itself
-                ms.export(net, sample, file_name=tmp[:-len(suffix)], file_format=file_format)
-            except (ValueError, TypeError, RuntimeError) as err:  # e.g. it refuses a '+' in a name
-                raise ExportError(f"MindSpore could not export to {final}: "
-                                  f"{failure_reason(err)[:200]}") from None
-            if verify is not None:
-                verify(tmp)
-    finally:
-        os.chmod(directory, mode)  # MindSpore's ONNX export narrows the folder to 0700
+    with atomic_output(final, suffix, overwrite=overwrite) as tmp:
+        with plain_directory(MINDSPORE_PATH.match, MINDSPORE_RULE) as folder:
+            staged = os.path.join(folder, "export")  # MindSpore appends the suffix itself
+            try:
+                ms.export(net, sample, file_name=staged, file_format=file_format)
+            except (ValueError, TypeError, RuntimeError) as err:
+                reason = failure_reason(err).replace(staged + suffix, final).replace(staged, final)
+                raise ExportError(f"MindSpore could not export to {final}: {reason[:200]}") from None
+            shutil.copyfile(staged + suffix, tmp)  # atomic_output fsyncs and renames it
+        if verify is not None:
+            verify(tmp)
     return final
 
 
@@ -62,19 +69,18 @@ def verify_mindir(path, net, sample, shown=None):
                           f"(> {TOLERANCE})")
 
 
-def export_sparse(net, file_name, ckpt, meta):
-    """Write the SPARSE file, read it back bit-exact and print its size against the checkpoint's."""
+def export_sparse(net, file_name, ckpt, meta, overwrite=False):
+    """Write the SPARSE file to a temporary name, read it back bit-exact, only then rename it into
+    place (an earlier file is never replaced by one that fails, nor without ``overwrite``); print
+    its size against the checkpoint's."""
     import numpy as np
     from src.pruning.base import prunable_weight_names
-    from src.sparse_format import canonical_zeros, ideal_size_bytes, read_sparse, write_sparse
+    from src.sparse_format import ideal_size_bytes, write_sparse
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     path = file_name + FORMATS["SPARSE"]
     keep_meta = {k: meta[k] for k in ("net", "inner_widths", "stage_widths") if k in meta}
-    size = write_sparse(arrays, path, keep_meta)
-    restored, _ = read_sparse(path)
-    for name, array in arrays.items():
-        if not np.array_equal(restored[name].view(np.uint32), canonical_zeros(array).view(np.uint32)):
-            raise ExportError(f"sparse file {path} does not read back bit-exact ({name})")
+    size = write_sparse(arrays, path, keep_meta, overwrite=overwrite,
+                        verify=lambda tmp: check_read_back(tmp, arrays, path))
     dense_size = os.path.getsize(ckpt)
     ideal = ideal_size_bytes(arrays)
     prunable = prunable_weight_names(net)
@@ -86,13 +92,32 @@ def export_sparse(net, file_name, ckpt, meta):
     return path
 
 
-def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batch, fold_bn=False):
+def check_read_back(tmp, arrays, shown):
+    """The sparse file at ``tmp`` holds ``arrays`` bit for bit (-0.0 as +0.0); else ExportError
+    naming ``shown``, the user's file."""
+    import numpy as np
+    from src.sparse_format import SparseFormatError, canonical_zeros, read_sparse
+    try:
+        restored, _ = read_sparse(tmp)
+    except SparseFormatError as err:
+        raise ExportError(f"sparse file {shown} does not read back: "
+                          f"{str(err).replace(tmp, shown)}") from None
+    for name, array in arrays.items():
+        if name not in restored or not np.array_equal(restored[name].view(np.uint32),
+                                                      canonical_zeros(array).view(np.uint32)):
+            raise ExportError(f"sparse file {shown} does not read back bit-exact ({name}); an "
+                              "earlier file is left as it was")
+
+
+def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batch, fold_bn=False,
+                              overwrite=False):
     """Export ``net`` (read from ``ckpt``) as ``file_format``; a graph format is traced on a random
     batch of ``batch`` images (seed ``cfg.seed``), which also serves the MINDIR check. ``fold_bn``
     exports the graph with every BatchNorm folded into its conv; the MINDIR check still compares
-    with ``net`` itself, so the folding is checked too. SPARSE stores the checkpoint: never folded."""
+    with ``net`` itself, so the folding is checked too. SPARSE stores the checkpoint: never folded.
+    An existing output is replaced only with ``overwrite``, and only by a file that passed."""
     if file_format == "SPARSE":
-        export_sparse(net, file_name, ckpt, meta)
+        export_sparse(net, file_name, ckpt, meta, overwrite)
         return
     import numpy as np
     from mindspore import Tensor
@@ -105,7 +130,7 @@ def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batc
     verify = (lambda tmp: verify_mindir(tmp, net, sample, shown=final)) \
         if file_format == "MINDIR" else None
     exported = fold_batchnorm(net) if fold_bn else net
-    path = export_graph(exported, sample, file_name, file_format, verify)
+    path = export_graph(exported, sample, file_name, file_format, verify, overwrite)
     notes = [note for note, on in (("compact widths", meta.get("inner_widths")),
                                    ("BatchNorm folded into the convs", fold_bn)) if on]
     shown = f" ({', '.join(notes)})" if notes else ""

@@ -128,10 +128,12 @@ def _encode_tensor(name, array, value_dtype):
     return entry, flat[nonzero].astype(value_dtype), [low, high]
 
 
-def write_sparse(arrays, path, meta=None, value_dtype="float32"):
+def write_sparse(arrays, path, meta=None, value_dtype="float32", verify=None, overwrite=True):
     """Write {name: float32 array} to ``path`` (atomic). Returns the file size in bytes.
 
     ``value_dtype``: "float32" (default, bit-exact) or "float16" (half the value bytes, lossy).
+    ``verify(temporary path)`` runs before the rename: if it raises, ``path`` is left as it was.
+    ``overwrite=False`` refuses an existing ``path`` (src.outputs.OutputExists).
     """
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"value_dtype must be one of {', '.join(VALUE_DTYPES)}, got {value_dtype!r}")
@@ -149,10 +151,13 @@ def write_sparse(arrays, path, meta=None, value_dtype="float32"):
         _VALUES: np.concatenate(values) if values else np.zeros(0, dtype),
         _POSITIONS: np.concatenate(positions) if positions else np.zeros(0, np.uint8),
     }
-    with atomic_output(path, ".npz") as tmp:
+    with atomic_output(path, ".npz", overwrite=overwrite) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **payload)
-    return os.path.getsize(path)
+        if verify is not None:
+            verify(tmp)
+        size = os.path.getsize(tmp)
+    return size
 
 
 def _read_header(data, path):

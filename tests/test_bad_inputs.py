@@ -63,6 +63,14 @@ def places(tmp_path, fashion_dir, finished_run):
     readonly.chmod(stat.S_IRUSR)
     (tmp_path / "existing.sparse.npz").write_bytes(b"an earlier export")
     (tmp_path / "existing.mindir").write_bytes(b"an earlier export")
+    for name in ("existing.ckpt", "existing.png", "existing.csv"):
+        (tmp_path / name).write_bytes(b"an earlier result")
+    np.savez(tmp_path / "weights.npz", **{"fc.weight": np.zeros((10, 4), np.float32)})
+    plotted = tmp_path / "plotted"   # a run folder already holding the default outputs
+    plotted.mkdir()
+    (plotted / "metrics.jsonl").write_bytes((finished_run / "metrics.jsonl").read_bytes())
+    (plotted / "run.png").write_bytes(b"an earlier picture")
+    (plotted / "layerwise_ranks.csv").write_bytes(b"an earlier table")
     (tmp_path / "dup.yaml").write_text("net: resnet20\nbatch_size: 32\nbatch_size: 64\n")
     from PIL import Image
     for split in ("train", "val"):
@@ -159,8 +167,21 @@ RUN_CASES = [
     ("allowed-change-on-a-complete-run", train("--resume_ckpt", "auto", "--sparsity", "0.5",
                                                "--resume_allow_changes", "sparsity", config=DENSE, out="{run}"),
      2, "already complete"),
-    ("export-name-mindspore-refuses", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                       "--file_name", "{tmp}/net+v2"], 1, "net+v2"),
+    # nothing a user named is replaced without --overwrite, by any script (src/outputs.refuse_existing)
+    ("convert-torchvision-output-exists", ["scripts/convert_torchvision_resnet50.py", "--input",
+                                           "{tmp}/weights.npz", "--output", "{tmp}/existing.ckpt"],
+     2, "--overwrite true"),
+    ("convert-zoo-output-exists", ["scripts/convert_zoo_resnet50.py", "--input", "{run}/last.ckpt",
+                                   "--output", "{tmp}/existing.ckpt"], 2, "--overwrite true"),
+    ("plot-run-out-exists", ["benchmarks/plot_run.py", "{run}", "--out", "{tmp}/existing.png"], 2,
+     "--overwrite true"),
+    ("plot-run-default-out-exists", ["benchmarks/plot_run.py", "{tmp}/plotted"], 2, "run.png exists"),
+    ("plot-run-overwrite-not-bool", ["benchmarks/plot_run.py", "{tmp}/plotted", "--overwrite", "maybe"], 2,
+     "--overwrite"),
+    ("layer-ranks-csv-out-exists", ["benchmarks/layer_ranks_csv.py", "{run}", "--out", "{tmp}/existing.csv"],
+     2, "--overwrite true"),
+    ("layer-ranks-csv-default-out-exists", ["benchmarks/layer_ranks_csv.py", "{tmp}/plotted"], 2,
+     "layerwise_ranks.csv exists"),
     ("psap-width-multiple-unreachable", train("--psap_width_multiple", "32",
                                               config=os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml")),
      2, "psap_width_multiple"),
@@ -173,14 +194,14 @@ RUN_CASES = [
 ]
 
 
-def in_process(args, capsys, monkeypatch):
+def in_process(args, capsys, monkeypatch, extra_errors=()):
     """Run an entry script's main() as its ``__main__`` does; returns (exit code, stderr)."""
     import importlib
     module = importlib.import_module(args[0][:-len(".py")])
     monkeypatch.setattr(sys, "argv", args)
     from src.cli import run as run_entry
     with pytest.raises(SystemExit) as stop:
-        run_entry(module.main)
+        run_entry(module.main, extra_errors)
     return stop.value.code, capsys.readouterr().err
 
 
@@ -260,3 +281,28 @@ def test_deliberate_recipe_change_and_complete_run(places, tmp_path):
     proc = run([*base, "--epoch_size", "2", "--resume_allow_changes", "epoch_size"])
     assert proc.returncode == 0, proc.stderr
     assert "resumed from" in proc.stdout and "step 4/4" in proc.stdout
+
+
+def test_sparse_export_replaces_only_after_its_read_back(places, capsys, monkeypatch):
+    """--overwrite true replaces an earlier SPARSE file only with one that read back bit-exact: a
+    failing read-back leaves the earlier file byte for byte and no temporary behind."""
+    from src import sparse_format
+    from src.export_model import ExportError
+    args = ["export.py", "--config_path", DENSE, "--ckpt", str(places["run"] / "last.ckpt"), "--file_format",
+            "SPARSE", "--file_name", str(places["tmp"] / "existing"), "--overwrite", "true"]
+    real_read = sparse_format.read_sparse
+
+    def one_bit_off(path):
+        arrays, meta = real_read(path)
+        name = sorted(arrays)[0]
+        arrays[name] = (arrays[name].view(np.uint32) ^ np.uint32(1)).view(np.float32)
+        return arrays, meta
+    before, listing = snapshot(places["tmp"], places["run"]), sorted(os.listdir(places["tmp"]))
+    monkeypatch.setattr(sparse_format, "read_sparse", one_bit_off)
+    check_one_line(*in_process(args, capsys, monkeypatch, (ExportError,)), 1, "does not read back bit-exact")
+    assert unchanged(places, before) and sorted(os.listdir(places["tmp"])) == listing
+    monkeypatch.setattr(sparse_format, "read_sparse", real_read)
+    import export   # the same command with a sound read-back replaces it
+    export.main()
+    assert real_read(str(places["tmp"] / "existing.sparse.npz"))[1]["net"] == "resnet20"
+    assert sorted(os.listdir(places["tmp"])) == listing

@@ -151,6 +151,23 @@ def test_resnet18_safetensors_with_module_prefix(r18, tmp_path):
     np.testing.assert_allclose(logits(back), logits(net), rtol=1e-6, atol=1e-6)
 
 
+def test_overwrite_replaces_an_earlier_output_only_when_asked(r18_npz, tmp_path, capsys):
+    out = tmp_path / "r18.ckpt"
+    out.write_bytes(b"earlier checkpoint")
+    args = ["--input", r18_npz, "--output", str(out), "--arch", "resnet18", "--num_classes", "10",
+            "--no_check"]
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and "exists" in err and "--overwrite true" in err, err
+    assert out.read_bytes() == b"earlier checkpoint"
+    code, _, err = run_main([*args, "--overwrite"], capsys)   # bare --overwrite: true
+    assert code == 0, err
+    _, params, meta = reload(str(out), "resnet18", 10)
+    assert meta["net"] == "resnet18" and "fc.weight" in params
+    assert [p.name for p in tmp_path.iterdir()] == ["r18.ckpt"]
+    code, _, err = run_main([*args, "--overwrite", "maybe"], capsys)
+    assert code == 2 and "--overwrite" in err and len(err.splitlines()) == 1
+
+
 def write_safetensors(path, tensors):
     """The format by hand: u64 header size, JSON header, raw data (dtype code, raw bytes, shape)."""
     header, blobs, offset = {"__metadata__": {"format": "test"}}, [], 0
@@ -203,8 +220,8 @@ def test_missing_key(r18, tmp_path, capsys):
 def test_shape_mismatch_keeps_existing_output(r18_npz, tmp_path, capsys):
     out = tmp_path / "keep.ckpt"
     out.write_bytes(b"earlier checkpoint")
-    code, _, err = run_main(["--input", r18_npz, "--output", str(out), "--arch", "resnet18"],
-                            capsys)  # the file has 10 classes, the network 1000
+    code, _, err = run_main(["--input", r18_npz, "--output", str(out), "--arch", "resnet18",
+                             "--overwrite", "true"], capsys)  # the file: 10 classes, the net 1000
     assert code == 1
     assert "shape mismatch fc.weight (10, 512) in the file, (1000, 512) expected" in err
     assert "--num_classes" in err

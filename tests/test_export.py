@@ -144,3 +144,58 @@ def test_a_wrong_fold_fails_the_check(ckpt, tmp_path, monkeypatch, capsys):
     assert stop.value.code == 1
     assert "differs from the checkpoint network" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------- any folder: spaces, non-ASCII, '+'
+UNUSUAL = "My Prüfung ü"   # ms.export itself refuses any path outside [0-9a-zA-Z@_-.:/\\]
+
+
+def _onnx_holds_the_network(path):
+    """No onnx package here: the ModelProto starts with ir_version (field 1, varint), and the
+    graph carries the network's convolutions and their weights by name."""
+    data = path.read_bytes()
+    assert data[:1] == b"\x08" and len(data) > 100_000
+    assert b"Conv" in data and b"conv1.weight" in data
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+@pytest.mark.parametrize("fmt", ["MINDIR", "ONNX"])
+def test_export_into_a_folder_with_spaces_and_umlauts(ckpt, tmp_path, monkeypatch, fmt, where):
+    import tempfile
+    folder = tmp_path / UNUSUAL
+    folder.mkdir()
+    staging = tmp_path / "staging"   # TMPDIR: where MindSpore writes before the copy into place
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    name = "net v2+ü"
+    if where == "relative":
+        monkeypatch.chdir(folder)
+    _export(monkeypatch, ckpt, fmt, name if where == "relative" else folder / name)
+    written = folder / (name + export_model.FORMATS[fmt])
+    assert sorted(os.listdir(folder)) == [written.name]      # no temporary left beside it
+    assert os.listdir(staging) == []                          # nor in the temporary folder
+    if fmt == "ONNX":
+        _onnx_holds_the_network(written)
+        return
+    ms.set_context(mode=ms.GRAPH_MODE)
+    graph = ms.nn.GraphCell(ms.load(str(written)))
+    x = ms.Tensor(np.random.default_rng(13).standard_normal((1, 1, 28, 28)).astype(np.float32))
+    np.testing.assert_allclose(graph(x).asnumpy(), _reference_net(ckpt)(x).asnumpy(),
+                               rtol=0, atol=1e-4)
+
+
+def test_an_export_error_names_the_users_file(ckpt, tmp_path, monkeypatch, capsys):
+    """Whatever MindSpore says about the path it was given, the user reads their own file name."""
+    folder = tmp_path / UNUSUAL
+    folder.mkdir()
+
+    def failing_export(net, *inputs, file_name, file_format):
+        raise RuntimeError(f"Write file {file_name}.mindir failed: disk quota exceeded")
+    monkeypatch.setattr(ms, "export", failing_export)
+    with pytest.raises(SystemExit) as stop:
+        _export(monkeypatch, ckpt, "MINDIR", folder / "net")
+    assert stop.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"{folder / 'net.mindir'} failed: disk quota exceeded" in err[0], err
+    assert "rpg_" not in err[0] and ".tmp" not in err[0]
+    assert os.listdir(folder) == []
