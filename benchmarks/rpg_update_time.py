@@ -7,6 +7,7 @@ its mask and its momentum crossed between host and device during the update.
 Run by ``benchmarks/rpg_cost.py --before REV`` in the current tree and in a checkout of REV, in
 turn, so that both are timed on the same machine in one run.
 """
+import argparse
 import json
 import os
 import sys
@@ -30,7 +31,10 @@ def _harness():
 
 
 def main():
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    parser = argparse.ArgumentParser(description="Wall time of one RPG mask update on ResNet-50 "
+                                                 "(random data); prints one JSON line.")
+    parser.add_argument("repeats", nargs="?", type=int, default=3, help="timed updates (default 3)")
+    repeats = parser.parse_args().repeats
     cfg, _, pruner, _, ctx = training_setup({
         "net": "resnet50", "in_channels": 3, "image_size": 224, "num_classes": 1000,
         "batch_size": 32, "prune_method": "rpg", "sparsity": 0.9, "lamb": 0.5, "partial_k": 0.1,

@@ -74,7 +74,7 @@ def input_shape(cfg, batch=1):
 
 def create_dataset(dataset, data_path, training, batch_size, image_size=None, eval_resize=256,
                    num_samples=0, num_shards=1, shard_id=0, num_parallel_workers=2,
-                   crop_padding=4, seed=42, drop_remainder=None, path_key="data_path"):
+                   crop_padding=4, seed=42, drop_remainder=None, path_key="data_path", num_classes=None):
     """Return a batched dataset with columns "image" (float32 NCHW, normalised) and "label" (int32).
 
     dataset: "imagenet" | "cifar10" | "fashion_mnist"; training selects the train split and augmentation.
@@ -84,6 +84,8 @@ def create_dataset(dataset, data_path, training, batch_size, image_size=None, ev
     num_samples: 0 = whole split, else a fixed subset of N samples taken before sharding (see module doc).
     drop_remainder: None = drop the last partial batch in training only.
     path_key: the config key that gave ``data_path``, named when the folder is missing.
+    num_classes: the network's class count; a split with a label beyond it is a ConfigError (checked
+    on the labels read, or on the class folders of ImageNet), before anything is compiled.
     Sets the global dataset seed (``ds.config.set_seed(seed)``) so that shuffling and augmentation repeat.
     """
     info = dataset_info(dataset)
@@ -99,10 +101,13 @@ def create_dataset(dataset, data_path, training, batch_size, image_size=None, ev
     sampler = ds.DistributedSampler(num_shards, shard_id, shuffle=training)
     if dataset == "imagenet":
         data = _imagenet(data_path, training, image_size, eval_resize, num_samples, sampler,
-                         num_parallel_workers)
+                         num_parallel_workers, num_classes)
     else:
         loader = _load_cifar10 if dataset == "cifar10" else _load_fashion_mnist
         images, labels = loader(data_path, training, num_samples)
+        if num_classes is not None:
+            _check_num_classes(num_classes, int(labels.max()) + 1 if labels.size else 0,
+                               f"{data_path} holds labels up to {int(labels.max()) if labels.size else -1}")
         # One source worker: more would copy the arrays into subprocesses for no gain (slicing is cheap).
         data = ds.NumpySlicesDataset((images, labels), ["image", "label"], sampler=sampler)
         data = data.map(_small_image_ops(dataset, image_size, training, crop_padding), "image",
@@ -155,6 +160,14 @@ def _check_labels(labels, path, num_classes):
     return labels.astype(np.int32)
 
 
+def _check_num_classes(num_classes, needed, where):
+    """A network with fewer outputs than the data set's labels fails deep in the loss (a traceback)."""
+    if num_classes < needed:
+        from src.config import ConfigError
+        raise ConfigError(f"config key 'num_classes': got {num_classes}, but {where} ({needed} "
+                          f"classes): set --num_classes {needed}")
+
+
 def _small_image_ops(dataset, image_size, training, crop_padding):
     """Transforms of the in-memory 28x28 / 32x32 sets: HWC uint8 in, normalised CHW float32 out."""
     native = _INFO[dataset]["image_size"]
@@ -167,8 +180,13 @@ def _small_image_ops(dataset, image_size, training, crop_padding):
 
 # ---------------------------------------------------------------- ImageNet (ImageFolder)
 
-def _imagenet(data_path, training, image_size, eval_resize, num_samples, sampler, workers):
+def _imagenet(data_path, training, image_size, eval_resize, num_samples, sampler, workers,
+              num_classes=None):
     root = _imagenet_root(data_path, training)
+    if num_classes is not None:  # ImageFolder numbers the class folders 0, 1, ...
+        with os.scandir(root) as entries:
+            folders = sum(1 for entry in entries if entry.is_dir())
+        _check_num_classes(num_classes, folders, f"{root} holds {folders} class folders")
     if num_samples:
         total = ds.ImageFolderDataset(root, extensions=_IMAGE_EXTENSIONS).get_dataset_size()
         _check_subset(num_samples, total, training, root)
@@ -233,7 +251,8 @@ def _load_cifar10(data_path, training, num_samples):
     nested = os.path.join(data_path, "cifar-10-batches-bin")
     folder = nested if os.path.isdir(nested) else data_path
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if training else ["test_batch.bin"]
-    missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+    missing = [name for name in names if not os.path.exists(os.path.join(folder, name))]
+    _check_regular([os.path.join(folder, name) for name in names if name not in missing])
     if missing:
         raise DataError(f"{folder}: missing CIFAR-10 binary file(s) {', '.join(missing)}")
     records = _read_cifar_records([os.path.join(folder, name) for name in names], num_samples, training)
@@ -270,6 +289,7 @@ def _load_fashion_mnist(data_path, training, num_samples):
     names = _FASHION_FILES[training]
     paths = [_plain_or_gz(data_path, name) for name in names]
     missing = [name for name, path in zip(names, paths) if path is None]
+    _check_regular([path for path in paths if path is not None])
     if missing:
         raise DataError(f"{data_path}: missing Fashion-MNIST file(s) {', '.join(missing)} (plain or .gz); "
                         f"run scripts/get_fashion_mnist.sh {data_path}")
@@ -288,9 +308,17 @@ def _plain_or_gz(folder, name):
     """Path of name or name.gz in folder (plain first: no decompression), None if neither exists."""
     for candidate in (name, name + ".gz"):
         path = os.path.join(folder, candidate)
-        if os.path.isfile(path):
+        if os.path.exists(path):
             return path
     return None
+
+
+def _check_regular(paths):
+    """A data file that is a device, FIFO or folder (e.g. a link to /dev/zero) is named as such,
+    not read (a device can be endless) and not called missing."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: not a regular file (a device, pipe or folder); expected a data file")
 
 
 def _read_idx(path, magic, limit):

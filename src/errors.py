@@ -14,9 +14,27 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, pruning target missed, run too short)."""
 
 
-def require_finite_loss(loss, step, where=""):
-    """Stop training on a NaN/Inf loss with one line naming the (1-based) step."""
+class DeadNetworkError(TrainingError):
+    """Pruning left a network whose output no longer depends on its input (e.g. a whole layer cut)."""
+
+
+FLOAT16_MAX = 65504.0
+
+
+def require_finite_loss(loss, step, where="", loss_scale=None, last_loss=None):
+    """Stop training on a NaN/Inf loss with one line naming the (1-based) step.
+
+    ``loss_scale``: the static loss scale when the train step computes in float16 (amp_level
+    O1-O3), else None. When the scaled loss of the last finite step (``last_loss``, or 1 before any)
+    exceeds float16's range, the line names that overflow instead of the learning rate or the data."""
     import math
-    if not math.isfinite(loss):
-        raise TrainingError(f"loss is {loss} at step {step}{where}; stopping. The last good "
-                            "checkpoint is left as it was: lower lr_max or check the data")
+    if math.isfinite(loss):
+        return
+    last = max(abs(last_loss) if last_loss is not None else 1.0, 1.0)
+    if (loss_scale or 0.0) * last > FLOAT16_MAX:
+        raise TrainingError(f"loss is {loss} at step {step}{where}: float16 overflow of the scaled "
+                            f"loss (loss_scale {loss_scale:.10g} x loss {last:.3g} > {FLOAT16_MAX:g}, "
+                            "float16's largest value); stopping, the last good checkpoint is left as "
+                            "it was: lower loss_scale (e.g. 1024)")
+    raise TrainingError(f"loss is {loss} at step {step}{where}; stopping. The last good "
+                        "checkpoint is left as it was: lower lr_max or check the data")

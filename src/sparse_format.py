@@ -34,6 +34,8 @@ A reader of this module refuses a file of another format or an unknown version w
 import json
 import math
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -194,8 +196,8 @@ def _read_v2(data, path):
             flat[index] = values[v_at:v_at + nnz]
             arrays[entry["name"]] = flat.reshape(shape)
             v_at, p_at = v_at + nnz, high_end
-    except SparseFormatError:
-        raise
+    except SparseFormatError as err:
+        raise SparseFormatError(f"{path}: damaged sparse file ({err})") from None
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise SparseFormatError(f"{path}: damaged sparse file ({type(err).__name__}: {err})") from None
     if v_at != values.size or p_at != positions.size:
@@ -225,21 +227,45 @@ def _read_v1(data):
     return arrays, meta
 
 
+# What a damaged file raises while it is opened or its members are decompressed and decoded: a
+# truncated or altered zip (BadZipFile, EOFError, zlib.error, NotImplementedError for an unknown
+# zip version, RuntimeError for a flag saying "encrypted"), a missing member (KeyError), a header
+# that does not match the streams (ValueError, IndexError, TypeError), an absurd shape (MemoryError).
+_DAMAGE = (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+           zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, MemoryError, OverflowError)
+
+
 def read_sparse(path):
     """Read a file written by ``write_sparse`` (format 2, or the older format 1); returns
-    ({name: float32 array}, meta). Raises SparseFormatError for anything else."""
+    ({name: float32 array}, meta). Raises SparseFormatError for anything else, damaged files
+    included (one line)."""
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise SparseFormatError(f"{path}: cannot read as a sparse file ({err})") from None
-    with data:
-        if not hasattr(data, "files"):
-            raise SparseFormatError(f"{path}: not an {FORMAT_NAME} file (a single array, not .npz)")
-        if _HEADER in data.files:
-            return _read_v2(data, path)
-        if any(k.endswith("::shape") for k in data.files):
-            return _read_v1(data)
-        raise SparseFormatError(f"{path}: not an {FORMAT_NAME} file")
+    except _DAMAGE as err:
+        raise SparseFormatError(f"{path}: cannot read as a sparse file ({_first_line(err)})") from None
+    if not hasattr(data, "files"):
+        raise SparseFormatError(f"{path}: not an {FORMAT_NAME} file (a single array, not .npz)")
+    try:
+        with data:
+            return _read_members(data, path)
+    except SparseFormatError:
+        raise
+    except _DAMAGE as err:
+        raise SparseFormatError(f"{path}: damaged sparse file ({type(err).__name__}: "
+                                f"{_first_line(err)})") from None
+
+
+def _read_members(data, path):
+    if _HEADER in data.files:
+        return _read_v2(data, path)
+    if any(k.endswith("::shape") for k in data.files):
+        return _read_v1(data)
+    raise SparseFormatError(f"{path}: not an {FORMAT_NAME} file")
+
+
+def _first_line(err):
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
 
 
 def ideal_size_bytes(arrays, value_bits=32):

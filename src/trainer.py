@@ -23,7 +23,7 @@ from src import checkpoint, run_record
 from src.config import ConfigError, keys_of_other_methods
 from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
-from src.errors import TrainingError
+from src.errors import DeadNetworkError, TrainingError
 from src.interrupt import STOP, Interrupted
 from src.logs import FILE_ONLY, MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
@@ -108,7 +108,7 @@ class Trainer:
                               num_shards=self.group_size, shard_id=self.rank,
                               num_parallel_workers=cfg.num_parallel_workers,
                               crop_padding=cfg.crop_padding, seed=cfg.seed + epoch,
-                              drop_remainder=True if training else False)
+                              drop_remainder=True if training else False, num_classes=cfg.num_classes)
 
     # --- checkpoints ------------------------------------------------------------------------
     def _state_params(self):
@@ -168,9 +168,11 @@ class Trainer:
                     raise checkpoint.CheckpointError(f"{path} belongs to another run (run id "
                                                      f"{meta.get('run_id')}, this directory's run is "
                                                      f"{record['run_id']})")
-                # first: a pruning key changed mid-run can never be allowed, so say that, not
-                # "allow it with resume_allow_changes"
+                self._refuse_weights_only(path, meta)
+                # first: changes that can never be allowed, so say that, not "allow it with
+                # resume_allow_changes"
                 self._refuse_pruning_changes(path, meta)
+                self._refuse_impossible_changes(path, meta)
                 run_record.check_recipe(path, meta, self.cfg)
                 # the per-step learning rates follow from the recipe (and an allowed epoch_size change)
                 checkpoint.load_into(self.train_step, params, path, strict=True,
@@ -187,28 +189,12 @@ class Trainer:
         raise checkpoint.CheckpointError(f"no usable checkpoint in {self.output_dir}: {errors[-1]}")
 
     def _continue_from(self, path, meta, pruner_state, record):
-        if meta.get("steps_per_epoch") != self.steps_per_epoch:
-            raise checkpoint.CheckpointError(
-                f"checkpoint {path} was made with {meta.get('steps_per_epoch')} steps per epoch, "
-                f"this run has {self.steps_per_epoch} (batch_size or train_samples changed)")
         self.run_id = meta.get("run_id") or run_record.new_run_id()
         if record and record["run_id"] != self.run_id and run_record.training_checkpoints(self.output_dir):
             raise ConfigError(f"output_dir {self.output_dir} holds another run's checkpoints; continue "
                               f"{path} in an empty --output_dir")
         self.start_step = int(meta["step"])
-        saved_steps = meta.get("steps_per_epoch", 0) * (meta.get("recipe") or {}).get("epoch_size", 0)
-        if self.cfg.prune_method != "none" and saved_steps and saved_steps != self.total_steps:
-            # mask updates sit at fractions of the whole run: another length moves every one of them
-            raise ConfigError(f"checkpoint {path} is from a {saved_steps}-step run, this one has "
-                              f"{self.total_steps}: a pruning schedule cannot be stretched mid-run "
-                              "(only a dense run, prune_method none, can be given more epochs)")
-        if self.start_step >= self.total_steps:
-            changed = [k for k in run_record.recipe_changes(meta.get("recipe") or {}, self.cfg, allowed=())
-                       if k in self.cfg.resume_allow_changes or "all" in self.cfg.resume_allow_changes]
-            if meta.get("recipe") is not None and changed:
-                raise ConfigError(f"the run in {self.output_dir} is already complete ({self.start_step} "
-                                  f"steps): changing {', '.join(changed)} now would have no effect")
-        elif self.is_main:
+        if self.start_step < self.total_steps and self.is_main:
             run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
             run_record.remove_stale_temporaries(self.output_dir)
         # also sets the learning-rate schedule's step (checkpoints of older versions lag behind)
@@ -235,6 +221,45 @@ class Trainer:
         if changed:
             raise ConfigError(f"checkpoint {path} is {step} steps into a pruning run: "
                               f"{', '.join(changed)} cannot change mid-run (start a new run instead)")
+
+    @staticmethod
+    def _refuse_weights_only(path, meta):
+        """A checkpoint that holds weights but no training run cannot be continued."""
+        if meta.get("converted_from"):  # scripts/convert_*.py
+            raise checkpoint.CheckpointError(
+                f"{path} is a converted pre-trained checkpoint (from {meta['converted_from']}), not a "
+                "training run: give it as --pre_trained")
+        if "step" not in meta:  # e.g. a model-zoo checkpoint, PSAP's last_compact.ckpt
+            raise checkpoint.CheckpointError(
+                f"{path} records no training step, so it is not a checkpoint of a training run "
+                "(last.ckpt or *_step<N>.ckpt): give pre-trained weights as --pre_trained")
+
+    def _refuse_impossible_changes(self, path, meta):
+        """Changes that resume_allow_changes could not make work, refused before the recipe check
+        (whose line would otherwise advise allowing them): another number of steps per epoch,
+        another length of a pruning run, any change to a complete run."""
+        saved_per_epoch = meta.get("steps_per_epoch")
+        if saved_per_epoch != self.steps_per_epoch:
+            keys = [k for k in ("batch_size", "train_samples", "dataset")
+                    if k in run_record.recipe_changes(meta.get("recipe") or {}, self.cfg, allowed=())]
+            what = run_record.describe_changes(meta.get("recipe") or {}, self.cfg, keys) if keys else \
+                "another data set size or device count"
+            raise ConfigError(f"checkpoint {path} was made with {saved_per_epoch} steps per epoch, this "
+                              f"run has {self.steps_per_epoch} ({what}): a run cannot continue with "
+                              "another number of steps per epoch (its place in the data and its "
+                              "schedules count steps); resume with the checkpoint's values, or start a "
+                              "new run in another --output_dir")
+        saved_recipe = meta.get("recipe")
+        saved_steps = saved_per_epoch * (saved_recipe or {}).get("epoch_size", 0)
+        if self.cfg.prune_method != "none" and saved_steps and saved_steps != self.total_steps:
+            # mask updates sit at fractions of the whole run: another length moves every one of them
+            raise ConfigError(f"checkpoint {path} is from a {saved_steps}-step run, this one has "
+                              f"{self.total_steps}: a pruning schedule cannot be stretched mid-run "
+                              "(only a dense run, prune_method none, can be given more epochs)")
+        changed = run_record.recipe_changes(saved_recipe or {}, self.cfg, allowed=())
+        if int(meta.get("step") or 0) >= self.total_steps and saved_recipe is not None and changed:
+            raise ConfigError(f"the run in {self.output_dir} is already complete ({meta['step']} "
+                              f"steps): changing {', '.join(changed)} now would have no effect")
 
     def _check_same_start(self):
         """Data-parallel resume: every worker must continue from the same step (a collective call)."""
@@ -294,13 +319,19 @@ class Trainer:
                          "lr": float(self.lrs[step - 1]), "images_per_s": images_per_s, **report})
 
     def _finish(self, step):
-        """last.ckpt, the method's extra outputs (PSAP's compact network) beside it."""
-        self._save(os.path.join(self.output_dir, "last.ckpt"), step)
+        """last.ckpt, the method's extra outputs (PSAP's compact network) beside it. A network whose
+        output no longer depends on its input still leaves last.ckpt, then ends the run (exit 1)."""
+        last = os.path.join(self.output_dir, "last.ckpt")
+        self._save(last, step)
         dump_dir = os.environ.get("PRUNE_DUMP_RANK_STATE")
         if dump_dir:  # debugging aid, see the module docstring
             checkpoint.save_atomic(self._state_params(), os.path.join(dump_dir, f"rank{self.rank}.ckpt"),
                                    meta={"step": step, "rank": self.rank})
-        outputs = self.session.finish()
+        self._probe_like_evaluation()
+        try:
+            outputs = self.session.finish()
+        except DeadNetworkError as err:
+            raise DeadNetworkError(f"{err} ({last} is saved as it is)") from None
         if self.is_main:
             for name, (cell, meta) in outputs.items():
                 path = os.path.join(self.output_dir, name)
@@ -308,6 +339,16 @@ class Trainer:
                 checkpoint.save_atomic(cell, path, meta=meta)
                 self.logger.info(f"saved {path}")
             self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
+
+    def _probe_like_evaluation(self):
+        """finish() checks the network's output on random inputs of the last batch's shape; the
+        evaluation's batch shape instead reuses its compiled graph (no second compilation)."""
+        if self.eval_data is None:
+            return
+        eval_batch = self.cfg.eval_batch_size or self.cfg.batch_size
+        if self.cfg.eval_samples:  # a subset smaller than one batch: its one (partial) batch
+            eval_batch = min(eval_batch, -(-self.cfg.eval_samples // self.group_size))
+        self.session.input_spec = (input_shape(self.cfg, eval_batch), np.float32)
 
     # --- the loop ---------------------------------------------------------------------------
     def train(self):

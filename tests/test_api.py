@@ -9,7 +9,7 @@ import pytest
 from mindspore import nn, ops, Tensor
 
 from src.config import ConfigError, Key
-from src.errors import TrainingError
+from src.errors import DeadNetworkError, TrainingError
 from src.pruning.api import SparseTraining
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.registry import METHODS, register
@@ -155,6 +155,57 @@ def test_api_errors_are_one_line_config_errors():
             SparseTraining(net, nn.CrossEntropyLoss(), optimizer, steps_per_epoch=10)
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
+
+
+@pytest.mark.parametrize("which, value", [("network", None), ("network", lambda x: x),
+                                          ("loss_fn", None), ("loss_fn", 3), ("optimizer", None),
+                                          ("optimizer", "sgd")])
+def test_wrong_argument_types_are_one_line_config_errors(which, value):
+    """Checked at construction: not an AttributeError inside the method, nor a failure at the
+    first step (loss_fn=None)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = PlainConvNet()
+    args = {"network": net, "loss_fn": nn.CrossEntropyLoss(),
+            "optimizer": nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)}
+    args[which] = value
+    with pytest.raises(ConfigError, match=f"SparseTraining: {which} must be") as err:
+        SparseTraining(**args, method="rpg", steps_per_epoch=10)
+    assert "\n" not in str(err.value)
+
+
+def test_finish_refuses_a_network_whose_output_no_longer_depends_on_its_input():
+    """A classifier initialised at a small scale (as some MobileNetV2 implementations do) is the
+    first thing a global magnitude threshold removes: the network then outputs its bias whatever
+    the input. finish() says so in one line naming the emptied layer; healthy networks pass
+    (every other test here calls finish())."""
+    ms.set_seed(3)
+    net = SeparableNet()
+    net.classifier.weight.set_data(Tensor(np.full((10, 32), 1e-4, np.float32)))
+    with pytest.raises(DeadNetworkError) as err:
+        _train(net, "rpg", epochs=1, sparsity=0.9, delta=4)
+    message = str(err.value)
+    assert "no longer depends on its input" in message and "\n" not in message
+    assert "1 of 4 prunable layers have no weight left: classifier.weight)" in message
+    assert "prune_exclude" in message and "density_distribution: erk" in message
+    assert np.count_nonzero(net.classifier.weight.asnumpy()) == 0
+
+
+def test_emptied_layers_are_named_by_patterns_that_match_only_them():
+    import fnmatch
+    from src.pruning.liveness import describe_layers
+    names = ["conv1.weight"] + [f"layer{s}.{b}.conv{c}.weight" for s in (1, 2, 3) for b in range(3)
+                                for c in (1, 2)] + ["fc.weight"]
+    shapes = {n: (10, 64) if n == "fc.weight" else (16, 16, 3, 3) for n in names}
+    stage3 = [n for n in names if n.startswith("layer3.")]
+    assert describe_layers(stage3 + ["fc.weight"], names, shapes) == "layer3.*.conv* (6 convs), fc.weight"
+    # part of a stage: the pattern must not claim the layers that still have weights
+    some = ["layer2.0.conv2.weight", "layer2.1.conv2.weight", "layer3.2.conv1.weight", "conv1.weight"]
+    text = describe_layers(some, names, shapes)
+    assert text == "conv1.weight, layer2.0.conv2.weight, layer2.1.conv2.weight, layer3.2.conv1.weight"
+    assert describe_layers(names[:-1], names, shapes) == "conv1.weight, layer*.*.conv* (18 convs)"
+    for part in text.split(", "):
+        pattern = part.split(" (")[0]
+        assert {n for n in names if fnmatch.fnmatchcase(n, pattern)} <= set(some), pattern
 
 
 def test_steps_beyond_the_plan_or_after_finish_are_refused():

@@ -32,13 +32,14 @@ def run(args, cwd=ROOT, env_extra=None):
 
 
 def snapshot(*folders):
-    """sha256 of every file under the folders."""
+    """sha256 of every regular file under the folders (links, e.g. to /dev/zero, are not followed)."""
     found = {}
     for folder in folders:
         for base, _, files in os.walk(folder):
             for name in files:
                 path = os.path.join(base, name)
-                found[path] = digest(path)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    found[path] = digest(path)
     return found
 
 
@@ -54,8 +55,34 @@ def finished_run(fashion_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def weights_only(finished_run, tmp_path_factory):
+    """Checkpoints that hold weights but no training run: one as scripts/convert_*.py write them
+    (metadata converted_from), one with no metadata at all (e.g. a model-zoo checkpoint)."""
+    import mindspore as ms
+    from src import checkpoint
+    folder = tmp_path_factory.mktemp("weights_only")
+    params, _, _ = checkpoint.load(str(finished_run / "last.ckpt"))
+    weights = [p for name, p in params.items() if not name.startswith(("moments.", "pruning_mask."))
+               and name not in ("global_step", "learning_rate", "momentum")]
+    checkpoint.save_atomic(weights, str(folder / "converted.ckpt"),
+                           meta={"net": "resnet20", "num_classes": 10, "converted_from": "resnet20.pth"})
+    ms.save_checkpoint(weights, str(folder / "zoo.ckpt"))
+    return folder
+
+
+def device_linked_data(folder, fashion_dir):
+    """A Fashion-MNIST folder whose training images file is a link to /dev/zero."""
+    folder.mkdir()
+    for name in os.listdir(fashion_dir):
+        if not name.startswith("train-images"):
+            os.symlink(os.path.join(fashion_dir, name), folder / name)
+    os.symlink("/dev/zero", folder / "train-images-idx3-ubyte")
+    return folder
+
+
 @pytest.fixture
-def places(tmp_path, fashion_dir, finished_run):
+def places(tmp_path, fashion_dir, finished_run, weights_only):
     """Paths the cases refer to; files of the wrong kind, read-only files, a broken image folder."""
     (tmp_path / "a_file").write_text("x")
     readonly = tmp_path / "readonly.json"
@@ -81,11 +108,19 @@ def places(tmp_path, fashion_dir, finished_run):
                     tmp_path / "imagenet" / split / cls / f"{i}.JPEG")
     (tmp_path / "imagenet" / "train" / "b" / "1.JPEG").write_bytes(b"this is not a jpeg" * 20)
     (tmp_path / "gpu.yaml").write_text(open(DENSE).read().replace("device_target: CPU", "device_target: GPU"))
-    return {"tmp": tmp_path, "data": fashion_dir, "run": finished_run}
+    device_linked_data(tmp_path / "zero_data", fashion_dir)
+    return {"tmp": tmp_path, "data": fashion_dir, "run": finished_run, "weights": weights_only}
 
 
 def train(*extra, config=RPG, out="{tmp}/out"):
     return ["train.py", "--config_path", config, "--data_path", "{data}", "--output_dir", out, *TINY, *extra]
+
+
+def resume_dense(batch_size="32", train_samples="64", *extra):
+    """The finished dense run (TINY) continued with another batch_size / train_samples."""
+    return ["train.py", "--config_path", DENSE, "--data_path", "{data}", "--output_dir", "{run}",
+            "--epoch_size", "1", "--train_samples", train_samples, "--batch_size", batch_size,
+            "--eval_samples", "32", "--num_parallel_workers", "1", "--resume_ckpt", "auto", *extra]
 
 
 def evaluate(*extra):
@@ -191,6 +226,24 @@ RUN_CASES = [
     ("train-eval-data-path-missing", train("--eval_data_path", "{tmp}/no_val"), 1, "eval_data_path"),
     ("eval-eval-data-path-missing", evaluate("--data_path", "{data}", "--eval_data_path", "{tmp}/no_val"), 1,
      "eval_data_path"),
+    # a classifier with fewer outputs than the labels: not a GatherDGradV2 traceback in the loss
+    ("num-classes-below-labels", train("--num_classes", "5", config=DENSE), 2, "set --num_classes 10"),
+    # another steps-per-epoch cannot continue: said at once, allowed or not (no advice to allow it)
+    ("resume-other-batch-size", resume_dense("16"), 2,
+     "batch_size (32 -> 16)): a run cannot continue with another number of steps per epoch"),
+    ("resume-other-batch-size-allowed", resume_dense("16", "64", "--resume_allow_changes", "batch_size"), 2,
+     "another number of steps per epoch"),
+    ("resume-other-train-samples", resume_dense("32", "128"), 2,
+     "another number of steps per epoch"),
+    ("amp-float16-overflow", train("--amp_level", "O2", "--loss_scale", "16777216", config=DENSE), 1,
+     "float16 overflow of the scaled loss (loss_scale 16777216"),
+    ("resume-from-converted-checkpoint", train("--resume_ckpt", "{weights}/converted.ckpt", config=DENSE), 1,
+     "is a converted pre-trained checkpoint (from resnet20.pth), not a training run: give it as --pre_trained"),
+    ("resume-from-weights-only-checkpoint", train("--resume_ckpt", "{weights}/zoo.ckpt", config=DENSE), 1,
+     "records no training step"),
+    ("idx-file-is-a-device", ["train.py", "--config_path", DENSE, "--data_path", "{tmp}/zero_data",
+                              "--output_dir", "{tmp}/out", *TINY], 1,
+     "train-images-idx3-ubyte: not a regular file"),
 ]
 
 
@@ -306,3 +359,40 @@ def test_sparse_export_replaces_only_after_its_read_back(places, capsys, monkeyp
     export.main()
     assert real_read(str(places["tmp"] / "existing.sparse.npz"))[1]["net"] == "resnet20"
     assert sorted(os.listdir(places["tmp"])) == listing
+
+def test_a_pruning_run_that_empties_layers_ends_with_exit_1(fashion_dir, tmp_path):
+    """--sparsity 0.999 on ResNet-20 (the s999 recipe, 4 steps, two mask updates) removes every
+    layer3 conv and the classifier: the output is a constant. The run keeps last.ckpt, then ends
+    with exit 1 and one line naming the emptied layers and what avoids it (not 'final sparsity
+    0.999 (target 0.999)' and exit 0)."""
+    out = tmp_path / "s999"
+    proc = run(["train.py", "--config_path", os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s999.yaml"),
+                "--data_path", fashion_dir, "--output_dir", str(out), "--train_samples", "128", "--batch_size",
+                "32", "--eval_samples", "32", "--epoch_size", "1", "--delta", "1", "--num_parallel_workers", "1"])
+    check_one_line(proc.returncode, proc.stderr, 1, "the pruned network's output no longer depends on its "
+                   "input (7 of 20 prunable layers have no weight left: layer3.*.conv* (6 convs), fc.weight)")
+    assert "prune_exclude" in proc.stderr and "density_distribution: erk" in proc.stderr
+    assert (out / "last.ckpt").exists() and f"{out / 'last.ckpt'} is saved" in proc.stderr
+    # the layers were already reported as emptied while training (a warning, the run went on)
+    assert "7 layer(s) have no weight left" in proc.stdout
+
+
+LIBRARY_MODULES = {"common.py", "runs.py"}   # imported by the benchmarks, not run
+HELPERS = sorted(f"{folder}/{name}" for folder in ("benchmarks", "scripts")
+                 for name in os.listdir(os.path.join(ROOT, folder)) if name.endswith(".py"))
+
+
+@pytest.mark.parametrize("script", HELPERS)
+def test_every_helper_answers_help(script, tmp_path):
+    """``--help`` prints a usage and exits 0, without a traceback and without starting work (no
+    result file written). Library modules say they are not commands by having no __main__."""
+    source = open(os.path.join(ROOT, script), encoding="utf-8").read()
+    if os.path.basename(script) in LIBRARY_MODULES:
+        assert '__name__ == "__main__"' not in source, f"{script} became a command: drop it from LIBRARY_MODULES"
+        return
+    results = os.path.join(ROOT, "benchmarks", "results")
+    before = snapshot(results)
+    proc = run([script, "--help"], cwd=ROOT)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "usage" in proc.stdout.lower(), proc.stdout[-2000:]
+    assert snapshot(results) == before

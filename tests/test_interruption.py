@@ -227,14 +227,19 @@ def test_ctrl_c_during_start_up_is_one_line(fashion_dir, tmp_path):
     assert lines[0].startswith("interrupted"), lines[0]
 
 
-def test_a_pruning_schedule_cannot_be_stretched_on_resume(reference, fashion_dir, tmp_path):
+@pytest.mark.parametrize("allow", [True, False])
+def test_a_pruning_schedule_cannot_be_stretched_on_resume(reference, fashion_dir, tmp_path, allow):
+    """Allowed or not, the same refusal: not allowed, the line must not advise allowing epoch_size
+    (that would be refused next)."""
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     before = {p.name: digest(p) for p in out.iterdir() if p.is_file()}
     longer = tiny_with("--epoch_size", "3")
+    allowing = ["--resume_allow_changes", "epoch_size"] if allow else []
     proc = run_script("train.py", *longer, "--data_path", fashion_dir, "--output_dir", out,
-                      "--resume_ckpt", "auto", "--resume_allow_changes", "epoch_size", check=False)
+                      "--resume_ckpt", "auto", *allowing, check=False)
     assert proc.returncode == 2 and "cannot be stretched" in error_lines(proc)[0], proc.stderr
+    assert "resume_allow_changes" not in error_lines(proc)[0]
     assert {p.name: digest(p) for p in out.iterdir() if p.is_file() and p.name != "train.log"} == \
         {k: v for k, v in before.items() if k != "train.log"}
 

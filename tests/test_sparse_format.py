@@ -1,5 +1,6 @@
 """The SPARSE export file: bit-exact round trip, size within 10 % of the entropy floor at 90, 98
 and 99.5 % sparsity on ResNet-shaped layers, versioning, and the export CLI's ratio line."""
+import io
 import json
 import math
 import os
@@ -205,6 +206,69 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
     with pytest.raises(SparseFormatError, match="cannot read"):
         read_sparse(tmp_path / "junk.npz")
+
+
+def damaged_versions(good, tmp_path):
+    """(label, bytes) of damaged copies of a good file: truncations at many offsets, flipped bits
+    at many offsets (zip headers, compressed members, central directory), each member missing,
+    header fields that do not match the streams."""
+    for end in sorted(set(range(0, len(good), 7)) | {len(good) - 1, len(good) - 22}):
+        yield f"truncated at {end}", good[:end]
+    for at in range(0, len(good), 3):
+        for bit in (0x01, 0x10, 0x80):
+            flipped = bytearray(good)
+            flipped[at] ^= bit
+            yield f"bit {bit:#x} of byte {at}", bytes(flipped)
+    with zipfile.ZipFile(io.BytesIO(good)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    for left_out in members:
+        yield f"no {left_out}", zip_of({k: v for k, v in members.items() if k != left_out})
+    header = json.loads(np.lib.format.read_array(io.BytesIO(members["__format__.npy"])).tobytes())
+    for field, value in (("shape", [10 ** 12, 10 ** 6]), ("shape", [-3, 4]), ("nnz", -1),
+                         ("low_bits", 70), ("kind", "bogus"), ("high_bytes", 10 ** 9), ("shape", "x")):
+        edited = json.loads(json.dumps(header))
+        edited["tensors"][0][field] = value
+        yield f"{field} {value!r}", zip_of(dict(members, **{"__format__.npy": npy_bytes(edited)}))
+    yield "tensors missing", zip_of(dict(members, **{"__format__.npy": npy_bytes(
+        {k: v for k, v in header.items() if k != "tensors"})}))
+
+
+def npy_bytes(header):
+    buffer = io.BytesIO()
+    np.save(buffer, np.frombuffer(json.dumps(header).encode(), np.uint8))
+    return buffer.getvalue()
+
+
+def zip_of(members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_every_damaged_file_is_a_sparse_format_error(tmp_path):
+    """Whatever the damage, read_sparse raises SparseFormatError with one line (never BadZipFile,
+    zlib.error, KeyError, ...) or, where the damage falls on bytes no reader checks, returns the
+    arrays unchanged."""
+    rng = np.random.default_rng(0)
+    weight = np.where(rng.random((16, 8, 3, 3)) < 0.1, rng.standard_normal((16, 8, 3, 3)), 0)
+    arrays = {"conv.weight": weight.astype(np.float32),
+              "bn.gamma": rng.standard_normal(16).astype(np.float32)}
+    good_path = tmp_path / "good.sparse.npz"
+    write_sparse(arrays, good_path, meta={"net": "toy"})
+    damaged, refused = tmp_path / "damaged.sparse.npz", 0
+    for label, data in damaged_versions(good_path.read_bytes(), tmp_path):
+        damaged.write_bytes(data)
+        try:
+            back, _ = read_sparse(damaged)
+        except SparseFormatError as err:
+            assert "\n" not in str(err) and str(damaged) in str(err), (label, str(err))
+            refused += 1
+            continue
+        assert back.keys() == arrays.keys(), label
+        assert all(np.array_equal(back[k], canonical_zeros(v)) for k, v in arrays.items()), label
+    assert refused > 1000
 
 
 def test_format_1_files_still_read(tmp_path):

@@ -26,11 +26,12 @@ import logging
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor
+from mindspore import nn, Tensor
 
 from src.config import ConfigError, build_config, keys_of_other_methods
-from src.errors import TrainingError, require_finite_loss
-from src.pruning.base import sparsity_of
+from src.errors import DeadNetworkError, TrainingError, require_finite_loss
+from src.pruning.base import prunable_weight_names, sparsity_of
+from src.pruning.liveness import dead_network_message, depends_on_input, probe_inputs
 from src.pruning.context import TrainContext
 from src.pruning.model_train import PruningAlgorithm  # noqa: F401  (public: ms.Model.train)
 from src.pruning.registry import build_pruner
@@ -47,6 +48,7 @@ class SparseTraining:
 
     def __init__(self, network, loss_fn, optimizer, method="rpg", steps_per_epoch=None, epochs=1,
                  logger=None, amp_network=None, input_shape=None, settings=None, **keys):
+        check_arguments(network, loss_fn, optimizer, amp_network)
         self.cfg = settings or method_settings(method, steps_per_epoch, epochs, keys)
         if ms.get_context("mode") != ms.GRAPH_MODE:
             raise ConfigError("SparseTraining needs graph mode (ms.set_context(mode=ms.GRAPH_MODE)): "
@@ -75,6 +77,11 @@ class SparseTraining:
         self.iterations = 0
         self.planned = self.pruner.total_steps
         self.finished = False
+        # float16 steps: a non-finite loss may be the scaled loss overflowing (see require_finite_loss)
+        self.float16_loss_scale = None if amp_network is None else float(optimizer.loss_scale)
+        self.last_loss = None
+        # (shape, dtype) of the inputs, for the end-of-run check that the output still depends on them
+        self.input_spec = None if input_shape is None else (tuple(input_shape), np.float32)
 
     # --- the loop ----------------------------------------------------------------------------
     def step(self, image, label):
@@ -90,9 +97,12 @@ class SparseTraining:
             loss = float(self.train_step(image, label).asnumpy())
         else:
             self.advance_schedule(step + 1)
-        require_finite_loss(loss, step + 1, f" (epoch {self.ctx.epoch + 1})")
+        require_finite_loss(loss, step + 1, f" (epoch {self.ctx.epoch + 1})",
+                            self.float16_loss_scale, self.last_loss)
         self.pruner.after_step(step, self.ctx)
-        self.iterations = step + 1
+        self.iterations, self.last_loss = step + 1, loss
+        if self.input_spec is None or self.input_spec[0] != tuple(image.shape):
+            self.input_spec = _input_spec(image)
         return loss
 
     def advance_schedule(self, iterations):
@@ -113,13 +123,29 @@ class SparseTraining:
         self.ctx.epoch += 1
 
     def finish(self):
-        """End of training: the method's final check (e.g. the exact target sparsity); returns its
-        extra outputs {file name: (cell, metadata)} (PSAP: the compact network) to save."""
+        """End of training: the method's final check (e.g. the exact target sparsity), then that
+        the network's output still depends on its input (``DeadNetworkError``, a TrainingError,
+        naming the emptied layers, if not); returns the method's extra outputs {file name: (cell,
+        metadata)} (PSAP: the compact network) to save."""
         if self.finished:
             raise TrainingError("finish() was called already")
         outputs = self.pruner.on_train_end(self.ctx)
         self.finished = True
+        self.check_output_depends_on_input()
         return outputs
+
+    def check_output_depends_on_input(self):
+        """DeadNetworkError if two different random inputs (the last batch's shape and dtype, or
+        ``input_shape``) give the same output in eval mode. Skipped without pruning and for
+        integer inputs (no random probe fits them)."""
+        if self.cfg.prune_method == "none" or self.input_spec is None:
+            return
+        shape, dtype = self.input_spec
+        if not np.issubdtype(dtype, np.floating) or depends_on_input(self.network,
+                                                                     probe_inputs(shape, dtype)):
+            return
+        names = prunable_weight_names(self.network)
+        raise DeadNetworkError(dead_network_message(self.ctx.get_weights(names)))
 
     # --- what pruning did ------------------------------------------------------------------------
     def masks(self):
@@ -155,6 +181,31 @@ class SparseTraining:
         self.iterations = iterations
         self.ctx.epoch = iterations // self.pruner.steps_per_epoch
         self.advance_schedule(iterations)
+
+
+def check_arguments(network, loss_fn, optimizer, amp_network=None):
+    """ConfigError (one line) unless the objects are what SparseTraining drives."""
+    wanted = (("network", network, isinstance(network, nn.Cell), "a mindspore.nn.Cell"),
+              ("loss_fn", loss_fn, callable(loss_fn), "a loss Cell or callable (logits, labels)"),
+              ("optimizer", optimizer, isinstance(optimizer, nn.Optimizer),
+               "a mindspore.nn.Optimizer over the network's parameters"),
+              ("amp_network", amp_network, amp_network is None or isinstance(amp_network, nn.Cell),
+               "None or a mindspore.nn.Cell"))
+    for name, value, ok, expected in wanted:
+        if not ok:
+            raise ConfigError(f"SparseTraining: {name} must be {expected}, got "
+                              f"{type(value).__name__} {_short_repr(value)}")
+
+
+def _short_repr(value):
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _input_spec(image):
+    """(shape, numpy dtype) of a batch (a Tensor or a numpy array)."""
+    dtype = ms.dtype_to_nptype(image.dtype) if isinstance(image, Tensor) else np.asarray(image).dtype
+    return tuple(int(s) for s in image.shape), dtype
 
 
 # base recipe keys SparseTraining takes as keywords; the others are train.py's (data, optimizer,
