@@ -108,8 +108,22 @@ def _plain(event):
 
 
 def read_metrics(output_dir, event=None):
-    """The events of a run's metrics.jsonl (those named ``event`` only, when given)."""
+    """The events of a run's metrics.jsonl (those named ``event`` only, when given). A line that
+    is not one JSON object is a ValueError naming the file's line number (blank lines count)."""
     path = os.path.join(output_dir, MetricsFile.NAME)
-    with open(path, encoding="utf-8") as handle:
-        events = [json.loads(line) for line in handle if line.strip()]
+    events = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+                parsed = json.loads(line) if line.strip() else None
+            except UnicodeDecodeError:
+                raise ValueError(f"line {number}: not UTF-8 text") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {number}, column {err.colno}: "
+                                 f"{err.msg.removesuffix(' at')}") from None
+            if line.strip() and not isinstance(parsed, dict):
+                raise ValueError(f"line {number}: not a JSON object")
+            if parsed is not None:
+                events.append(parsed)
     return [e for e in events if event is None or e.get("event") == event]

@@ -112,3 +112,33 @@ def test_a_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
     metrics.truncate_after(8)
     metrics({"event": "mask_update", "step": 8, "before_iteration": True})
     assert [(e["event"], e["step"]) for e in read_metrics(str(tmp_path))] == [("train", 4), ("mask_update", 8)]
+
+
+def damaged(directory):
+    """Two good events, a blank line, then a torn one: the damage is on line 4 of the file."""
+    hand_written_run(directory)
+    lines = (directory / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (directory / "metrics.jsonl").write_text(lines[0] + lines[1] + "\n" + '{"event": "train", "st\n')
+
+
+def test_read_errors_name_the_line_of_the_file(tmp_path):
+    damaged(tmp_path)
+    with pytest.raises(ValueError, match=r"^line 4, column 23: Invalid control character$"):
+        read_metrics(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"^line 2: not a JSON object"):
+        read_metrics(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"event": "train", "step": 1}\n\xff\xfe\n')
+    with pytest.raises(ValueError, match=r"^line 2: not UTF-8"):
+        read_metrics(str(tmp_path))
+
+
+@pytest.mark.parametrize("script", ["benchmarks/plot_run.py", "benchmarks/layer_ranks_csv.py"])
+def test_the_scripts_name_the_damaged_line(tmp_path, script):
+    damaged(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    proc = run_script(script, tmp_path, check=False, timeout=120)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{tmp_path / 'metrics.jsonl'}" in lines[0] and ": line 4, column 23" in lines[0], lines[0]
+    assert sorted(os.listdir(tmp_path)) == before
