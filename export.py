@@ -47,6 +47,11 @@ def main():
                           "folded; fold a graph format (MINDIR, ONNX, AIR)")
     check_output_path("--file_name", file_name + FORMATS[file_format],
                       overwrite=parse_bool_flag("overwrite", flags["overwrite"]))
+    import os
+    from src.run_lock import hold
+    # not into a folder a training run holds (src/run_lock.py)
+    hold(os.path.dirname(os.path.abspath(file_name)), exclusive=False, label="--file_name folder",
+         create=False)
     import mindspore as ms
     from src.device import set_up_device
     from src.export_model import export_checkpoint_network

@@ -31,7 +31,7 @@ def _output_error(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, suffix="", leftovers=(), failure=None, catch=(OSError,)):
+def atomic_output(path, suffix="", leftovers=(), failure=None, catch=(OSError,), replace=True):
     """Yield a temporary path beside ``path`` for the caller to write; when the block ends
     normally, fsync the file, rename it onto ``path`` and fsync the folder.
 
@@ -40,6 +40,7 @@ def atomic_output(path, suffix="", leftovers=(), failure=None, catch=(OSError,))
     without ``suffix`` plus each of them, e.g. MindSpore's own ``.tmp``); they and the temporary
     are removed whatever happens. An exception of a ``catch`` class becomes ``failure(reason)``
     (default: an OutputError naming ``path``); any other exception passes through unchanged.
+    ``replace`` False: a file another process gave ``path`` meanwhile is kept (and this one fails).
     """
     tmp = temporary_name(path, suffix)
     base = tmp[:len(tmp) - len(suffix)]
@@ -47,7 +48,7 @@ def atomic_output(path, suffix="", leftovers=(), failure=None, catch=(OSError,))
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        (os.replace if replace else _rename_new)(tmp, path)
         _fsync_directory(os.path.dirname(tmp))
     except catch as err:  # full disk, file size limit, permissions
         raise (failure or _output_error(path))(failure_reason(err)) from None
@@ -55,6 +56,19 @@ def atomic_output(path, suffix="", leftovers=(), failure=None, catch=(OSError,))
         for leftover in (tmp, *(base + end for end in leftovers)):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+def _rename_new(tmp, path):
+    """``tmp`` becomes ``path`` only if no file has that name (a hard link fails if it does)."""
+    import errno
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "another process wrote it while this one ran", path) from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.exists(path):
+            raise FileExistsError(errno.EEXIST, "another process wrote it while this one ran", path) from None
+        os.replace(tmp, path)
 
 
 def _fsync_directory(directory):
@@ -71,8 +85,8 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
-def write_json_atomic(data, path):
-    with atomic_output(path) as tmp:
+def write_json_atomic(data, path, replace=True):
+    with atomic_output(path, replace=replace) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")

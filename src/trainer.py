@@ -19,7 +19,7 @@ import time
 import numpy as np
 import mindspore as ms
 
-from src import checkpoint, run_record
+from src import checkpoint, run_lock, run_record
 from src.config import ConfigError, keys_of_other_methods
 from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
@@ -55,6 +55,8 @@ class Trainer:
         self.rank, self.group_size = init_context(cfg)
         self.output_dir = cfg.output_dir
         self.is_main = self.rank == 0
+        if self.is_main:  # one writer per folder, before anything is read or written (src/run_lock.py)
+            run_lock.hold(self.output_dir)
         # A fresh run must not replace another run's checkpoints: checked before anything is written.
         self.run_id = None if cfg.resume_ckpt else run_record.claim_fresh(self.output_dir, cfg, self.is_main)
         self.logger = setup_logger(self.output_dir, self.rank)
@@ -308,6 +310,7 @@ class Trainer:
                 checkpoint.save_atomic(cell, path, meta=meta)
                 self.logger.info(f"saved {path}")
             self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
+        run_lock.release(self.output_dir)
 
     # --- the loop ---------------------------------------------------------------------------
     def train(self):
@@ -315,6 +318,7 @@ class Trainer:
         if self.start_step >= self.total_steps:
             log.info(f"the run in {self.output_dir} is already complete ({self.start_step} of "
                      f"{self.total_steps} steps): nothing to train")
+            run_lock.release(self.output_dir)
             return None
         log.info(f"{cfg.net} on {cfg.dataset}: {self.steps_per_epoch} steps/epoch x {cfg.epoch_size} "
                  f"epochs, batch {cfg.batch_size} x {self.group_size} device(s), "
