@@ -197,7 +197,7 @@ class Trainer:
         if record and record["run_id"] != self.run_id and run_record.training_checkpoints(self.output_dir):
             raise ConfigError(f"output_dir {self.output_dir} holds another run's checkpoints; continue "
                               f"{path} in an empty --output_dir")
-        self.start_step = int(meta["step"])
+        self.start_step, self.resumed_from = int(meta["step"]), path
         saved_steps = meta.get("steps_per_epoch", 0) * (meta.get("recipe") or {}).get("epoch_size", 0)
         if self.cfg.prune_method != "none" and saved_steps and saved_steps != self.total_steps:
             # mask updates sit at fractions of the whole run: another length moves every one of them
@@ -302,23 +302,47 @@ class Trainer:
         if dump_dir:  # debugging aid, see the module docstring
             checkpoint.save_atomic(self._state_params(), os.path.join(dump_dir, f"rank{self.rank}.ckpt"),
                                    meta={"step": step, "rank": self.rank})
-        outputs = self.session.finish()
+        self._save_outputs()
         if self.is_main:
-            for name, (cell, meta) in outputs.items():
-                path = os.path.join(self.output_dir, name)
-                meta = dict(meta, run_id=self.run_id, recipe=run_record.recipe_of(self.cfg))
-                checkpoint.save_atomic(cell, path, meta=meta)
-                self.logger.info(f"saved {path}")
             self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
+        run_lock.release(self.output_dir)
+
+    def _save_outputs(self, only_missing=False):
+        """Save the method's final outputs ({file name: (cell, metadata)} from ``session.finish()``)
+        beside last.ckpt; ``only_missing``: those not on disk. They follow from last.ckpt's state
+        (written just before them), so a run stopped between the two writes is finished from it.
+        Returns the names written."""
+        outputs = self.session.finish()  # every worker: it may read averaged statistics
+        written = []
+        for name, (cell, meta) in outputs.items() if self.is_main else ():
+            path = os.path.join(self.output_dir, name)
+            if only_missing and os.path.exists(path):
+                continue
+            meta = dict(meta, run_id=self.run_id, recipe=run_record.recipe_of(self.cfg))
+            checkpoint.save_atomic(cell, path, meta=meta)
+            self.logger.info(f"saved {path}")
+            written.append(name)
+        return written
+
+    def _complete(self):
+        """A resumed run with every step done: write the final outputs it lacks (stopped after
+        last.ckpt, before them), else nothing to do."""
+        own = os.path.dirname(os.path.abspath(self.resumed_from)) == os.path.abspath(self.output_dir)
+        written = self._save_outputs(only_missing=True) if own else []
+        if written:
+            self.logger.info(f"the run in {self.output_dir} had trained all {self.total_steps} steps but "
+                             f"stopped before writing {', '.join(written)}: written from "
+                             f"{self.resumed_from}")
+        else:
+            self.logger.info(f"the run in {self.output_dir} is already complete ({self.start_step} of "
+                             f"{self.total_steps} steps): nothing to train")
         run_lock.release(self.output_dir)
 
     # --- the loop ---------------------------------------------------------------------------
     def train(self):
         cfg, log = self.cfg, self.logger
         if self.start_step >= self.total_steps:
-            log.info(f"the run in {self.output_dir} is already complete ({self.start_step} of "
-                     f"{self.total_steps} steps): nothing to train")
-            run_lock.release(self.output_dir)
+            self._complete()
             return None
         log.info(f"{cfg.net} on {cfg.dataset}: {self.steps_per_epoch} steps/epoch x {cfg.epoch_size} "
                  f"epochs, batch {cfg.batch_size} x {self.group_size} device(s), "

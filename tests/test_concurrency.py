@@ -7,6 +7,8 @@ metrics.jsonl holding one attempt (real processes, started together where it mat
   still), every command that would write there is refused with one line naming its pid and leaves
   the folder byte-identical; SIGKILLed, it leaves no stale lock;
 - two evaluations of one checkpoint at once both keep their results;
+- a PSAP run stopped between last.ckpt and last_compact.ckpt is finished by --resume_ckpt auto,
+  bit-identical (the state of a run made before this rule too: the same files on disk);
 """
 import json
 import os
@@ -62,6 +64,9 @@ def one_line(code, err, want_code, *fragments):
 
 def files(folder, ignore=()):
     return {p.name: digest(p) for p in folder.iterdir() if p.is_file() and p.name not in ignore}
+
+
+RESULTS = {"ignore": ("train.log",)}  # what a resume adds to: its log
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -189,3 +194,22 @@ def test_two_evaluations_at_once_both_keep_their_results(finished, tmp_path):
     refused = outs[codes.index(max(codes))][1]
     one_line(max(codes), refused, max(codes), str(target))
     assert json.loads(target.read_text())["samples"] == 32
+
+
+def test_a_run_stopped_before_its_compact_network_is_finished_by_resume(tmp_path):
+    out = tmp_path / "psap"
+    code, _, err = run(*train(out, config=PSAP))
+    assert code == 0, err[-2000:]
+    compact = out / "last_compact.ckpt"
+    written = digest(compact)
+    compact.unlink()  # what a kill between the two writes leaves (every write is atomic)
+    before = files(out, **RESULTS)
+    code, stdout, err = run(*train(out, "--resume_ckpt", "auto", config=PSAP))
+    assert code == 0, err[-2000:]
+    assert "stopped before writing last_compact.ckpt" in stdout and "already complete" not in stdout
+    assert digest(compact) == written                       # the same network, bit for bit
+    after = files(out, **RESULTS)
+    assert after == dict(before, **{"last_compact.ckpt": written})   # metrics.jsonl untouched
+    code, stdout, err = run(*train(out, "--resume_ckpt", "auto", config=PSAP))
+    assert code == 0 and "already complete" in stdout, err[-2000:]
+    assert files(out, **RESULTS) == after
