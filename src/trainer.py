@@ -92,10 +92,14 @@ class Trainer:
         self.metrics = MetricsFile(self.output_dir, enabled=self.is_main)
         self.ctx.recorders.append(self.metrics)
         self.start_step = 0
+        self.continues_run = False  # set by a resume of the run metrics.jsonl belongs to
         self.best = {"top1": None, "epoch": None}
         self.last_periodic = (None, None)
         if cfg.resume_ckpt:
             self._resume(cfg.resume_ckpt)
+        # the run is accepted: metrics.jsonl and train.log hold this attempt's history only
+        for old, new in self.metrics.start(self.start_step, self.continues_run):
+            self.logger.info(f"kept an earlier attempt's {old} as {new}")
         open_log_file(self.logger)
         self.stop.check("during start-up, before the first step; nothing to resume from yet")
 
@@ -215,7 +219,7 @@ class Trainer:
             run_record.remove_stale_temporaries(self.output_dir)
         # also sets the learning-rate schedule's step (checkpoints of older versions lag behind)
         self.session.resume(pruner_state, self.start_step)
-        self.metrics.truncate_after(self.start_step)
+        self.continues_run = bool(record) and record["run_id"] == self.run_id
         self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
         # epochs counted from 1, as the progress lines and metrics.jsonl count them
         where = (f"continuing in epoch {self.start_step // self.steps_per_epoch + 1}"

@@ -9,6 +9,7 @@ metrics.jsonl holding one attempt (real processes, started together where it mat
 - two evaluations of one checkpoint at once both keep their results;
 - a PSAP run stopped between last.ckpt and last_compact.ckpt is finished by --resume_ckpt auto,
   bit-identical (the state of a run made before this rule too: the same files on disk);
+- a fresh start sets an earlier attempt's metrics.jsonl and train.log aside, never mixes them.
 """
 import json
 import os
@@ -213,3 +214,51 @@ def test_a_run_stopped_before_its_compact_network_is_finished_by_resume(tmp_path
     code, stdout, err = run(*train(out, "--resume_ckpt", "auto", config=PSAP))
     assert code == 0 and "already complete" in stdout, err[-2000:]
     assert files(out, **RESULTS) == after
+
+
+KILLED_ATTEMPT = [{"event": "train", "step": 1, "epoch": 1, "loss": 2.3},
+                  {"event": "mask_update", "update": 1, "step": 1, "before_iteration": True},
+                  {"event": "layer_ranks", "update": 1, "step": 1, "before_iteration": True, "layers": []},
+                  {"event": "mask_update", "update": 2, "step": 2, "before_iteration": True}]
+
+
+@pytest.mark.parametrize("resume", ["", "auto"])
+def test_a_fresh_start_sets_the_earlier_attempt_aside(tmp_path, resume):
+    """A run killed before its first checkpoint left run.json, metrics.jsonl and train.log; a
+    fresh run there (or auto, finding no checkpoint) starts both files anew."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"run_id": "killed", "recipe": {}}))
+    (out / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in KILLED_ATTEMPT))
+    (out / "train.log").write_text("the killed attempt's log\n")
+    earlier = {name: digest(out / name) for name in ("metrics.jsonl", "train.log")}
+    code, stdout, err = run(*train(out, *(["--resume_ckpt", resume] if resume else [])))
+    assert code == 0, err[-2000:]
+    aside = sorted(p.name for p in out.iterdir() if ".abandoned-" in p.name)
+    assert len(aside) == 2, aside
+    stamp = aside[0].split(".abandoned-")[1].rsplit(".", 1)[0]
+    assert aside == [f"metrics.abandoned-{stamp}.jsonl", f"train.abandoned-{stamp}.log"]
+    assert digest(out / aside[0]) == earlier["metrics.jsonl"]
+    assert digest(out / aside[1]) == earlier["train.log"]
+    assert f"kept an earlier attempt's metrics.jsonl as {aside[0]}" in stdout
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {e["event"] for e in events} == {"train", "eval"}, events   # this attempt's only
+    assert len({(e["event"], e["step"]) for e in events}) == len(events)
+    if resume:
+        assert "no checkpoint" in stdout and "starting fresh" in stdout
+    assert "killed attempt" not in (out / "train.log").read_text()
+
+
+def test_a_checkpoint_of_another_run_does_not_take_over_its_metrics(finished, tmp_path):
+    """Resuming a checkpoint of run A in a folder whose metrics.jsonl belongs to run B (no
+    checkpoints of B left): B's events are set aside, not cut and continued."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"run_id": "another", "recipe": {}}))
+    (out / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
+    earlier = digest(out / "metrics.jsonl")
+    code, stdout, err = run(*train(out, "--resume_ckpt", finished / "last.ckpt"))
+    assert code == 0 and "already complete" in stdout, err[-2000:]
+    aside = [p for p in out.iterdir() if p.name.startswith("metrics.abandoned-")]
+    assert len(aside) == 1 and digest(aside[0]) == earlier
+    assert not (out / "metrics.jsonl").exists()

@@ -2,6 +2,7 @@
 benchmarks/plot_run.py, which draws a run from it."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -112,6 +113,38 @@ def test_a_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
     metrics.truncate_after(8)
     metrics({"event": "mask_update", "step": 8, "before_iteration": True})
     assert [(e["event"], e["step"]) for e in read_metrics(str(tmp_path))] == [("train", 4), ("mask_update", 8)]
+
+
+def test_truncate_after_covers_the_epoch_end_events(tmp_path):
+    # PSAP prunes (psap_step, bn_recalibration) and the loop evaluates at an epoch's end, before
+    # that epoch's checkpoint: kept when resuming from it, dropped when resuming from an earlier one
+    record = MetricsFile(str(tmp_path))
+    for step in (4, 8):
+        record({"event": "train", "step": step})
+        record({"event": "psap_step", "step": step, "psap_step": step // 4, "final": step == 8})
+        record({"event": "bn_recalibration", "step": step, "batches": 2, "asked": 50})
+        record({"event": "eval", "step": step, "top1": 0.5})
+    record.truncate_after(4)
+    assert [(e["event"], e["step"]) for e in read_metrics(str(tmp_path))] == [
+        ("train", 4), ("psap_step", 4), ("bn_recalibration", 4), ("eval", 4)]
+
+
+def test_set_aside_names_the_abandoned_attempt(tmp_path):
+    from src.logs import set_aside
+    for attempt in ("first", "second"):
+        (tmp_path / "metrics.jsonl").write_text(f'{{"event": "{attempt}", "step": 1}}\n')
+        (tmp_path / "train.log").write_text(f"{attempt}\n")
+        os.utime(tmp_path / "metrics.jsonl", (1e9, 1e9))    # both attempts last wrote at one time
+        os.utime(tmp_path / "train.log", (1e9, 1e9))
+        moved = set_aside(str(tmp_path), ("metrics.jsonl", "train.log", "absent.log"))
+        assert [old for old, _ in moved] == ["metrics.jsonl", "train.log"]
+        for old, new in moved:
+            assert (tmp_path / new).read_text().count(attempt) == 1
+    names = sorted(os.listdir(tmp_path))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1e9))
+    assert names == [f"metrics.abandoned-{stamp}-2.jsonl", f"metrics.abandoned-{stamp}.jsonl",
+                     f"train.abandoned-{stamp}-2.log", f"train.abandoned-{stamp}.log"]
+    assert set_aside(str(tmp_path), ("metrics.jsonl",)) == []
 
 
 def damaged(directory):
