@@ -28,6 +28,11 @@ def main():
     check_output_path("--report_png", flags["report_png"], overwrite=overwrite)
     if flags["json_out"] and os.path.abspath(flags["json_out"]) == os.path.abspath(flags["report_png"] or "/"):
         raise ConfigError("--json_out and --report_png name the same file")
+    from src.run_lock import hold
+    for key in ("json_out", "report_png"):  # not into a folder a training run holds (src/run_lock.py)
+        if flags[key]:
+            hold(os.path.dirname(os.path.abspath(flags[key])), exclusive=False, label=f"--{key} folder",
+                 create=False)
     from src.dataset import create_dataset, split_path
     from src.device import set_up_device
     from src.evaluation_report import evaluation_report
@@ -44,6 +49,7 @@ def main():
                           num_samples=cfg.eval_samples, num_parallel_workers=cfg.num_parallel_workers)
     result = evaluation_report(cfg, net, meta, data, flags["ckpt"], flags["report_png"])
     if flags["json_out"]:
+        # a result another evaluation wrote meanwhile is kept (this one fails with one line)
         write_json_atomic(result, flags["json_out"], overwrite)
         print(f"wrote {flags['json_out']}")
 

@@ -48,7 +48,13 @@ def main():
         raise ConfigError("--fold_bn true: SPARSE stores the checkpoint's own weights and is never "
                           "folded; fold a graph format (MINDIR, ONNX, AIR)")
     overwrite = parse_bool_flag("overwrite", flags["overwrite"])
-    check_output_path("--file_name", file_name + FORMATS[file_format], overwrite=overwrite)
+    check_output_path("--file_name", file_name + FORMATS[file_format],
+                      overwrite=overwrite)
+    import os
+    from src.run_lock import hold
+    # not into a folder a training run holds (src/run_lock.py)
+    hold(os.path.dirname(os.path.abspath(file_name)), exclusive=False, label="--file_name folder",
+         create=False)
     import mindspore as ms
     from src.device import set_up_device
     from src.export_model import export_checkpoint_network

@@ -1,5 +1,9 @@
 """Checks a launcher makes before it writes anything: the recipe parses, and a fresh run's
-output_dir holds no other run. Prints output_dir. Usage: _preflight.py --config_path C [--k v ...]"""
+output_dir holds no other run; no live process holds output_dir (src/run_lock.py). Prints
+output_dir. Usage: _preflight.py --config_path C [--k v ...]
+
+``_preflight.py --check_folder DIR``: only that no training run holds DIR (run_eval.sh and
+run_export.sh, before they write beside a checkpoint); prints nothing."""
 import os
 import sys
 
@@ -10,8 +14,12 @@ from src.config import parse_args  # noqa: E402
 
 
 def main():
-    from src import run_record
+    from src import run_lock, run_record
+    if sys.argv[1:2] == ["--check_folder"] and len(sys.argv) == 3:
+        run_lock.check_free(sys.argv[2], exclusive=False, label="folder")
+        return
     cfg, _ = parse_args(sys.argv[1:])
+    run_lock.check_free(cfg.output_dir)
     if not cfg.resume_ckpt:
         run_record.claim_fresh(cfg.output_dir, cfg, write=False)
     print(cfg.output_dir)

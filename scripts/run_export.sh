@@ -9,6 +9,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CONFIG="$1"; CKPT="$2"; FORMAT="$3"; NAME="$4"; shift 4
 [ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
 [ -f "$CKPT" ] || { echo "error: checkpoint not found: $CKPT" >&2; exit 1; }
+# export.log goes beside the checkpoint: not into a folder a live training run holds
+python "$ROOT/scripts/_preflight.py" --check_folder "$(dirname "$CKPT")"
 LOG="$(dirname "$CKPT")/export.log"
 THIS_RUN="$(mktemp)"
 trap 'rm -f "$THIS_RUN"' EXIT

@@ -77,6 +77,7 @@ def atomic_output(path, suffix="", leftovers=(), failure=None, catch=(OSError,),
     without ``suffix`` plus each of them, e.g. MindSpore's own ``.tmp``); they and the temporary
     are removed whatever happens. An exception of a ``catch`` class becomes ``failure(reason)``
     (default: an OutputError naming ``path``); any other exception passes through unchanged.
+    ``replace`` False: a file another process gave ``path`` meanwhile is kept (and this one fails).
     """
     tmp = temporary_name(path, suffix)
     base = tmp[:len(tmp) - len(suffix)]

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import mindspore as ms
 
-from src import checkpoint, run_record
+from src import checkpoint, run_lock, run_record
 from src.config import ConfigError, keys_of_other_methods
 from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
@@ -55,6 +55,8 @@ class Trainer:
         self.rank, self.group_size = init_context(cfg)
         self.output_dir = cfg.output_dir
         self.is_main = self.rank == 0
+        if self.is_main:  # one writer per folder, before anything is read or written (src/run_lock.py)
+            run_lock.hold(self.output_dir)
         # A fresh run must not replace another run's checkpoints: checked before anything is written.
         self.run_id = None if cfg.resume_ckpt else run_record.claim_fresh(self.output_dir, cfg, self.is_main)
         self.logger = setup_logger(self.output_dir, self.rank)
@@ -90,10 +92,14 @@ class Trainer:
         self.metrics = MetricsFile(self.output_dir, enabled=self.is_main)
         self.ctx.recorders.append(self.metrics)
         self.start_step = 0
+        self.continues_run = False  # set by a resume of the run metrics.jsonl belongs to
         self.best = {"top1": None, "epoch": None}
         self.last_periodic = (None, None)
         if cfg.resume_ckpt:
             self._resume(cfg.resume_ckpt)
+        # the run is accepted: metrics.jsonl and train.log hold this attempt's history only
+        for old, new in self.metrics.start(self.start_step, self.continues_run):
+            self.logger.info(f"kept an earlier attempt's {old} as {new}")
         open_log_file(self.logger)
         self.stop.check("during start-up, before the first step; nothing to resume from yet")
 
@@ -193,13 +199,13 @@ class Trainer:
         if record and record["run_id"] != self.run_id and run_record.training_checkpoints(self.output_dir):
             raise ConfigError(f"output_dir {self.output_dir} holds another run's checkpoints; continue "
                               f"{path} in an empty --output_dir")
-        self.start_step = int(meta["step"])
+        self.start_step, self.resumed_from = int(meta["step"]), path
         if self.start_step < self.total_steps and self.is_main:
             run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
             run_record.remove_stale_temporaries(self.output_dir)
         # also sets the learning-rate schedule's step (checkpoints of older versions lag behind)
         self.session.resume(pruner_state, self.start_step)
-        self.metrics.truncate_after(self.start_step)
+        self.continues_run = bool(record) and record["run_id"] == self.run_id
         self.best = {"top1": meta.get("best_top1"), "epoch": meta.get("best_epoch")}
         # epochs counted from 1, as the progress lines and metrics.jsonl count them
         where = (f"continuing in epoch {self.start_step // self.steps_per_epoch + 1}"
@@ -329,16 +335,43 @@ class Trainer:
                                    meta={"step": step, "rank": self.rank})
         self._probe_like_evaluation()
         try:
-            outputs = self.session.finish()
+            self._save_outputs()
         except DeadNetworkError as err:
             raise DeadNetworkError(f"{err} ({last} is saved as it is)") from None
         if self.is_main:
-            for name, (cell, meta) in outputs.items():
-                path = os.path.join(self.output_dir, name)
-                meta = dict(meta, run_id=self.run_id, recipe=run_record.recipe_of(self.cfg))
-                checkpoint.save_atomic(cell, path, meta=meta)
-                self.logger.info(f"saved {path}")
             self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
+        run_lock.release(self.output_dir)
+
+    def _save_outputs(self, only_missing=False):
+        """Save the method's final outputs ({file name: (cell, metadata)} from ``session.finish()``)
+        beside last.ckpt; ``only_missing``: those not on disk. They follow from last.ckpt's state
+        (written just before them), so a run stopped between the two writes is finished from it.
+        Returns the names written."""
+        outputs = self.session.finish()  # every worker: it may read averaged statistics
+        written = []
+        for name, (cell, meta) in outputs.items() if self.is_main else ():
+            path = os.path.join(self.output_dir, name)
+            if only_missing and os.path.exists(path):
+                continue
+            meta = dict(meta, run_id=self.run_id, recipe=run_record.recipe_of(self.cfg))
+            checkpoint.save_atomic(cell, path, meta=meta)
+            self.logger.info(f"saved {path}")
+            written.append(name)
+        return written
+
+    def _complete(self):
+        """A resumed run with every step done: write the final outputs it lacks (stopped after
+        last.ckpt, before them), else nothing to do."""
+        own = os.path.dirname(os.path.abspath(self.resumed_from)) == os.path.abspath(self.output_dir)
+        written = self._save_outputs(only_missing=True) if own else []
+        if written:
+            self.logger.info(f"the run in {self.output_dir} had trained all {self.total_steps} steps but "
+                             f"stopped before writing {', '.join(written)}: written from "
+                             f"{self.resumed_from}")
+        else:
+            self.logger.info(f"the run in {self.output_dir} is already complete ({self.start_step} of "
+                             f"{self.total_steps} steps): nothing to train")
+        run_lock.release(self.output_dir)
 
     def _probe_like_evaluation(self):
         """finish() checks the network's output on random inputs of the last batch's shape; the
@@ -354,8 +387,7 @@ class Trainer:
     def train(self):
         cfg, log = self.cfg, self.logger
         if self.start_step >= self.total_steps:
-            log.info(f"the run in {self.output_dir} is already complete ({self.start_step} of "
-                     f"{self.total_steps} steps): nothing to train")
+            self._complete()
             return None
         log.info(f"{cfg.net} on {cfg.dataset}: {self.steps_per_epoch} steps/epoch x {cfg.epoch_size} "
                  f"epochs, batch {cfg.batch_size} x {self.group_size} device(s), "

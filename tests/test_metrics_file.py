@@ -2,6 +2,7 @@
 benchmarks/plot_run.py, which draws a run from it."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -112,3 +113,65 @@ def test_a_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
     metrics.truncate_after(8)
     metrics({"event": "mask_update", "step": 8, "before_iteration": True})
     assert [(e["event"], e["step"]) for e in read_metrics(str(tmp_path))] == [("train", 4), ("mask_update", 8)]
+
+
+def test_truncate_after_covers_the_epoch_end_events(tmp_path):
+    # PSAP prunes (psap_step, bn_recalibration) and the loop evaluates at an epoch's end, before
+    # that epoch's checkpoint: kept when resuming from it, dropped when resuming from an earlier one
+    record = MetricsFile(str(tmp_path))
+    for step in (4, 8):
+        record({"event": "train", "step": step})
+        record({"event": "psap_step", "step": step, "psap_step": step // 4, "final": step == 8})
+        record({"event": "bn_recalibration", "step": step, "batches": 2, "asked": 50})
+        record({"event": "eval", "step": step, "top1": 0.5})
+    record.truncate_after(4)
+    assert [(e["event"], e["step"]) for e in read_metrics(str(tmp_path))] == [
+        ("train", 4), ("psap_step", 4), ("bn_recalibration", 4), ("eval", 4)]
+
+
+def test_set_aside_names_the_abandoned_attempt(tmp_path):
+    from src.logs import set_aside
+    for attempt in ("first", "second"):
+        (tmp_path / "metrics.jsonl").write_text(f'{{"event": "{attempt}", "step": 1}}\n')
+        (tmp_path / "train.log").write_text(f"{attempt}\n")
+        os.utime(tmp_path / "metrics.jsonl", (1e9, 1e9))    # both attempts last wrote at one time
+        os.utime(tmp_path / "train.log", (1e9, 1e9))
+        moved = set_aside(str(tmp_path), ("metrics.jsonl", "train.log", "absent.log"))
+        assert [old for old, _ in moved] == ["metrics.jsonl", "train.log"]
+        for old, new in moved:
+            assert (tmp_path / new).read_text().count(attempt) == 1
+    names = sorted(os.listdir(tmp_path))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1e9))
+    assert names == [f"metrics.abandoned-{stamp}-2.jsonl", f"metrics.abandoned-{stamp}.jsonl",
+                     f"train.abandoned-{stamp}-2.log", f"train.abandoned-{stamp}.log"]
+    assert set_aside(str(tmp_path), ("metrics.jsonl",)) == []
+
+
+def damaged(directory):
+    """Two good events, a blank line, then a torn one: the damage is on line 4 of the file."""
+    hand_written_run(directory)
+    lines = (directory / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (directory / "metrics.jsonl").write_text(lines[0] + lines[1] + "\n" + '{"event": "train", "st\n')
+
+
+def test_read_errors_name_the_line_of_the_file(tmp_path):
+    damaged(tmp_path)
+    with pytest.raises(ValueError, match=r"^line 4, column 23: Invalid control character$"):
+        read_metrics(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"^line 2: not a JSON object"):
+        read_metrics(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"event": "train", "step": 1}\n\xff\xfe\n')
+    with pytest.raises(ValueError, match=r"^line 2: not UTF-8"):
+        read_metrics(str(tmp_path))
+
+
+@pytest.mark.parametrize("script", ["benchmarks/plot_run.py", "benchmarks/layer_ranks_csv.py"])
+def test_the_scripts_name_the_damaged_line(tmp_path, script):
+    damaged(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    proc = run_script(script, tmp_path, check=False, timeout=120)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{tmp_path / 'metrics.jsonl'}" in lines[0] and ": line 4, column 23" in lines[0], lines[0]
+    assert sorted(os.listdir(tmp_path)) == before
