@@ -239,6 +239,19 @@ MUTANTS = [
     m("model_train_sink_size_not_checked", "src/pruning/model_train.py",
       "        if every % sink_size:", "        if False:",
       "tests/test_model_train.py::test_a_sink_size_that_does_not_divide_delta_is_one_line"),
+    # --- issue 19: interrupting a distributed run, the launchers' environment -------------------
+    m("msrun_gets_the_terminals_sigint", "scripts/run_distribute_train.sh",
+      "setsid msrun ", "msrun ",
+      "tests/test_distributed.py::test_ctrl_c_and_sigterm_save_and_resume_matches_uninterrupted"),
+    m("resume_forgets_each_workers_bn_statistics", "src/trainer.py",
+      "                restore_bn_statistics(self.net, params, self.rank, self.group_size)\n", "",
+      "tests/test_distributed.py::test_ctrl_c_and_sigterm_save_and_resume_matches_uninterrupted"),
+    m("launcher_says_done_without_last_ckpt", "scripts/_launcher.sh",
+      'if [ ! -f "$1/last.ckpt" ]; then', "if false; then",
+      "tests/test_bad_inputs.py::test_launcher_never_says_done_without_last_ckpt"),
+    m("launcher_ignores_the_venv", "scripts/_launcher.sh",
+      'PATH="$PRUNE_VENV/bin:$PATH"', "true",
+      "tests/test_bad_inputs.py::test_launcher_uses_the_project_venv"),
 ]
 
 

@@ -11,6 +11,7 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/_launcher.sh"
 CONFIG="$1"; CKPT="$2"; shift 2
 [ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
 [ -f "$CKPT" ] || { echo "error: checkpoint not found: $CKPT" >&2; exit 1; }

@@ -7,6 +7,8 @@ if [ $# -lt 1 ]; then
     exit 2
 fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/_launcher.sh"
+LAUNCHER_ARGS=("$@")
 CONFIG="$1"; shift
 [ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
 ARGS=(--config_path "$CONFIG")
@@ -20,13 +22,25 @@ THIS_RUN="$(mktemp)"
 trap 'rm -f "$THIS_RUN"' EXIT
 echo "training: log $LOG, checkpoints in $OUTPUT_DIR"
 set +e
-python "$ROOT/train.py" "${ARGS[@]}" > "$THIS_RUN" 2>&1
-STATUS=$?
+python "$ROOT/train.py" "${ARGS[@]}" > "$THIS_RUN" 2>&1 &
+TRAIN=$!
+# a SIGTERM (or Ctrl-C) to this script alone is passed on: train.py saves and exits 130
+trap 'SIGNALLED=1; kill -TERM "$TRAIN" 2>/dev/null' INT TERM
+STATUS=""
+while [ -z "$STATUS" ]; do
+    SIGNALLED=0
+    wait "$TRAIN" 2>/dev/null; RC=$?
+    [ "$SIGNALLED" = 1 ] || STATUS=$RC  # else a trapped signal cut the wait short
+done
 set -e
 cat "$THIS_RUN" >> "$LOG"
+if [ "$STATUS" -eq 130 ] || grep -q '^interrupted at step' "$THIS_RUN"; then  # it saved, said where
+    interrupted_report "$(grep '^interrupted' "$THIS_RUN" | tail -n 1)" "$0" "${LAUNCHER_ARGS[@]}" >&2
+    exit 130
+fi
 if [ "$STATUS" -ne 0 ]; then
     echo "training failed (exit $STATUS); last lines of this run in $LOG:" >&2
     grep -v '^\[WARNING\]' "$THIS_RUN" | tail -n 5 >&2 || true
     exit "$STATUS"
 fi
-echo "done: $OUTPUT_DIR/last.ckpt"
+say_done "$OUTPUT_DIR"

@@ -29,7 +29,8 @@ from src.logs import FILE_ONLY, MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
 from src.pruning.base import prunable_weight_names, sparsity_of
-from src.training_graph import average_bn_statistics, build_training_graph, load_pretrained
+from src.training_graph import (average_bn_statistics, build_training_graph, gather_bn_statistics,
+                                load_pretrained, restore_bn_statistics)
 
 
 def init_context(cfg):
@@ -129,7 +130,7 @@ class Trainer:
     def _optimizer_step(self):
         return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
 
-    def _save(self, path, step):
+    def _save(self, path, step, extra=()):
         average_bn_statistics(self.net, self.group_size)  # rank 0 saves what every worker holds
         if not self.is_main:
             return
@@ -146,12 +147,13 @@ class Trainer:
                 "prune_method": self.cfg.prune_method, "steps_per_epoch": self.steps_per_epoch,
                 "best_top1": self.best["top1"], "best_epoch": self.best["epoch"],
                 "run_id": self.run_id, "recipe": run_record.recipe_of(self.cfg)}
-        checkpoint.save_atomic(state, path, meta=meta, pruner_state=self.pruner.state_dict())
+        checkpoint.save_atomic(state + list(extra), path, meta=meta,
+                               pruner_state=self.pruner.state_dict())
 
-    def _save_periodic(self, step):
+    def _save_periodic(self, step, extra=()):
         name = f"{self.cfg.net}_{self.cfg.prune_method}_step{step}.ckpt"
         path = os.path.join(self.output_dir, name)
-        self._save(path, step)
+        self._save(path, step, extra)
         self.last_periodic = (step, path)
         if self.is_main:  # count what is on disk, including checkpoints of earlier sessions of the run
             for old in run_record.step_checkpoints(self.output_dir)[:-self.cfg.keep_checkpoint_max]:
@@ -183,6 +185,7 @@ class Trainer:
                 # the per-step learning rates follow from the recipe (and an allowed epoch_size change)
                 checkpoint.load_into(self.train_step, params, path, strict=True,
                                      skip=("learning_rate",))
+                restore_bn_statistics(self.net, params, self.rank, self.group_size)
             except checkpoint.CheckpointError as err:
                 if resume != "auto":
                     raise
@@ -291,10 +294,18 @@ class Trainer:
     def _interrupt(self, step):
         saved_step, path = self.last_periodic
         if saved_step != step:
-            path = self._save_periodic(step)
+            # between two averagings the workers' BatchNorm statistics differ: keep each one's
+            # (before _save averages them), so that a resumed run is the uninterrupted one
+            extra = ([gather_bn_statistics(self.net, self.rank, self.group_size)]
+                     if self.group_size > 1 else [])
+            path = self._save_periodic(step, extra)
         message = (f"interrupted at step {step}/{self.total_steps}; saved {path}; "
                    "resume with --resume_ckpt auto")
         self.logger.info(message, extra=FILE_ONLY)  # the entry script prints it on stderr
+        if self.group_size > 1:
+            # a barrier: no worker exits before rank 0 has written the checkpoint and its line
+            # (msrun SIGKILLs the other workers as soon as one exits non-zero)
+            all_reduce(np.zeros(1, np.float32))
         raise Interrupted(message)
 
     # --- evaluation -------------------------------------------------------------------------

@@ -3,7 +3,7 @@ twin and the pruning method's ``SparseTraining`` (``src.pruning.api``), shared b
 and the benchmarks so that both run exactly the same graph; and the helpers around it
 (weight-decay groups, pre-trained weights, BatchNorm statistics across workers)."""
 import numpy as np
-from mindspore import nn, Tensor
+from mindspore import nn, Parameter, Tensor
 
 from src import checkpoint
 from src.lr_schedule import learning_rates
@@ -38,6 +38,40 @@ def load_pretrained(net, path, logger):
 
 
 BN_STATISTICS = ("moving_mean", "moving_variance")
+# in a checkpoint written on a stop: every worker's own statistics, one row per rank
+WORKER_STATISTICS = "worker_bn_statistics"
+
+
+def _bn_statistics(net):
+    return [p for p in net.get_parameters() if p.name.endswith(BN_STATISTICS)]
+
+
+def gather_bn_statistics(net, rank, group_size):
+    """Every worker's own BatchNorm moving statistics as a Parameter with one row per rank.
+
+    A collective call; exact (each row is summed with zeros). A run stopped between two averagings
+    keeps them in its checkpoint, so that each resumed worker continues from its own statistics, as
+    it would have without the stop (``restore_bn_statistics``).
+    """
+    flat = np.concatenate([p.asnumpy().reshape(-1) for p in _bn_statistics(net)]).astype(np.float32)
+    rows = np.zeros((group_size, flat.size), np.float32)
+    rows[rank] = flat
+    return Parameter(Tensor(all_reduce(rows)), name=WORKER_STATISTICS, requires_grad=False)
+
+
+def restore_bn_statistics(net, params, rank, group_size):
+    """Set this worker's statistics from a checkpoint's ``WORKER_STATISTICS`` rows, if it has
+    them for this many workers; returns whether it did."""
+    rows = params.get(WORKER_STATISTICS)
+    stats = _bn_statistics(net)
+    if rows is None or tuple(rows.shape) != (group_size, sum(p.size for p in stats)):
+        return False
+    flat, offset = rows.asnumpy()[rank], 0
+    for param in stats:
+        value = param.asnumpy()
+        param.set_data(Tensor(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype)))
+        offset += value.size
+    return True
 
 
 def average_bn_statistics(net, group_size):

@@ -360,6 +360,7 @@ def test_sparse_export_replaces_only_after_its_read_back(places, capsys, monkeyp
     assert real_read(str(places["tmp"] / "existing.sparse.npz"))[1]["net"] == "resnet20"
     assert sorted(os.listdir(places["tmp"])) == listing
 
+
 def test_a_pruning_run_that_empties_layers_ends_with_exit_1(fashion_dir, tmp_path):
     """--sparsity 0.999 on ResNet-20 (the s999 recipe, 4 steps, two mask updates) removes every
     layer3 conv and the classifier: the output is a constant. The run keeps last.ckpt, then ends
@@ -396,3 +397,62 @@ def test_every_helper_answers_help(script, tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "usage" in proc.stdout.lower(), proc.stdout[-2000:]
     assert snapshot(results) == before
+
+
+def no_mindspore_env(tmp_path):
+    """A PATH whose `python` lacks MindSpore (the interpreter the venv was made from) and no venv."""
+    base = os.path.join(sys.base_prefix, "bin", "python3")
+    check = subprocess.run([base, "-c", "import importlib.util as u; print(u.find_spec('mindspore'))"],
+                           capture_output=True, text=True)
+    if check.stdout.strip() != "None":
+        pytest.skip("the base interpreter has MindSpore installed")
+    (tmp_path / "bin").mkdir(parents=True)
+    os.symlink(base, tmp_path / "bin" / "python")
+    return {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "PRUNE_VENV": str(tmp_path / "no_venv")}
+
+
+LAUNCHES = {  # a launch each launcher would accept
+    "standalone": ["scripts/run_standalone_train.sh", DENSE, "--data_path", "{data}", "--output_dir",
+                   "{tmp}/out"],
+    "distribute": ["scripts/run_distribute_train.sh", "2", DENSE, "CPU", "--data_path", "{data}",
+                   "--output_dir", "{tmp}/out"],
+    "eval": ["scripts/run_eval.sh", DENSE, "{run}/last.ckpt", "--data_path", "{data}"],
+    "export": ["scripts/run_export.sh", DENSE, "{run}/last.ckpt", "MINDIR", "{tmp}/net"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHES))
+def test_launcher_without_mindspore_says_how_to_set_up(places, launcher):
+    env = no_mindspore_env(places["tmp"] / "env")
+    before = snapshot(places["tmp"], places["run"])
+    proc = run([str(a).format(**places) for a in LAUNCHES[launcher]], env_extra=env)
+    check_one_line(proc.returncode, proc.stderr, 1, "bash scripts/setup_env.sh")
+    assert "MindSpore is not importable" in proc.stderr
+    assert unchanged(places, before) and not (places["tmp"] / "out").exists()
+
+
+@pytest.mark.parametrize("venv", ["project", "PRUNE_VENV"])
+def test_launcher_uses_the_project_venv(places, venv):
+    # PATH without the venv and without a `python` that has MindSpore: the launcher finds ROOT/.venv
+    # (or the one PRUNE_VENV names: the tests' own) and gets as far as the recipe check
+    env = no_mindspore_env(places["tmp"] / "env")
+    if venv == "project":
+        if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):
+            pytest.skip("no project .venv")
+        env.pop("PRUNE_VENV")
+    else:
+        if sys.prefix == sys.base_prefix:
+            pytest.skip("the tests do not run in a virtual environment")
+        env["PRUNE_VENV"] = sys.prefix
+    proc = run(["scripts/run_standalone_train.sh", DENSE, "--lamb", "nan"], env_extra=env)
+    check_one_line(proc.returncode, proc.stderr, 2, "'lamb'")
+
+
+def test_launcher_never_says_done_without_last_ckpt(places):
+    # a finished run resumed into another folder: nothing to train, so no last.ckpt there
+    out = places["tmp"] / "elsewhere"
+    proc = run(["scripts/run_standalone_train.sh", DENSE, "--data_path", places["data"], "--output_dir",
+                str(out), *TINY, "--resume_ckpt", str(places["run"] / "last.ckpt")])
+    assert "already complete" in (out / "train_stdout.log").read_text()
+    check_one_line(proc.returncode, proc.stderr, 1, f"without writing {out / 'last.ckpt'}")
+    assert "done:" not in proc.stdout

@@ -7,7 +7,9 @@
 - a non-finite loss stops training with one line naming the step, and the last good checkpoint
   is left byte-for-byte as it was (resuming from it meets the same step again);
 - the resumed run's metrics.jsonl lists the uninterrupted run's events, none twice;
-- Ctrl-C: one line on stderr (also in train.log, not on stdout), a checkpoint, exit 130.
+- Ctrl-C: one line on stderr (also in train.log, not on stdout), a checkpoint, exit 130; a
+  SIGTERM to run_standalone_train.sh alone is passed on to train.py (same line, with the resume
+  command).
 """
 import os
 import re
@@ -278,3 +280,32 @@ def test_pruning_keys_cannot_change_mid_run(reference, fashion_dir, tmp_path, ch
     assert "resume_allow_changes" not in lines[0]
     # (the refused run held the folder while it looked: it leaves the empty lock file, src/run_lock.py)
     assert {p.name: digest(p) for p in out.iterdir() if p.name != ".lock"} == before
+
+
+def test_sigterm_to_the_launcher_alone_saves(fashion_dir, tmp_path):
+    """A scheduler's SIGTERM to run_standalone_train.sh only (not to train.py): passed on, so
+    train.py saves and the launcher ends with the line and the resume command, exit 130."""
+    out = tmp_path / "run"
+    launcher = os.path.join(ROOT, "scripts", "run_standalone_train.sh")
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(["bash", launcher, RPG, *TINY[2:], "--data_path", str(fashion_dir),
+                             "--output_dir", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log, deadline = out / "train.log", time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and "step 1/16" in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    match = re.fullmatch(r"interrupted at step (\d+)/16; saved (\S+); resume with: (.+)", lines[0])
+    assert match, lines[0]
+    assert os.path.exists(match.group(2)) and match.group(2) == str(step_checkpoints(out)[-1])
+    assert match.group(3).startswith(f"bash {launcher} {RPG} ") and \
+        match.group(3).endswith(" --resume_ckpt auto")
+    assert log.read_text().splitlines()[-1].endswith(lines[0].split("; resume with")[0] +
+                                                     "; resume with --resume_ckpt auto")
+    assert not (out / "last.ckpt").exists()
+    alive = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
+    assert not alive.strip(), "train.py left running"
