@@ -36,7 +36,7 @@ def m(name, path, old, new, *tests):
 MUTANTS = [
     # --- the breakages of issue 13 that the suite used to miss -----------------------------
     m("rpg_no_rank_term", "src/pruning/rpg.py",
-      "if cfg.lamb > 0 and self.conv_names:", "if False:",
+      "if cfg.lamb > 0 and self.rank_names:", "if False:",
       f"{RPG_T}::test_regrowth_gradient_is_task_plus_lamb_rank"),
     m("dense_gradient_stop_gradient_on_rank", "src/pruning/train_cell.py",
       "            extra = self.extra_loss()", "            extra = ops.stop_gradient(self.extra_loss())",
@@ -219,6 +219,9 @@ MUTANTS = [
     m("rigl_default_not_erk", "src/pruning/rigl.py",
       '    key_defaults = {"density_distribution": "erk"}', "    key_defaults = {}",
       "tests/test_density_distribution.py::test_global_is_the_default_of_rpg_and_gmp_and_erk_stays_rigls"),
+    m("rank_loss_layers_all_ignored", "src/pruning/rpg.py",
+      'if cfg.rank_loss_layers == "all" or len(params[n].shape) == 4]', "if len(params[n].shape) == 4]",
+      "tests/test_density_distribution.py::test_rank_loss_layers_on_a_dense_only_network"),
     m("stream_cut_left_out_of_the_macs_target", "src/pruning/psap.py",
       "        return masks, cut, max(0.0, (target * dense - (dense - rest)) / rest)",
       "        return masks, records, target",

@@ -141,6 +141,7 @@ PARSE_CASES = [
     ("rigl-global-constant-schedule", train("--density_distribution", "global", config=RIGL), 2,
      "'density_distribution'"),
     ("gmp-scope-removed", train("--gmp_scope", "layer"), 2, "gmp_scope"),
+    ("rank-loss-layers-unknown", train("--rank_loss_layers", "dense"), 2, "'rank_loss_layers'"),
 ]
 # Mistakes that need the data, the network or a checkpoint to be seen: real processes.
 RUN_CASES = [

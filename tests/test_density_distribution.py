@@ -1,5 +1,6 @@
 """density_distribution for RPG and GMP (issue 20): one global magnitude threshold (the reference,
-the default) or per-layer counts (uniform, ERK) that add up to the exact target.
+the default) or per-layer counts (uniform, ERK) that add up to the exact target; and
+rank_loss_layers (conv, the reference, or all: Dense weights in RPG's rank loss too).
 
 The networks here are written as a model library writes them, not with this project's helpers:
 a MobileNetV2 (inverted residuals, depthwise convs, ReLU6, Dropout + Dense classifier initialised
@@ -309,3 +310,46 @@ def test_attention_block_keeps_every_layer_at_the_exact_target(method, distribut
     sparse.finish()
     assert sparse.pruner.mask_sparsity() == 1 - round(0.1 * sum(m.size for m in masks.values())) / \
         sum(m.size for m in masks.values())
+
+
+# --- rank_loss_layers: the rank loss on Dense weights too ---------------------------------------
+@pytest.mark.parametrize("layers", ["conv", "all"])
+def test_rank_loss_layers_on_a_dense_only_network(layers):
+    """conv (the reference) leaves a Dense-only network without rank loss; all puts every Dense
+    weight in it: the regrowth gradient is the task gradient plus lamb times the mean of the
+    layers' rank-loss gradients (NumPy float64 formula of test_method_rpg)."""
+    from tests.test_method_rpg import TaskGrad, rank_loss_and_grad
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(0)
+    lamb, partial_k = 0.5, 0.2
+    net = AttentionNet()
+    optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)
+    sparse = SparseTraining(net, nn.CrossEntropyLoss(), optimizer, method="rpg", steps_per_epoch=12,
+                            epochs=1, sparsity=0.9, delta=4, lamb=lamb, partial_k=partial_k,
+                            rank_loss_layers=layers, density_distribution="erk")
+    pruner, ctx = sparse.pruner, sparse.ctx
+    events = []
+    ctx.recorders.append(events.append)
+    batch = make_batches(count=1, seed=3)[0]
+    weights = {n: w.copy() for n, w in ctx.get_weights(pruner.names).items()}
+    if layers == "conv":
+        assert pruner.rank_names == [] and pruner.rank_term is None
+        pruner.before_step(pruner.update_steps[0], batch, ctx)
+        assert events[0]["rank_loss"] is None
+        return
+    assert pruner.rank_names == pruner.names and len(pruner.names) == 6
+    pruner._set_rank_targets(weights, ctx)
+    pruner.grad_cell = ctx.dense_gradient_cell(pruner.names, pruner.rank_term)  # the update's own
+    _, _, extra, grads = pruner.grad_cell(*batch)
+    task = TaskGrad(ctx.loss_cell, [ctx._params[n] for n in pruner.names])(*batch)
+    terms = {n: rank_loss_and_grad(weights[n], partial_k) for n in pruner.names}
+    assert float(extra.asnumpy()) == pytest.approx(lamb * np.mean([t[0] for t in terms.values()]), rel=1e-4)
+    for name, grad, task_grad in zip(pruner.names, grads, task):
+        want = task_grad.asnumpy() + lamb * terms[name][1] / len(terms)
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(grad.asnumpy(), want, rtol=0, atol=1e-4 * scale, err_msg=name)
+        assert np.abs(grad.asnumpy() - task_grad.asnumpy()).max() > 1e-3 * scale   # not negligible
+    pruner.before_step(pruner.update_steps[0], batch, ctx)                # an update with it runs
+    assert events[0]["rank_loss"] < 0
+    ranks = [e for e in events if e["event"] == "layer_ranks"][0]["layers"]
+    assert [r["name"] for r in ranks] == pruner.names and all(r["k"] for r in ranks)
