@@ -84,14 +84,14 @@ def resnet50_update(repeats):
         pruner.before_step(pruner.update_steps[0], batch, ctx)
 
     update_s, _ = timed(one_update, repeats, warmup=1)
-    conv_weights = list(ctx.get_weights(pruner.conv_names).values())
+    conv_weights = list(ctx.get_weights(pruner.rank_names).values())
     svd_s, _ = timed(lambda: pruner.rank_term.set_host_targets(conv_weights), repeats, warmup=0)
     grad_cell = pruner.grad_cell
     grad_s, _ = timed(lambda: grad_cell(*batch)[0].asnumpy(), repeats, warmup=0)
     return {"dense_step_s": dense_s, "mask_update_s": update_s, "host_svd_s": svd_s,
             "dense_gradient_with_rank_loss_s": grad_s,
             "host_mask_computation_s": max(update_s - grad_s - svd_s, 0.0),
-            "conv_layers": len(pruner.conv_names), "masked_tensors": len(pruner.names),
+            "conv_layers": len(pruner.rank_names), "masked_tensors": len(pruner.names),
             "first_update_density": float(pruner.target_density)}, conv_weights
 
 

@@ -155,11 +155,21 @@ def build_config(values_from_file, overrides, config_path="<defaults>"):
             cfg[name] = _coerce(name, keys[name], value)
             given.add(name)
     object.__setattr__(cfg, "given", frozenset(given))  # not a recipe key: kept off the dict
+    _method_defaults(cfg, given)
     for name, value in cfg.items():
         _check_range(name, keys[name], value)
     _check_relations(cfg, keys)
     cfg["config_path"] = config_path
     return cfg
+
+
+def _method_defaults(cfg, given):
+    """A shared key the recipe leaves out takes its method's own default (e.g. RigL's erk)."""
+    from src.pruning import registry
+    if cfg.prune_method in registry.METHODS:
+        for name, value in registry.key_defaults(cfg.prune_method).items():
+            if name not in given:
+                cfg[name] = value
 
 
 def _resolve_aliases(values, where, keys):
@@ -353,4 +363,13 @@ def _print_help(description, extra_flags):
     print("\nrecipe keys (any may be overridden):")
     for name, key in schema().items():
         extra = f"  ({key.help})" if key.help else ""
-        print(f"  --{name:<28} default {key.default!r}; {key.describe()}{extra}{_aliases_of(name)}")
+        print(f"  --{name:<28} default {key.default!r}{_defaults_by_method(name)}; {key.describe()}{extra}"
+              f"{_aliases_of(name)}")
+
+
+def _defaults_by_method(name):
+    """' (rigl: 'erk')' for a key whose default a method sets for itself."""
+    from src.pruning import registry
+    own = [f"{method}: {registry.key_defaults(method)[name]!r}" for method in registry.METHODS
+           if name in registry.key_defaults(method)]
+    return f" ({', '.join(own)})" if own else ""

@@ -179,6 +179,12 @@ PARSE_CASES = [
     ("amp-level-unknown", train("--amp_level", "O7"), 2, "'amp_level'"),
     ("device-id-negative", train("--device_id", "-1"), 2, "'device_id'"),
     ("eval-zoo-flag-and-ckpt", evaluate("--checkpoint_file_path", "{run}/last.ckpt"), 2, "given twice"),
+    ("density-distribution-unknown", train("--density_distribution", "layer"), 2, "'density_distribution'"),
+    ("dense-first-layer-with-global", train("--dense_first_layer", "true"), 2, "'dense_first_layer'"),
+    ("rigl-global-constant-schedule", train("--density_distribution", "global", config=RIGL), 2,
+     "'density_distribution'"),
+    ("gmp-scope-removed", train("--gmp_scope", "layer"), 2, "gmp_scope"),
+    ("rank-loss-layers-unknown", train("--rank_loss_layers", "dense"), 2, "'rank_loss_layers'"),
 ]
 # Mistakes that need the data, the network or a checkpoint to be seen: real processes.
 RUN_CASES = [
@@ -188,6 +194,8 @@ RUN_CASES = [
     ("prune-include-selects-nothing", train("--prune_include", "nothing*"), 2, "prune_include"),
     ("prune-exclude-typo", train("--prune_exclude", "fc.wieght"), 2, "fc.wieght"),
     ("rigl-no-drop-and-grow-fits", train("--delta", "1000", config=RIGL), 2, "no drop-and-grow update fits"),
+    ("dense-first-layer-above-the-density", train("--density_distribution", "uniform", "--dense_first_layer",
+                                                  "true", "--sparsity", "0.9999"), 2, "too low"),
     ("train-samples-beyond-data", train("--train_samples", "1000000"), 2, "train_samples"),
     ("device-missing", train("--device_target", "GPU"), 2, "GPU"),
     ("fresh-run-into-finished-run", train(config=DENSE, out="{run}"), 2, "already holds"),

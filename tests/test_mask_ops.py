@@ -61,7 +61,7 @@ def test_global_masks_threshold_is_global():
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 0.77, 1.0])
 def test_layer_masks_exact_count_per_layer(density):
     weights = _layers(np.random.default_rng(2), ties=True)
-    masks = layer_magnitude_masks(weights, density)
+    masks = layer_magnitude_masks(weights, {n: round(density * w.size) for n, w in weights.items()})
     for name, w in weights.items():
         assert int(masks[name].sum()) == round(density * w.size)
         np.testing.assert_array_equal(masks[name], _ref_top_k(np.abs(w), round(density * w.size)))
@@ -73,7 +73,9 @@ def test_mask_functions_reject_bad_args():
     with pytest.raises(ValueError):
         global_magnitude_masks({}, 0.5)
     with pytest.raises(ValueError):
-        layer_magnitude_masks({"a": np.ones(3)}, -0.1)
+        layer_magnitude_masks({"a": np.ones(3)}, {"a": -1})
+    with pytest.raises(ValueError):
+        layer_magnitude_masks({"a": np.ones(3)}, {"a": 1.5})
     with pytest.raises(ValueError, match="NaN"):
         global_magnitude_masks({"a": np.array([1.0, np.nan])}, 0.5)
 

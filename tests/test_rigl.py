@@ -10,7 +10,7 @@ from src.config import ConfigError, build_config, parse_args
 from src.models.resnet import build_resnet
 from src.pruning.api import SparseTraining
 from src.pruning.distributions import layer_densities
-from src.pruning.mask_ops import layer_masks_at, random_layer_masks
+from src.pruning.mask_ops import layer_magnitude_masks, random_layer_masks
 from src.pruning.schedules import ConstantSchedule
 from tests.conftest import ROOT
 from tests.test_api import PlainConvNet, make_batches
@@ -69,16 +69,18 @@ def test_uniform_densities_and_a_dense_first_layer():
         layer_densities([(64, 64, 3, 3), (2, 2)], 0.0001, "uniform", dense_first_layer=True)
 
 
-def test_masks_at_layer_densities_keep_exact_counts():
+def test_masks_at_layer_counts_keep_exact_counts():
     rng = np.random.default_rng(0)
     weights = {"a": rng.standard_normal((8, 4, 3, 3)), "b": rng.standard_normal((10, 33))}
-    densities = {"a": 0.37, "b": 0.051}
-    for masks in (layer_masks_at(weights, densities),
-                  random_layer_masks({n: w.shape for n, w in weights.items()}, densities, rng)):
+    counts = {"a": 107, "b": 17}
+    for masks in (layer_magnitude_masks(weights, counts),
+                  random_layer_masks({n: w.shape for n, w in weights.items()}, counts, rng)):
         for name, w in weights.items():
             assert masks[name].shape == w.shape
-            assert int(masks[name].sum()) == round(densities[name] * w.size)
-    top = layer_masks_at(weights, densities)["a"]
+            assert int(masks[name].sum()) == counts[name]
+    with pytest.raises(ValueError, match="cannot keep"):
+        layer_magnitude_masks(weights, {"a": 289, "b": 0})
+    top = layer_magnitude_masks(weights, counts)["a"]
     assert np.abs(weights["a"][top]).min() >= np.abs(weights["a"][~top]).max()
 
 
@@ -116,13 +118,21 @@ def _layer_counts(masks):
 
 
 def _check_exact(sparse, masks):
-    """Each layer holds exactly round(d_l * n_l) weights at the final densities, and every pruned
-    weight is +0.0 bit for bit."""
-    want = {n: round(d * masks[n].size) for n, d in sparse.pruner.layer_densities(1 - SPARSITY).items()}
+    """Each layer holds its count of the final distribution (within one weight of d_l * n_l), the
+    total is exactly round(D * N), and every pruned weight is +0.0 bit for bit."""
+    want = sparse.pruner.layer_counts(1 - SPARSITY)
     assert _layer_counts(masks) == want
+    shapes = list(sparse.pruner.shapes.values())
+    cfg = sparse.cfg
+    densities = layer_densities(shapes, 1 - SPARSITY, cfg.density_distribution, cfg.dense_first_layer)
     total = sum(m.size for m in masks.values())
+    assert sum(want.values()) == round((1 - SPARSITY) * total)
+    # RigL's accounting (n - floor(S n) per layer) holds a few weights more than the exact total;
+    # the counts give them back in proportion, so each stays within one weight of its share
+    quotas = np.array([d * m.size for d, m in zip(densities, masks.values())])
+    scaled = quotas * sum(want.values()) / quotas.sum()
+    assert np.all(np.abs(np.array(list(want.values())) - scaled) < 1.0)
     achieved = 1 - sum(want.values()) / total
-    assert abs(achieved - SPARSITY) < 1e-3
     # the final check counts the masks: a weight regrown where its gradient stays 0 is still 0
     assert sparse.pruner.mask_sparsity() == pytest.approx(achieved, abs=1e-12)
     params = {p.name: p.asnumpy() for p in sparse.network.trainable_params()}

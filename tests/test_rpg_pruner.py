@@ -73,7 +73,7 @@ def _update_with_sparse_layers(rank_svd, **keys):
     pruner, _, ctx = _setup(rank_svd, **keys)
     events = []
     ctx.recorders.append(events.append)
-    sparse = pruner.conv_names[:2]
+    sparse = pruner.rank_names[:2]
     weights = ctx.get_weights(sparse)
     for name, weight in weights.items():
         flat = weight.reshape(-1).copy()
@@ -89,7 +89,7 @@ def test_sparsity_thres_keeps_the_rank_loss_to_sparse_layers():
     for svd in ("host", "graph"):
         pruner, _, events = _update_with_sparse_layers(svd, sparsity_thres=0.5)
         term = pruner.rank_term
-        assert term.covered == [True, True] + [False] * (len(pruner.conv_names) - 2)
+        assert term.covered == [True, True] + [False] * (len(pruner.rank_names) - 2)
         flags[svd] = term.ok_flags.asnumpy()
         assert [k is not None for k in term.ranks] == term.covered
         assert [row["k"] for row in events[0]["layers"]] == term.ranks
@@ -104,12 +104,12 @@ def test_layer_ranks_event_has_k_and_the_numerical_rank_after_the_update():
     pruner, ctx, events = _update_with_sparse_layers("host", record_layer_ranks=True)
     (event,) = events
     assert event["update"] == 1 and event["step"] == pruner.update_steps[0]
-    weights = ctx.get_weights(pruner.conv_names)
-    assert [row["name"] for row in event["layers"]] == pruner.conv_names
+    weights = ctx.get_weights(pruner.rank_names)
+    assert [row["name"] for row in event["layers"]] == pruner.rank_names
     for row in event["layers"]:
         assert isinstance(row["k"], int) and 0 < row["k"] <= weights[row["name"]].shape[0]
         assert row["rank"] == numerical_rank(weights[row["name"]].astype(np.float64))
     from benchmarks.layer_ranks_csv import layer_ranks_table
     lines = layer_ranks_table(events).splitlines()
-    assert lines[0].split(",") == ["update", "step"] + pruner.conv_names
+    assert lines[0].split(",") == ["update", "step"] + pruner.rank_names
     assert lines[1].split(",")[2:] == [str(row["k"]) for row in event["layers"]]

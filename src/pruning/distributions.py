@@ -1,5 +1,6 @@
-"""Layer-wise density distributions of the RigL family (pure NumPy): how an overall density is
-shared among the masked layers.
+"""Layer-wise density distributions of the unstructured methods (pure NumPy): how an overall
+density is shared among the masked layers (``density_distribution``; ``global`` - one magnitude
+threshold over all layers, RPG's reference - needs no distribution and is ``mask_ops``').
 
 - ``uniform``: every layer at the overall density (RigL's ``get_sparsities_uniform``).
 - ``erk`` (Erdos-Renyi-Kernel, RigL's ``get_sparsities_erdos_renyi`` with kernels included): the
@@ -15,13 +16,16 @@ floor(S * n) zeros from the budget of the others. ``dense`` layers (e.g. the fir
 equally (the same loop with power_scale 0), so the total stays the target - RigL instead leaves
 its dense first layer out of the masked set altogether (``prune_exclude`` does that here).
 
-The masks at these densities keep exactly round(density * n) weights per layer
-(``mask_ops.layer_masks_at``), so the overall count can differ from round(D * N) by at most half a
-weight per layer.
+The masks keep integer counts (``layer_counts``): the densities' weights d_l * n_l scaled to
+exactly round(D * N) weights in total (global magnitude's count), floored, and the weights left
+over given one each to the layers with the largest remainders (Hamilton's method), no layer above
+its size. The final sparsity is then the target to the weight, whatever the rounding per layer.
 """
 import numpy as np
 
 DISTRIBUTIONS = ("uniform", "erk")
+# the values of the recipe key: global magnitude (no per-layer allocation) or a distribution
+ALLOCATIONS = ("global",) + DISTRIBUTIONS
 
 
 def _n_zeros(size, sparsity):
@@ -83,3 +87,46 @@ def layer_densities(shapes, density, distribution, dense_first_layer=False, powe
     if distribution == "uniform":
         return uniform_densities(shapes, density, dense)
     return erk_densities(shapes, density, power_scale, dense)
+
+
+def apportion(quotas, sizes, total):
+    """Integer counts (list) with 0 <= c_l <= sizes[l] and sum exactly ``total``, proportional to
+    ``quotas`` (e.g. d_l * n_l): layers whose quota reaches their size are full; the quotas of the
+    others are scaled to the weights left (again until none exceeds its size), floored, and the
+    rest go one each to the largest remainders (ties: the earlier layer)."""
+    quotas = np.asarray(quotas, np.float64)
+    sizes = np.asarray(sizes, np.int64)
+    if not 0 <= total <= int(sizes.sum()):
+        raise ValueError(f"cannot place {total} weights in layers of {int(sizes.sum())}")
+    full = quotas >= sizes
+    while True:
+        free = total - int(sizes[full].sum())
+        if free < 0:
+            raise ValueError(f"the layers kept dense hold {int(sizes[full].sum())} weights, more than "
+                             f"the {total} the density allows")
+        rest = quotas[~full].sum()
+        scaled = np.where(full, sizes, quotas * (free / rest) if rest > 0 else 0.0)
+        over = ~full & (scaled >= sizes)
+        if not over.any():
+            break
+        full |= over
+    counts = np.minimum(np.floor(scaled).astype(np.int64), sizes)
+    remainder = scaled - counts
+    left = total - int(counts.sum())     # < number of layers (up to a rounding error of the scale)
+    order = np.lexsort((np.arange(len(sizes)), -remainder))  # largest remainder first
+    while left:
+        step = 1 if left > 0 else -1     # -1 only if float rounding floored one weight too many
+        for index in (order if step > 0 else order[::-1]):
+            if left and 0 <= counts[index] + step <= sizes[index]:
+                counts[index] += step
+                left -= step
+    return [int(c) for c in counts]
+
+
+def layer_counts(shapes, density, distribution, dense_first_layer=False, power_scale=1.0):
+    """Weights kept per layer (list of ints) under ``distribution`` at overall ``density``:
+    ``layer_densities``' shares of exactly round(density * N) weights (``apportion``)."""
+    densities = layer_densities(shapes, density, distribution, dense_first_layer, power_scale)
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    quotas = [d * n for d, n in zip(densities, sizes)]
+    return apportion(quotas, sizes, round(density * sum(sizes)))

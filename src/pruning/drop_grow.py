@@ -27,6 +27,7 @@ class DropAndGrowPruner(HardMaskPruner):
 
     @classmethod
     def check_recipe(cls, cfg):
+        super().check_recipe(cfg)
         if cfg.iterative_T_end_percent > cfg.T_end_percent:
             raise ConfigError(f"config key 'iterative_T_end_percent': got {cfg.iterative_T_end_percent}, "
                               f"expected at most T_end_percent ({cfg.T_end_percent}): the density must "

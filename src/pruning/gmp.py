@@ -1,12 +1,11 @@
 """GMP: gradual magnitude pruning (Zhu & Gupta 2017), the baseline beside RPG.
 
 Sparsity follows the cubic schedule between ``gmp_begin_step`` and ``gmp_end_step``, with a mask
-update every ``gmp_frequency`` iterations; magnitude only (global or per layer), no regrowth,
-no rank loss.
+update every ``gmp_frequency`` iterations; magnitude only (``density_distribution``: one global
+threshold, or per layer at uniform / ERK counts), no regrowth, no rank loss.
 """
 from src.config import ConfigError, Key
 from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.mask_ops import global_magnitude_masks, layer_magnitude_masks
 from src.pruning.schedules import CubicSchedule, t_end_step
 
 
@@ -17,12 +16,11 @@ class GMPPruner(HardMaskPruner):
         "gmp_end_step": Key(int, 0, 0, None, help_text="iteration of the last mask update; "
                                                        "0 = T_end_percent of training"),
         "gmp_frequency": Key(int, 100, 1, None, help_text="iterations between mask updates"),
-        "gmp_scope": Key(str, "global", choices=["global", "layer"],
-                         help_text="one magnitude threshold over all layers, or one per layer"),
     }
 
     @classmethod
     def check_recipe(cls, cfg):
+        super().check_recipe(cfg)
         if cfg.gmp_end_step and cfg.gmp_end_step < cfg.gmp_begin_step:
             raise ConfigError(f"config key 'gmp_end_step': got {cfg.gmp_end_step}, expected at least "
                               f"gmp_begin_step ({cfg.gmp_begin_step})")
@@ -36,8 +34,4 @@ class GMPPruner(HardMaskPruner):
                               f"(begin {begin} <= end {end} < {self.total_steps} iterations)")
         self.schedule = CubicSchedule(begin, end, cfg.gmp_frequency, cfg.sparsity)
         logger.info(f"gmp: {len(self.names)} masked weights, {len(self.update_steps)} mask updates "
-                    f"from step {begin} to {end}, {cfg.gmp_scope} magnitude")
-
-    def distribute(self, weights, density):
-        select = global_magnitude_masks if self.cfg.gmp_scope == "global" else layer_magnitude_masks
-        return select(weights, density)
+                    f"from step {begin} to {end}, {self.allocation()}")

@@ -5,7 +5,10 @@ built on ``HardMaskPruner``).
 gradients of pruned weights before the optimizer and, after it, sets pruned weights and their
 optimizer state to +0.0 (weight decay cannot revive them either, since it acts through the
 gradient). ``HardMaskPruner`` runs the generic mask update (``update.mask_update``) on the
-method's schedule; a method supplies its schedule, distribution and grow score.
+method's schedule; a method supplies its schedule and grow score. The per-layer targets come from
+``density_distribution``, one key for every unstructured method: ``global`` (one magnitude
+threshold over all layers, RPG's reference), ``uniform`` or ``erk`` (``distributions.py``: exact
+per-layer counts adding up to the target, the largest |w| of each layer).
 """
 import numpy as np
 import mindspore as ms
@@ -14,7 +17,8 @@ from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 from src.config import ConfigError, Key
 from src.errors import TrainingError
 from src.pruning.base import Pruner, prunable_weight_names, sparsity_of, unmatched_patterns
-from src.pruning.mask_ops import global_magnitude_masks
+from src.pruning.distributions import ALLOCATIONS, layer_counts
+from src.pruning.mask_ops import global_magnitude_masks, layer_magnitude_masks
 from src.pruning.train_cell import optimizer_state
 from src.pruning.update import mask_update
 
@@ -100,14 +104,28 @@ class HardMaskPruner(Pruner):
     generic update, state for resume and the final sparsity check.
 
     A method sets ``self.schedule`` (``update_steps``, ``density(index, step)``,
-    ``drop_fraction(step)``) and may override ``distribute`` (per-layer target masks; default one
-    global magnitude threshold) and ``grow_signal`` (grow scores, and the iteration's loss when
-    the method consumed the batch)."""
+    ``drop_fraction(step)``) and may override ``distribute`` (per-layer target masks; default:
+    ``density_distribution``) and ``grow_signal`` (grow scores, and the iteration's loss when
+    the method consumed the batch). ``key_defaults`` on a subclass gives a shared key another
+    default for that method (RigL: erk)."""
 
     keys = {
         "T_end_percent": Key(float, 0.901, 0.0, 1.0, low_open=True,
                              help_text="mask updates stop at this fraction of training"),
+        "density_distribution": Key(str, "global", choices=list(ALLOCATIONS),
+                                    help_text="how the density is shared among layers: one global magnitude "
+                                              "threshold (RPG/GMP reference), uniform, or Erdos-Renyi-Kernel"),
+        "erk_power_scale": Key(float, 1.0, 0.0, 10.0,
+                               help_text="exponent of ERK's shape factor (RigL's; 0 = uniform, 1 = ERK)"),
+        "dense_first_layer": Key(bool, False, help_text="keep the first masked layer dense (the others "
+                                                        "share its budget; uniform or erk)"),
     }
+
+    @classmethod
+    def check_recipe(cls, cfg):
+        if cfg.dense_first_layer and cfg.density_distribution == "global":
+            raise ConfigError("config key 'dense_first_layer': needs density_distribution uniform or erk "
+                              "(global ranks every layer against one magnitude threshold)")
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
@@ -121,6 +139,13 @@ class HardMaskPruner(Pruner):
             raise ConfigError(f"config keys 'prune_include' / 'prune_exclude': {cfg.prune_include} / "
                               f"{cfg.prune_exclude} select no conv or FC weight of the network")
         self.final_density = 1.0 - cfg.sparsity
+        params = {p.name: p for p in net.trainable_params()}
+        self.shapes = {n: tuple(params[n].shape) for n in self.names}
+        if cfg.density_distribution != "global":
+            try:
+                self.final_counts = self.layer_counts(self.final_density)
+            except ValueError as err:
+                raise ConfigError(f"config keys 'sparsity' / 'density_distribution': {err}") from None
         self.schedule = None
         self.updates_done = 0
         self.layer_sparsity = np.zeros(len(self.names), np.float64)
@@ -150,9 +175,27 @@ class HardMaskPruner(Pruner):
         return None
 
     # --- the generic update --------------------------------------------------------------------
+    def layer_counts(self, density):
+        """{name: weights kept} of the recipe's distribution (uniform | erk) at overall
+        ``density``; they add up to exactly round(density * N)."""
+        cfg = self.cfg
+        counts = layer_counts(list(self.shapes.values()), density, cfg.density_distribution,
+                              cfg.dense_first_layer, cfg.erk_power_scale)
+        return dict(zip(self.names, counts))
+
+    def allocation(self):
+        """The density_distribution for the start-up log line, with the final per-layer range."""
+        if self.cfg.density_distribution == "global":
+            return "global magnitude"
+        densities = [self.final_counts[n] / np.prod(s) for n, s in self.shapes.items()]
+        return f"{self.cfg.density_distribution} densities {min(densities):.4f}..{max(densities):.4f}"
+
     def distribute(self, weights, density):
-        """Per-layer target masks at ``density``: one global magnitude threshold (RPG's)."""
-        return global_magnitude_masks(weights, density)
+        """Per-layer target masks at ``density``: one global magnitude threshold (RPG's
+        reference), or the largest |w| of each layer at the distribution's counts."""
+        if self.cfg.density_distribution == "global":
+            return global_magnitude_masks(weights, density)
+        return layer_magnitude_masks(weights, self.layer_counts(density))
 
     def grow_signal(self, step, batch, ctx, weights):
         """(grow scores {name: array} or None for no regrowth, the iteration's loss or None)."""
@@ -171,9 +214,10 @@ class HardMaskPruner(Pruner):
         sparsity = sparsity_of([m.astype(np.uint8) for m in masks.values()])
         empty = [n for n, layer_sparsity in zip(self.names, self.layer_sparsity) if layer_sparsity == 1.0]
         if empty:  # a whole layer cut: the network's output no longer depends on its input
+            per_layer = "density_distribution erk, " if self.cfg.density_distribution == "global" else ""
             self.logger.warning(f"{self.name}: {len(empty)} layer(s) have no weight left at density "
-                                f"{self.target_density:.6f} (first: {empty[0]}); exclude them from "
-                                "pruning (prune_exclude) or lower the sparsity")
+                                f"{self.target_density:.6f} (first: {empty[0]}); use {per_layer}exclude "
+                                "them from pruning (prune_exclude) or lower the sparsity")
         # before_iteration: the update runs before iteration step + 1, after a checkpoint at step
         event = {"event": "mask_update", "method": self.name, "update": self.updates_done + 1,
                  "updates": len(self.update_steps), "step": step, "before_iteration": True,

@@ -74,30 +74,30 @@ def global_magnitude_masks(weights, density):
     return masks
 
 
-def layer_magnitude_masks(weights, density):
-    """Per-layer magnitude masks: layer l keeps exactly k_l = round(density * N_l) weights."""
-    density = _check_density(density)
-    return layer_masks_at(weights, {name: density for name in weights})
-
-
-def layer_masks_at(weights, densities):
-    """Per-layer magnitude masks at per-layer densities ({name: density}, e.g. ERK's): layer l
-    keeps exactly round(densities[l] * N_l) weights, the largest |w|."""
+def layer_magnitude_masks(weights, counts):
+    """Per-layer magnitude masks: layer l keeps exactly ``counts[l]`` weights ({name: int}, e.g.
+    ``distributions.layer_counts``), its largest |w|."""
     masks = {}
     for name, w in weights.items():
         m = _magnitudes(name, w)
-        masks[name] = _top_k_mask(m, round(_check_density(densities[name]) * m.size))
+        masks[name] = _top_k_mask(m, _check_count(name, counts[name], m.size))
     return masks
 
 
-def random_layer_masks(shapes, densities, rng):
-    """Random masks ({name: shape}, {name: density}, a numpy Generator): layer l keeps exactly
-    round(densities[l] * N_l) positions drawn uniformly (RigL's random initial masks)."""
+def random_layer_masks(shapes, counts, rng):
+    """Random masks ({name: shape}, {name: count}, a numpy Generator): layer l keeps exactly
+    ``counts[l]`` positions drawn uniformly (RigL's random initial masks)."""
     masks = {}
     for name, shape in shapes.items():
-        count = round(_check_density(densities[name]) * int(np.prod(shape)))
+        count = _check_count(name, counts[name], int(np.prod(shape)))
         masks[name] = _top_k_mask(rng.random(shape), count)
     return masks
+
+
+def _check_count(name, count, size):
+    if not 0 <= count <= size or int(count) != count:
+        raise ValueError(f"layer {name!r} of {size} weights cannot keep {count}")
+    return int(count)
 
 
 def drop_and_grow(weight, target_mask, dense_grad, drop_fraction):

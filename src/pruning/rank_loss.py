@@ -1,6 +1,7 @@
 """RPG rank loss: push each conv weight matrix away from its best low-rank approximation.
 
-Per conv layer with weight W of shape (C_out, C_in, kh, kw):
+Per conv layer with weight W of shape (C_out, C_in, kh, kw) (a Dense weight (C_out, C_in) is
+its own matrix: ``rank_loss_layers: all`` puts those in too):
 
     Wn  = W.reshape(C_out, -1) / ||W||_F                 (unit Frobenius norm)
     Wn  = U diag(s) V^T                                  (SVD, no gradient)

@@ -1,6 +1,7 @@
 """Host (NumPy) side of RPG's rank loss: the energy rule and the constant low-rank targets.
 
-For a conv weight W of shape (C_out, C_in, kh, kw), Wn = W.reshape(C_out, -1) / ||W||_F, and the
+For a conv weight W of shape (C_out, C_in, kh, kw) (or a Dense one, (C_out, C_in), with
+``rank_loss_layers: all``), Wn = W.reshape(C_out, -1) / ||W||_F, and the
 target is A_k, the best rank-k approximation of Wn (Eckart-Young: its truncated SVD), k from the
 energy rule. src/pruning/rank_loss.py differentiates -||Wn - A_k||_F^2 with A_k held constant;
 this module computes the A_k before the train step (``rank_targets_numpy``), so the SVD stays

@@ -21,7 +21,8 @@ def register(method):
 
     Refused with a ValueError, leaving the registry as it was: a name that is taken by another
     class, keys that are not ``src.config.Key`` declarations, and a key another method or the
-    base recipe already declares."""
+    base recipe already declares, and ``key_defaults`` for keys the method does not read or with
+    values the key does not accept."""
     if not (isinstance(method, type) and issubclass(method, Pruner)):
         raise TypeError(f"{method!r} is not a Pruner subclass")
     name = method.name
@@ -45,6 +46,7 @@ def register(method):
     METHODS[name] = method
     try:
         method_keys()
+        _check_key_defaults(name)
     except RuntimeError as err:
         if previous is None:
             del METHODS[name]
@@ -52,6 +54,25 @@ def register(method):
             METHODS[name] = previous
         raise ValueError(str(err)) from None
     return method
+
+
+def key_defaults(method_name):
+    """{key: default} the method ``method_name`` sets for keys it shares with other methods
+    (``key_defaults`` on its class or a base class, e.g. RigL's density_distribution erk)."""
+    defaults = {}
+    for klass in reversed(METHODS[method_name].__mro__):
+        defaults.update(vars(klass).get("key_defaults", {}))
+    return defaults
+
+
+def _check_key_defaults(method_name):
+    keys = keys_of(method_name)
+    for name, value in key_defaults(method_name).items():
+        key = keys.get(name)
+        if key is None or (key.choices is not None and value not in key.choices) \
+                or not isinstance(value, key.kind):
+            raise RuntimeError(f"{METHODS[method_name].__name__}.key_defaults['{name}'] = {value!r}: not a "
+                               "value of a key the method reads")
 
 
 def keys_of(method_name):

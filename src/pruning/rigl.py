@@ -4,9 +4,11 @@ offers them for comparison.
 
 Three choices, each a recipe key:
 
-- ``density_distribution``: how the density is shared among layers, ``uniform`` or ``erk``
-  (src/pruning/distributions.py; ``dense_first_layer``, ``erk_power_scale``); masks keep the
-  largest |w| of each layer at its density, exact counts.
+- ``density_distribution`` (the key every unstructured method shares, declared on
+  ``HardMaskPruner``; RigL's default ``erk``): how the density is shared among layers, ``uniform``
+  or ``erk`` (src/pruning/distributions.py; ``dense_first_layer``, ``erk_power_scale``), exact
+  per-layer counts that add up to the target; ``global`` (one magnitude threshold) only with the
+  exponential schedule.
 - ``grow_rule``: ``gradient`` (RigL: |dense gradient of the task loss| on the update iteration's
   batch; that iteration's optimizer step is skipped, as in RigL's SparseRigLOptimizer),
   ``random`` (SET: uniform random scores; the iteration's optimizer step runs, as in RigL's
@@ -21,9 +23,8 @@ Differences to RigL's code: docs/RPG.md ("The RigL family").
 import numpy as np
 
 from src.config import ConfigError, Key
-from src.pruning.distributions import DISTRIBUTIONS, layer_densities
 from src.pruning.drop_grow import DropAndGrowPruner
-from src.pruning.mask_ops import layer_masks_at, random_layer_masks
+from src.pruning.mask_ops import random_layer_masks
 from src.pruning.schedules import ConstantSchedule
 
 GROW_RULES = ("gradient", "random", "none")
@@ -33,13 +34,8 @@ DENSITY_SCHEDULES = ("constant", "exponential")
 class RigLPruner(DropAndGrowPruner):
     name = "rigl"
     update_label = "a RigL mask update"
+    key_defaults = {"density_distribution": "erk"}
     keys = {
-        "density_distribution": Key(str, "erk", choices=list(DISTRIBUTIONS),
-                                    help_text="per-layer densities: uniform, or Erdos-Renyi-Kernel (RigL)"),
-        "erk_power_scale": Key(float, 1.0, 0.0, 10.0,
-                               help_text="exponent of ERK's shape factor (RigL's; 0 = uniform, 1 = ERK)"),
-        "dense_first_layer": Key(bool, False, help_text="keep the first masked layer dense (the others "
-                                                        "share its budget)"),
         "grow_rule": Key(str, "gradient", choices=list(GROW_RULES),
                          help_text="regrowth: |dense gradient| (RigL), random (SET), none (static topology)"),
         "density_schedule": Key(str, "constant", choices=list(DENSITY_SCHEDULES),
@@ -54,31 +50,24 @@ class RigLPruner(DropAndGrowPruner):
             raise ConfigError("config key 'grow_rule': 'none' (a static topology) needs density_schedule "
                               f"'constant', got '{cfg.density_schedule}' (masks that shrink are not static; "
                               "for gradual pruning without regrowth use prune_method gmp)")
+        if cfg.density_distribution == "global" and cfg.density_schedule == "constant":
+            raise ConfigError("config key 'density_distribution': 'global' (one magnitude threshold) needs "
+                              "density_schedule 'exponential'; the constant schedule starts from random "
+                              "masks at per-layer densities (uniform or erk)")
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
-        params = {p.name: p for p in net.trainable_params()}
-        self.shapes = {n: tuple(params[n].shape) for n in self.names}
-        try:
-            densities = self.layer_densities(self.final_density)
-            if cfg.density_schedule == "constant":
+        if cfg.density_schedule == "constant":
+            try:
                 self.schedule = ConstantSchedule(self.total_steps, cfg.delta, cfg.T_end_percent,
                                                  self.final_density, cfg.alpha, cfg.grow_rule != "none")
-        except ValueError as err:
-            raise ConfigError(f"config keys 'sparsity' / 'density_distribution' / 'delta': {err}") from None
-        if cfg.density_schedule == "exponential":
+            except ValueError as err:
+                raise ConfigError(f"config keys 'delta' / 'T_end_percent': {err}") from None
+        else:
             self.schedule = self.exponential_schedule()
-        logger.info(f"rigl: {len(self.names)} masked weights, {cfg.density_distribution} densities "
-                    f"{min(densities.values()):.4f}..{max(densities.values()):.4f}, grow {cfg.grow_rule}, "
+        logger.info(f"rigl: {len(self.names)} masked weights, {self.allocation()}, grow {cfg.grow_rule}, "
                     f"{cfg.density_schedule} density, {len(self.update_steps)} mask updates (first "
                     f"{self.update_steps[0]}, last {self.update_steps[-1]})")
-
-    def layer_densities(self, density):
-        """{name: density} of the recipe's distribution at overall ``density``."""
-        cfg = self.cfg
-        values = layer_densities(list(self.shapes.values()), density, cfg.density_distribution,
-                                 cfg.dense_first_layer, cfg.erk_power_scale)
-        return dict(zip(self.names, values))
 
     def _first_mask(self):
         """The constant schedule's first update: random masks before any training."""
@@ -91,10 +80,10 @@ class RigLPruner(DropAndGrowPruner):
 
     def distribute(self, weights, density):
         if self._first_mask():
-            return random_layer_masks(self.shapes, self.layer_densities(density), self._rng(0))
+            return random_layer_masks(self.shapes, self.layer_counts(density), self._rng(0))
         if self.cfg.density_schedule == "constant":
             return self.masks()  # constant density: drop and grow inside the current topology
-        return layer_masks_at(weights, self.layer_densities(density))
+        return super().distribute(weights, density)  # exponential: the distribution's magnitude masks
 
     def grow_signal(self, step, batch, ctx, weights):
         if self._first_mask() or self.cfg.grow_rule == "none":

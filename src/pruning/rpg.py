@@ -5,8 +5,9 @@ Reference behaviour (huawei-noah/Efficient-Computing, Pruning/RPG) and deviation
 every ``delta`` iterations until T_end the iteration's batch is used for a dense gradient of the
 full loss, the masks are recomputed, and the optimizer step of that iteration is skipped
 (``rpg_apply_update_step: true`` applies it instead, a documented deviation). Each update also
-records a ``layer_ranks`` event: every conv's k (the reference's layerwise_ranks.csv) and, with
-``record_layer_ranks``, its numerical rank.
+records a ``layer_ranks`` event: every rank-loss layer's k (the reference's layerwise_ranks.csv)
+and, with ``record_layer_ranks``, its numerical rank. The rank loss covers the conv weights (the
+reference); ``rank_loss_layers: all`` adds the Dense (2-D) ones, for Dense-heavy networks.
 """
 import numpy as np
 import mindspore as ms
@@ -19,7 +20,8 @@ from src.pruning.rank_targets import rank_targets_numpy
 
 
 class RankLossTerm(nn.Cell):
-    """lamb * rank_loss over the conv weights: the extra term of the regrowth gradient.
+    """lamb * rank_loss over the rank-loss layers (conv weights; with ``rank_loss_layers: all``
+    Dense ones too): the extra term of the regrowth gradient.
 
     ``svd: host`` (default, as docs/RPG.md describes, for portability): the pruner computes the
     constant low-rank targets A_k on the host (k from a float64 Gram eigendecomposition, see
@@ -33,19 +35,19 @@ class RankLossTerm(nn.Cell):
     ``ranks`` holds each layer's k of the last targets (None: not in the loss).
     """
 
-    def __init__(self, conv_params, lamb, partial_k, svd="host", sparsity_thres=0.0):
+    def __init__(self, layer_params, lamb, partial_k, svd="host", sparsity_thres=0.0):
         super().__init__(auto_prefix=False)
-        self.params = ParameterTuple(conv_params)
+        self.params = ParameterTuple(layer_params)
         self.lamb = lamb
         self.partial_k = partial_k
         self.in_graph = svd == "graph"
-        count = len(conv_params)
+        count = len(layer_params)
         self.ok_flags = Parameter(Tensor(np.ones(count, np.float32)), name="rpg_rank.ok",
                                   requires_grad=False)
         self.targets = ParameterTuple([
             Parameter(Tensor(np.zeros((p.shape[0], int(np.prod(p.shape[1:]))), np.float32)),
                       name=f"rpg_rank.target.{p.name}", requires_grad=False)
-            for p in conv_params]) if not self.in_graph else ()
+            for p in layer_params]) if not self.in_graph else ()
         self.sparsity_thres = float(sparsity_thres)
         self.thresholded = self.sparsity_thres > 0.0
         self.covered = [True] * count
@@ -67,7 +69,7 @@ class RankLossTerm(nn.Cell):
             self.covered_flags.set_data(Tensor(np.asarray(self.covered, np.float32)))
 
     def set_host_targets(self, weights, rank=0, group_size=1):
-        """Host targets (float64 k rule) of every covered conv weight; returns the names of the
+        """Host targets (float64 k rule) of every covered layer weight; returns the names of the
         covered layers that failed.
 
         With several data-parallel workers each decomposes its share of the layers and two
@@ -116,35 +118,40 @@ class RPGPruner(DropAndGrowPruner):
         "rpg_apply_update_step": Key(bool, False, help_text="also take the optimizer step on mask-update "
                                                             "iterations (reference: skipped)"),
         "sparsity_thres": Key(float, 0.0, 0.0, 1.0, high_open=True,
-                              help_text="rank loss only on conv layers whose share of zero weights is at "
-                                        "least this (reference knob; 0 = every conv, its default)"),
+                              help_text="rank loss only on layers whose share of zero weights is at "
+                                        "least this (reference knob; 0 = every layer, its default)"),
         "record_layer_ranks": Key(bool, False,
-                                  help_text="add each conv's numerical rank (one SVD per conv per mask "
-                                            "update) to the layer_ranks event; k is always recorded"),
+                                  help_text="add each rank-loss layer's numerical rank (one SVD per layer "
+                                            "per mask update) to the layer_ranks event; k is always recorded"),
+        "rank_loss_layers": Key(str, "conv", choices=["conv", "all"],
+                                help_text="weights in the rank loss: conv (4-D, the reference) or all pruned "
+                                          "weights, Dense (2-D) ones too"),
     }
 
     def __init__(self, cfg, net, steps_per_epoch, logger):
         super().__init__(cfg, net, steps_per_epoch, logger)
         self.schedule = self.exponential_schedule()
         params = {p.name: p for p in net.trainable_params()}
-        self.conv_names = [n for n in self.names if len(params[n].shape) == 4]
+        self.rank_names = [n for n in self.names
+                           if cfg.rank_loss_layers == "all" or len(params[n].shape) == 4]
         self.rank_term = None
-        if cfg.lamb > 0 and self.conv_names:
-            self.rank_term = RankLossTerm([params[n] for n in self.conv_names], cfg.lamb,
+        if cfg.lamb > 0 and self.rank_names:
+            self.rank_term = RankLossTerm([params[n] for n in self.rank_names], cfg.lamb,
                                           cfg.partial_k, cfg.rank_svd, cfg.sparsity_thres)
         logger.info(f"rpg: {len(self.names)} masked weights, {len(self.update_steps)} mask updates "
                     f"(every {cfg.delta} iterations, first {self.update_steps[0]}, last "
                     f"{self.update_steps[-1]}), final density reached at update "
-                    f"{self.schedule.total_updates}, lamb {cfg.lamb}, partial_k {cfg.partial_k}"
+                    f"{self.schedule.total_updates}, lamb {cfg.lamb}, partial_k {cfg.partial_k}, "
+                    f"rank loss on {len(self.rank_names)} {cfg.rank_loss_layers} layers, {self.allocation()}"
                     + (f", sparsity_thres {cfg.sparsity_thres}" if cfg.sparsity_thres > 0 else ""))
 
     def _set_rank_targets(self, weights, ctx):
         if self.rank_term is None:
             return
-        convs = [weights[n] for n in self.conv_names]
-        self.rank_term.cover(convs)
+        layers = [weights[n] for n in self.rank_names]
+        self.rank_term.cover(layers)
         if not self.rank_term.in_graph:
-            self.rank_term.set_host_targets(convs, ctx.rank, ctx.group_size)
+            self.rank_term.set_host_targets(layers, ctx.rank, ctx.group_size)
 
     def grow_signal(self, step, batch, ctx, weights):
         """|dense gradient of task + lamb * rank loss| on this iteration's batch; the iteration
@@ -154,7 +161,7 @@ class RPGPruner(DropAndGrowPruner):
         self.rank_value = float(extra.asnumpy()) / self.cfg.lamb if self.rank_term is not None else None
         if self.rank_term is not None:
             self.rank_term.read_graph_ranks()
-            failed = [n for n, covered, ok in zip(self.conv_names, self.rank_term.covered,
+            failed = [n for n, covered, ok in zip(self.rank_names, self.rank_term.covered,
                                                   self.rank_term.ok_flags.asnumpy()) if covered and ok < 0.5]
             if failed:
                 self.logger.warning(f"rank loss: SVD failed or weight is all zero for {len(failed)} "
@@ -172,15 +179,15 @@ class RPGPruner(DropAndGrowPruner):
         return loss
 
     def _record_layer_ranks(self, ctx, event, weights):
-        """One ``layer_ranks`` event per update: each conv's k (chosen on the weights the update
+        """One ``layer_ranks`` event per update: each rank-loss layer's k (chosen on the weights the update
         started from, as the reference's layerwise_ranks.csv; None when not in the rank loss) and,
         with ``record_layer_ranks``, the numerical rank of its weight after the update."""
         if self.rank_term is None and not self.cfg.record_layer_ranks:
             return
         from src.report import numerical_rank
-        ks = self.rank_term.ranks if self.rank_term is not None else [None] * len(self.conv_names)
+        ks = self.rank_term.ranks if self.rank_term is not None else [None] * len(self.rank_names)
         layers = []
-        for name, k in zip(self.conv_names, ks):
+        for name, k in zip(self.rank_names, ks):
             row = {"name": name, "k": k}
             if self.cfg.record_layer_ranks:
                 matrix = weights[name].astype(np.float64)
