@@ -534,7 +534,8 @@ def parse_args():
 def check_recipes(args, parser):
     """Every run's train.py settings, checked before the first run starts (a bad --bn_score or
     --stream_ratios would otherwise surface hours later, in a log)."""
-    from src.config import ConfigError, parse_args as parse_recipe
+    from src.config import parse_args as parse_recipe
+    from src.errors import ConfigError
     for s in settings(args):
         cmd, _ = train_command(args, dict(s, start="scratch"), os.path.join(args.work_dir, "x"))
         try:

@@ -13,13 +13,14 @@ import sys
 
 import yaml
 
-from src.recipe_keys import ALIASES, BASE_KEYS, ConfigError, Key  # noqa: F401  (re-exported)
+from src.errors import ConfigError
+from src.pruning import methods  # noqa: F401  (registers the built-in methods)
+from src.pruning import registry
+from src.recipe_keys import ALIASES, BASE_KEYS, Key
 
 
 def schema():
-    """{key: Key} of every recipe key: BASE_KEYS and the keys of every registered pruning method
-    (imported here, not at the top: the methods import this module)."""
-    from src.pruning import registry
+    """{key: Key} of every recipe key: BASE_KEYS and the keys of every registered pruning method."""
     keys = dict(BASE_KEYS)
     method = keys["prune_method"]
     keys["prune_method"] = Key(str, method.default, choices=list(registry.METHODS), help_text=method.help)
@@ -174,7 +175,6 @@ def _resolve_aliases(values, where, keys):
 
 
 def _check_relations(cfg, keys):
-    from src.pruning import registry
     if cfg.lr_end > cfg.lr_max:
         raise ConfigError(f"config key 'lr_end': got {cfg.lr_end}, expected at most lr_max ({cfg.lr_max})")
     if cfg.warmup_epochs > cfg.epoch_size:
@@ -203,7 +203,6 @@ CIFAR_BASE_WIDTHS = (16, 32, 64)
 def keys_of_other_methods(cfg):
     """Keys the recipe or command line set that only other pruning methods read (ignored under
     cfg.prune_method), e.g. lamb on a GMP run."""
-    from src.pruning import registry
     own = registry.keys_of(cfg.prune_method)
     foreign = set(registry.method_keys()) - set(own)
     return sorted(k for k in getattr(cfg, "given", ()) if k in foreign)

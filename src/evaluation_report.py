@@ -51,7 +51,7 @@ def _report_widths(cfg, meta, result, report_png, log):
 
 def _report_layers(cfg, net, result, report_png, log):
     """A sparse network: per-layer density and numerical / effective rank."""
-    rows = layer_rows(net)
+    rows = layer_rows(net, prunable_weight_names(net))
     result["mean_relative_rank"] = mean_relative_rank(rows)
     result["mean_relative_effective_rank"] = mean_relative_rank(rows, key="relative_effective_rank")
     result["layers"] = rows

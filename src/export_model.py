@@ -1,20 +1,22 @@
 """Export a network for deployment (MINDIR, ONNX, AIR, or the SPARSE file of src/sparse_format.py)
 and check what was written: a MINDIR is reloaded and compared with the network, a SPARSE file is
 read back bit-exact. Only a file that passed its check replaces an earlier one.
-
-MindSpore and NumPy are imported inside the functions: export.py imports this module (for
-ExportError and FORMATS) before its heavy imports.
 """
 import os
 
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from src.dataset import input_shape
+from src.errors import ExportError
+from src.models.fold import fold_batchnorm
 from src.outputs import atomic_output, failure_reason
+from src.pruning.base import prunable_weight_names
+from src.sparse_format import canonical_zeros, ideal_size_bytes, read_sparse, write_sparse
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air", "SPARSE": ".sparse.npz"}
 TOLERANCE = 1e-4  # max abs difference between a reloaded MINDIR and the checkpoint network
-
-
-class ExportError(RuntimeError):
-    """Export failed or its result does not match the checkpoint."""
 
 
 def base_name(file_name, file_format):
@@ -28,7 +30,6 @@ def base_name(file_name, file_format):
 def export_graph(net, sample, file_name, file_format, verify=None):
     """ms.export to a temporary name, ``verify(temporary path)``, then rename: an earlier file is
     never half-overwritten, nor replaced by a file that fails its check. Returns the path written."""
-    import mindspore as ms
     suffix = FORMATS[file_format]
     final = file_name + suffix
     directory = os.path.dirname(os.path.abspath(final))
@@ -49,9 +50,6 @@ def export_graph(net, sample, file_name, file_format, verify=None):
 
 def verify_mindir(path, net, sample, shown=None):
     """Reload the MINDIR at ``path`` and compare its output on ``sample`` with ``net``'s."""
-    import numpy as np
-    import mindspore as ms
-    from mindspore import nn
     graph = nn.GraphCell(ms.load(path))
     expected = net(sample).asnumpy()
     got = graph(sample).asnumpy()
@@ -64,9 +62,6 @@ def verify_mindir(path, net, sample, shown=None):
 
 def export_sparse(net, file_name, ckpt, meta):
     """Write the SPARSE file, read it back bit-exact and print its size against the checkpoint's."""
-    import numpy as np
-    from src.pruning.base import prunable_weight_names
-    from src.sparse_format import canonical_zeros, ideal_size_bytes, read_sparse, write_sparse
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     path = file_name + FORMATS["SPARSE"]
     keep_meta = {k: meta[k] for k in ("net", "inner_widths", "stage_widths") if k in meta}
@@ -94,10 +89,6 @@ def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batc
     if file_format == "SPARSE":
         export_sparse(net, file_name, ckpt, meta)
         return
-    import numpy as np
-    from mindspore import Tensor
-    from src.dataset import input_shape
-    from src.models.fold import fold_batchnorm
     rng = np.random.default_rng(cfg.seed)
     shape = input_shape(cfg, batch)
     sample = Tensor(rng.standard_normal(shape).astype(np.float32))

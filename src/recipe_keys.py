@@ -4,10 +4,6 @@ Each pruning method declares its own keys on its class (``src.pruning.registry``
 ``src.config.schema()`` joins both."""
 
 
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message is one line."""
-
-
 class Key:
     """Declaration of one configuration key."""
 

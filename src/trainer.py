@@ -20,15 +20,16 @@ import numpy as np
 import mindspore as ms
 
 from src import checkpoint, run_record
-from src.config import ConfigError, keys_of_other_methods
+from src.config import keys_of_other_methods
 from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
-from src.errors import TrainingError
+from src.errors import ConfigError, TrainingError
 from src.interrupt import STOP, Interrupted
 from src.logs import FILE_ONLY, MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
 from src.pruning.base import prunable_weight_names, sparsity_of
+from src.pruning.registry import keys_of
 from src.training_graph import average_bn_statistics, build_training_graph, load_pretrained
 
 
@@ -81,7 +82,7 @@ class Trainer:
         self.pruner, self.lrs = self.session.pruner, self.session.lrs
         self.optimizer, self.train_step, self.ctx = (self.session.optimizer, self.session.train_step,
                                                      self.session.ctx)
-        self.ctx.rank, self.ctx.group_size = self.rank, self.group_size
+        self.ctx.rank, self.ctx.group_size, self.ctx.sum_across_workers = self.rank, self.group_size, all_reduce
         # a pass over the training set beyond the last epoch's (its own augmentation seed)
         self.ctx.recalibration_data = lambda: batches(self._dataset(training=True,
                                                                     epoch=cfg.epoch_size))
@@ -228,7 +229,6 @@ class Trainer:
         step = int(meta.get("step") or 0)
         if self.cfg.prune_method == "none" or not step or meta.get("recipe") is None:
             return
-        from src.pruning.registry import keys_of
         fixed = set(keys_of(self.cfg.prune_method)) | {"sparsity", "prune_include", "prune_exclude",
                                                        "prune_method"}
         changed = [k for k in run_record.recipe_changes(meta["recipe"], self.cfg, allowed=()) if k in fixed]

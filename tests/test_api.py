@@ -8,12 +8,12 @@ import mindspore as ms
 import pytest
 from mindspore import nn, ops, Tensor
 
-from src.config import ConfigError, Key
-from src.errors import TrainingError
+from src.errors import ConfigError, TrainingError
 from src.pruning.api import SparseTraining
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.registry import METHODS, register
 from src.pruning.schedules import ExponentialSchedule
+from src.recipe_keys import Key
 from tests.conftest import ROOT
 
 SIZE = 16

@@ -7,7 +7,8 @@ import mindspore as ms
 import pytest
 
 from src import checkpoint
-from src.config import ConfigError, build_config, load_yaml
+from src.config import build_config, load_yaml
+from src.errors import ConfigError
 from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
 from src.models.resnet import build_resnet, default_inner_widths

@@ -493,6 +493,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor
 from mindspore.communication import get_group_size, get_rank, init
+from src.metrics import all_reduce
 from src.pruning.rank_targets import rank_targets_numpy
 from src.pruning.rpg import RankLossTerm
 ms.set_context(mode=ms.GRAPH_MODE)
@@ -504,7 +505,7 @@ shapes = [(16, 1, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3), (64, 32, 1, 1), (64, 64
 weights = [(rng.standard_normal(s) * np.sqrt(2 / np.prod(s[1:]))).astype(np.float32) for s in shapes]
 weights[1][:] = 0.0  # unusable layer: flagged on every worker
 term = RankLossTerm([Parameter(Tensor(w), name=f"w{i}") for i, w in enumerate(weights)], 0.5, 0.2)
-failed = term.set_host_targets(weights, rank, size)
+failed = term.set_host_targets(weights, rank, size, all_reduce)
 single, _, ok = rank_targets_numpy(weights, 0.2)
 same = all(np.array_equal(p.asnumpy(), t) for p, t in zip(term.targets, single))
 same = same and np.array_equal(term.ok_flags.asnumpy(), np.asarray(ok, np.float32))

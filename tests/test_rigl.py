@@ -6,7 +6,8 @@ import mindspore as ms
 import pytest
 from mindspore import nn
 
-from src.config import ConfigError, build_config, parse_args
+from src.config import build_config, parse_args
+from src.errors import ConfigError
 from src.models.resnet import build_resnet
 from src.pruning.api import SparseTraining
 from src.pruning.distributions import layer_densities

@@ -29,12 +29,14 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from src.config import ConfigError, build_config, keys_of_other_methods
-from src.errors import TrainingError, require_finite_loss
+from src.config import build_config, keys_of_other_methods
+from src.errors import ConfigError, TrainingError, require_finite_loss
 from src.pruning.base import sparsity_of
 from src.pruning.context import TrainContext
 from src.pruning.registry import build_pruner
 from src.pruning.train_cell import LossCell, TrainStep
+from src.recipe_keys import ALIASES, BASE_KEYS
+from src.report import layer_rows
 
 
 class SparseTraining:
@@ -129,7 +131,6 @@ class SparseTraining:
     def report(self):
         """{"sparsity": over the pruned weights, "layers": [{name, shape, density, rank,
         full_rank, effective_rank, ...}]} (numerical and effective rank of each weight matrix)."""
-        from src.report import layer_rows
         names = getattr(self.pruner, "names", None) or []
         rows = layer_rows(self.network, names)   # the SVDs of the pruned layers only
         weights = self.ctx.get_weights(names).values()
@@ -169,7 +170,6 @@ def method_settings(method, steps_per_epoch, epochs, keys):
             raise ConfigError(f"{name}: got {value!r}, expected a positive integer")
     if "epoch_size" in keys or "prune_method" in keys:
         raise ConfigError("give the run's length as epochs= and the method as method=")
-    from src.recipe_keys import ALIASES, BASE_KEYS
     other = [k for k in keys if ALIASES.get(k, k) in BASE_KEYS and ALIASES.get(k, k) not in API_BASE_KEYS]
     if other:
         raise ConfigError(f"'{other[0]}' is a train.py recipe key: SparseTraining takes the method's "

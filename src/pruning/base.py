@@ -1,7 +1,7 @@
 """The pruning-method contract. The training loop (``src/trainer.py``, through the public
 ``src.pruning.api.SparseTraining``) never tells methods apart; a method is one class:
 
-- ``name`` and ``keys`` (its recipe keys, ``src.config.Key``; the schema is built from the
+- ``name`` and ``keys`` (its recipe keys, ``src.recipe_keys.Key``; the schema is built from the
   registry), ``check_recipe(cfg)`` (constraints the yaml alone decides, checked at parse time).
 - ``graph_pieces(optimizer)``: the cells its train step needs (``src.pruning.train_cell``): hard
   masks (``HardMasks``), gradient energy (PSAP's ``GradientEnergy``) or nothing.

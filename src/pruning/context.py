@@ -29,8 +29,11 @@ class TrainContext:
         self.input_shape = input_shape
         self.epoch = 0
         self.step = 0
+        # data parallel (set by the loop): this worker's rank, the number of workers and a
+        # collective float32 sum of a host array over them (every worker must call it)
         self.rank = 0
         self.group_size = 1
+        self.sum_across_workers = None
         self.before_reading_statistics = None  # data parallel: averages BN statistics (trainer)
         # a callable returning an iterable of (image, label) training batches, for
         # recalibrate_bn (train.py: a fresh pass over the training set; SparseTraining: end_epoch)

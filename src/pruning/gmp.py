@@ -4,10 +4,11 @@ Sparsity follows the cubic schedule between ``gmp_begin_step`` and ``gmp_end_ste
 update every ``gmp_frequency`` iterations; magnitude only (global or per layer), no regrowth,
 no rank loss.
 """
-from src.config import ConfigError, Key
+from src.errors import ConfigError
 from src.pruning.hard_mask import HardMaskPruner
 from src.pruning.mask_ops import global_magnitude_masks, layer_magnitude_masks
 from src.pruning.schedules import CubicSchedule, t_end_step
+from src.recipe_keys import Key
 
 
 class GMPPruner(HardMaskPruner):

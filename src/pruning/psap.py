@@ -36,7 +36,7 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
 """
 import numpy as np
 
-from src.config import ConfigError, Key
+from src.errors import ConfigError
 from src.models.flops import layer_records
 from src.pruning.base import Pruner
 from src.pruning.psap_allocation import (  # noqa: F401  (re-exported: the public PSAP functions)
@@ -53,6 +53,7 @@ from src.pruning.psap_streams import StreamPruning, check_stream_recipe
 from src.pruning.psap_taylor import TaylorMixin
 from src.pruning.psap_widths import allowed_pruned_counts, round_pruned_counts
 from src.pruning.surgery import prunable_layers, zero_filters
+from src.recipe_keys import Key
 
 
 

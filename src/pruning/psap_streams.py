@@ -22,7 +22,7 @@ The inner allocation then meets the rest of the MACs target on the network with 
 """
 import numpy as np
 
-from src.config import ConfigError
+from src.errors import ConfigError
 from src.models.resnet import checked_stage_widths, cifar_stage_widths, is_cifar_style
 from src.pruning.psap_allocation import cut_records
 from src.pruning.psap_scores import filter_scores

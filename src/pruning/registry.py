@@ -1,17 +1,13 @@
 """The pruning methods by ``prune_method`` name, and the recipe keys they declare on their class.
 
 The recipe schema (``src.config.schema``) is built from here: a method's keys exist exactly when
-its class is registered. ``register`` adds a method (e.g. a test's toy method) without touching
-the loop or the train step.
+its class is registered. The built-in methods are registered by ``src.pruning.methods``;
+``register`` adds another (e.g. a test's toy method) without touching the loop or the train step.
 """
 import re
 
-from src.recipe_keys import Key
 from src.pruning.base import Pruner
-from src.pruning.gmp import GMPPruner
-from src.pruning.psap import PSAPPruner
-from src.pruning.rigl import RigLPruner
-from src.pruning.rpg import RPGPruner
+from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS, Key
 
 METHODS = {}
 
@@ -20,7 +16,7 @@ def register(method):
     """Make ``method`` (a Pruner subclass with its own ``name``) selectable by prune_method.
 
     Refused with a ValueError, leaving the registry as it was: a name that is taken by another
-    class, keys that are not ``src.config.Key`` declarations, and a key another method or the
+    class, keys that are not ``src.recipe_keys.Key`` declarations, and a key another method or the
     base recipe already declares."""
     if not (isinstance(method, type) and issubclass(method, Pruner)):
         raise TypeError(f"{method!r} is not a Pruner subclass")
@@ -34,8 +30,7 @@ def register(method):
     own = vars(method).get("keys", {})
     wrong = [k for k, v in own.items() if not isinstance(v, Key)]
     if wrong:
-        raise ValueError(f"{method.__name__}.keys['{wrong[0]}'] must be a src.config.Key declaration")
-    from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS
+        raise ValueError(f"{method.__name__}.keys['{wrong[0]}'] must be a src.recipe_keys.Key declaration")
     clash = [k for k in own if k in BASE_KEYS or k in ALIASES or k in SCRIPT_FLAGS
              or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", k)]
     if clash:
@@ -83,7 +78,3 @@ def check_recipe(cfg):
 
 def build_pruner(cfg, net, steps_per_epoch, logger):
     return METHODS[cfg.prune_method](cfg, net, steps_per_epoch, logger)
-
-
-for _method in (Pruner, GMPPruner, RPGPruner, RigLPruner, PSAPPruner):
-    register(_method)

@@ -20,11 +20,12 @@ Differences to RigL's code: docs/RPG.md ("The RigL family").
 """
 import numpy as np
 
-from src.config import ConfigError, Key
+from src.errors import ConfigError
 from src.pruning.distributions import DISTRIBUTIONS, layer_densities
 from src.pruning.drop_grow import DropAndGrowPruner
 from src.pruning.mask_ops import layer_masks_at, random_layer_masks
 from src.pruning.schedules import ConstantSchedule
+from src.recipe_keys import Key
 
 GROW_RULES = ("gradient", "random", "none")
 DENSITY_SCHEDULES = ("constant", "exponential")
