@@ -65,7 +65,7 @@ def rank_summary(ckpt_dir, recipe):
     """Mean relative numerical and effective rank of the convs of a run's last.ckpt."""
     from src.config import parse_args
     from src.models import network_from_checkpoint
-    from src.pruning.base import prunable_weight_names
+    from src.pruning.core.base import prunable_weight_names
     from src.report import layer_rows, mean_relative_rank
     cfg, _ = parse_args(["--config_path", recipe])
     net, _ = network_from_checkpoint(cfg, os.path.join(ckpt_dir, "last.ckpt"))

@@ -37,12 +37,12 @@ import mindspore as ms  # noqa: E402
 
 from src.config import build_config  # noqa: E402
 from src.models import build_network, default_inner_widths  # noqa: E402
-from src.models.fold import fold_batchnorm  # noqa: E402
 from src.models.flops import count_macs_params, layer_records  # noqa: E402
+from src.models.fold import fold_batchnorm  # noqa: E402
 from src.models.resnet import ARCHITECTURES, is_cifar_style  # noqa: E402
-from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
-from src.pruning.psap_widths import round_pruned_counts  # noqa: E402
-from src.pruning.surgery import prunable_layers  # noqa: E402
+from src.pruning.filters.pruner import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
+from src.pruning.filters.surgery import prunable_layers  # noqa: E402
+from src.pruning.filters.widths import round_pruned_counts  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)   # Fashion-MNIST
 UNFOLDED = "dense, BN unfolded"   # the reference row of a --fold_bn run

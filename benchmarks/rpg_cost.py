@@ -25,8 +25,8 @@ import time
 import numpy as np
 
 from common import machine_info, random_batch, timed, training_setup, write_results
-from src.pruning.mask_ops import global_magnitude_masks
-from src.pruning.rank_targets import (_as_2d, _project, _unit, layers_for_worker, own_bases,
+from src.pruning.masks.mask_ops import global_magnitude_masks
+from src.pruning.masks.rpg.rank_targets import (_as_2d, _project, _unit, layers_for_worker, own_bases,
                                       rank_targets_numpy)
 from tests.rank_reference import svd_targets_numpy  # the float64 SVD path, timed as "before"
 

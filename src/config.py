@@ -15,7 +15,7 @@ import yaml
 
 from src.errors import ConfigError
 from src.pruning import methods  # noqa: F401  (registers the built-in methods)
-from src.pruning import registry
+from src.pruning.core import registry
 from src.recipe_keys import ALIASES, BASE_KEYS, Key
 
 

@@ -12,7 +12,7 @@ from src.dataset import input_shape
 from src.errors import ExportError
 from src.models.fold import fold_batchnorm
 from src.outputs import atomic_output, failure_reason
-from src.pruning.base import prunable_weight_names
+from src.pruning.core.base import prunable_weight_names
 from src.sparse_format import canonical_zeros, ideal_size_bytes, read_sparse, write_sparse
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air", "SPARSE": ".sparse.npz"}

@@ -28,8 +28,8 @@ from src.interrupt import STOP, Interrupted
 from src.logs import FILE_ONLY, MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
-from src.pruning.base import prunable_weight_names, sparsity_of
-from src.pruning.registry import keys_of
+from src.pruning.core.base import prunable_weight_names, sparsity_of
+from src.pruning.core.registry import keys_of
 from src.training_graph import average_bn_statistics, build_training_graph, load_pretrained
 
 

@@ -9,7 +9,7 @@ from src import checkpoint
 from src.lr_schedule import learning_rates
 from src.metrics import all_reduce
 from src.models import build_network, training_network
-from src.pruning.api import SparseTraining
+from src.sparse_training import SparseTraining
 
 
 def weight_decay_groups(net, weight_decay):

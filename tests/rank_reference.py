@@ -8,7 +8,7 @@ weight or a failing SVD is skipped).
 """
 import numpy as np
 
-from src.pruning.rank_targets import _as_2d, _check_partial_k, select_rank
+from src.pruning.masks.rpg.rank_targets import _as_2d, _check_partial_k, select_rank
 
 
 def normalized_svd(W2d):

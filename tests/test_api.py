@@ -9,11 +9,11 @@ import pytest
 from mindspore import nn, ops, Tensor
 
 from src.errors import ConfigError, TrainingError
-from src.pruning.api import SparseTraining
-from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.registry import METHODS, register
-from src.pruning.schedules import ExponentialSchedule
+from src.pruning.core.registry import METHODS, register
+from src.pruning.masks.hard_mask import HardMaskPruner
+from src.pruning.masks.schedules import ExponentialSchedule
 from src.recipe_keys import Key
+from src.sparse_training import SparseTraining
 from tests.conftest import ROOT
 
 SIZE = 16

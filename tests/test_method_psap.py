@@ -11,7 +11,7 @@ from mindspore import Tensor
 
 from src.config import build_config
 from src.models import build_network
-from src.pruning.psap_energy import ENERGY_PREFIX
+from src.pruning.filters.energy import ENERGY_PREFIX
 from src.training_graph import build_training_graph
 
 RATIO = 0.3

@@ -12,14 +12,14 @@ from src.errors import ConfigError
 from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
 from src.models.resnet import build_resnet, default_inner_widths
-from src.pruning.psap import (PSAPPruner, adaptive_layer_ratios, asfp_target,
+from src.pruning.filters.pruner import (PSAPPruner, adaptive_layer_ratios, asfp_target,
                               bn_normalized_energy, count_bounds, filter_costs, filter_scores,
                               flops_layer_counts, protected_filters, removed_macs,
                               weight_sparsity_ratio)
-from src.pruning.psap_protection import OUTCOME_COLUMNS
-from src.pruning.psap_scores import relu_gaussian_variance, taylor_bn_terms
-from src.pruning.psap_widths import round_pruned_counts
-from src.pruning.surgery import prunable_layers
+from src.pruning.filters.protection import OUTCOME_COLUMNS
+from src.pruning.filters.scores import relu_gaussian_variance, taylor_bn_terms
+from src.pruning.filters.surgery import prunable_layers
+from src.pruning.filters.widths import round_pruned_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGGER = logging.getLogger("test_psap")
@@ -873,7 +873,7 @@ def test_bn_statistics_are_reestimated_after_the_final_step_only(tmp_path):
 
 
 def test_train_context_recalibration_moves_bn_statistics_and_nothing_else(tmp_path):
-    from src.pruning.context import TrainContext
+    from src.pruning.core.context import TrainContext
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = build_config({"net": "resnet20", "in_channels": 1, "dataset": "fashion_mnist"}, {})
     ms.set_seed(0)

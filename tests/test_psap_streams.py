@@ -11,8 +11,8 @@ from src.config import build_config
 from src.errors import ConfigError
 from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
-from src.pruning.psap_streams import StreamPruning, kept_stream_widths
-from src.pruning.surgery import residual_streams
+from src.pruning.filters.streams import StreamPruning, kept_stream_widths
+from src.pruning.filters.surgery import residual_streams
 from tests.test_psap import _setup, finish, finish_and_compare
 
 SHAPE = (1, 1, 28, 28)
@@ -30,8 +30,8 @@ def test_kept_widths_round_to_the_nearest_multiple():
 def test_stream_cut_macs_equal_those_of_the_network_built_with_the_stage_widths(shortcut, cut):
     """The cost model the allocation uses, against the MAC count of the real smaller network
     (inner convs cut as well, so the bilinear conv1 / conv2 terms are exercised)."""
-    from src.pruning.psap_allocation import removed_macs
-    from src.pruning.surgery import prunable_layers
+    from src.pruning.filters.allocation import removed_macs
+    from src.pruning.filters.surgery import prunable_layers
     cfg = build_config({"net": "resnet20", "shortcut": shortcut, "prune_method": "psap",
                         "psap_stream_ratios": [0.5, 0.0, 0.25]}, {})
     net = build_network(cfg)

@@ -9,10 +9,10 @@ from mindspore import nn
 from src.config import build_config, parse_args
 from src.errors import ConfigError
 from src.models.resnet import build_resnet
-from src.pruning.api import SparseTraining
-from src.pruning.distributions import layer_densities
-from src.pruning.mask_ops import layer_masks_at, random_layer_masks
-from src.pruning.schedules import ConstantSchedule
+from src.pruning.masks.distributions import layer_densities
+from src.pruning.masks.mask_ops import layer_masks_at, random_layer_masks
+from src.pruning.masks.schedules import ConstantSchedule
+from src.sparse_training import SparseTraining
 from tests.conftest import ROOT
 from tests.test_api import PlainConvNet, make_batches
 

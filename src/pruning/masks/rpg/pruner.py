@@ -12,9 +12,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
-from src.pruning.drop_grow import DropAndGrowPruner
-from src.pruning.rank_loss import layer_rank_terms, mean_over_usable_layers, rank_loss_from_targets
-from src.pruning.rank_targets import rank_targets_numpy
+from src.pruning.masks.drop_grow import DropAndGrowPruner
+from src.pruning.masks.rpg.rank_loss import layer_rank_terms, mean_over_usable_layers, rank_loss_from_targets
+from src.pruning.masks.rpg.rank_targets import rank_targets_numpy
 from src.recipe_keys import Key
 from src.report import numerical_rank
 

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 from mindspore import Tensor
 
-from src.pruning.train_cell import DenseGradient, TrainStep, optimizer_state
+from src.pruning.core.train_cell import DenseGradient, TrainStep, optimizer_state
 
 BN_STATISTICS = ("moving_mean", "moving_variance")
 

@@ -38,21 +38,21 @@ import numpy as np
 
 from src.errors import ConfigError
 from src.models.flops import layer_records
-from src.pruning.base import Pruner
-from src.pruning.psap_allocation import (  # noqa: F401  (re-exported: the public PSAP functions)
+from src.pruning.core.base import Pruner
+from src.pruning.filters.allocation import (  # noqa: F401  (re-exported: the public PSAP functions)
     adaptive_layer_ratios, asfp_target, count_bounds, filter_costs, flops_layer_counts,
     removed_macs, weight_sparsity_ratio)
-from src.pruning.psap_energy import GradientEnergy
-from src.pruning.psap_compact import (  # noqa: F401
+from src.pruning.filters.energy import GradientEnergy
+from src.pruning.filters.compact import (  # noqa: F401
     TARGET_TOLERANCE, PruningTargetError, finish_compact)
-from src.pruning.psap_protection import (  # noqa: F401
+from src.pruning.filters.protection import (  # noqa: F401
     BN_TINY, OUTCOME_COLUMNS, ProtectionMixin, bn_normalized_energy, protected_filters)
-from src.pruning.psap_scores import (  # noqa: F401
+from src.pruning.filters.scores import (  # noqa: F401
     BN_SCORES, SCORES, filter_scores, folded_weight, taylor_bn_terms)
-from src.pruning.psap_streams import StreamPruning, check_stream_recipe
-from src.pruning.psap_taylor import TaylorMixin
-from src.pruning.psap_widths import allowed_pruned_counts, round_pruned_counts
-from src.pruning.surgery import prunable_layers, zero_filters
+from src.pruning.filters.streams import StreamPruning, check_stream_recipe
+from src.pruning.filters.surgery import prunable_layers, zero_filters
+from src.pruning.filters.taylor import TaylorMixin
+from src.pruning.filters.widths import allowed_pruned_counts, round_pruned_counts
 from src.recipe_keys import Key
 
 

@@ -1,7 +1,7 @@
 """The end of a PSAP run: the physically smaller network, its metadata and the target check."""
 from src.errors import TrainingError
 from src.models.flops import count_macs_params
-from src.pruning.surgery import compact_network, plan_removal, plan_stream_removal
+from src.pruning.filters.surgery import compact_network, plan_removal, plan_stream_removal
 
 TARGET_TOLERANCE = 0.01
 

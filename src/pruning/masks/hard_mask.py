@@ -12,10 +12,10 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
 from src.errors import ConfigError, TrainingError
-from src.pruning.base import Pruner, prunable_weight_names, sparsity_of, unmatched_patterns
-from src.pruning.mask_ops import global_magnitude_masks
-from src.pruning.train_cell import optimizer_state
-from src.pruning.update import mask_update
+from src.pruning.core.base import Pruner, prunable_weight_names, sparsity_of, unmatched_patterns
+from src.pruning.core.train_cell import optimizer_state
+from src.pruning.masks.mask_ops import global_magnitude_masks
+from src.pruning.masks.update import mask_update
 from src.recipe_keys import Key
 
 MASK_PREFIX = "pruning_mask."

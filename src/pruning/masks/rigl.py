@@ -21,10 +21,10 @@ Differences to RigL's code: docs/RPG.md ("The RigL family").
 import numpy as np
 
 from src.errors import ConfigError
-from src.pruning.distributions import DISTRIBUTIONS, layer_densities
-from src.pruning.drop_grow import DropAndGrowPruner
-from src.pruning.mask_ops import layer_masks_at, random_layer_masks
-from src.pruning.schedules import ConstantSchedule
+from src.pruning.masks.distributions import DISTRIBUTIONS, layer_densities
+from src.pruning.masks.drop_grow import DropAndGrowPruner
+from src.pruning.masks.mask_ops import layer_masks_at, random_layer_masks
+from src.pruning.masks.schedules import ConstantSchedule
 from src.recipe_keys import Key
 
 GROW_RULES = ("gradient", "random", "none")

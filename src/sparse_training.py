@@ -1,6 +1,6 @@
 """Prune any MindSpore network while training it in your own loop.
 
-    from src.pruning.api import SparseTraining
+    from src.sparse_training import SparseTraining
     sparse = SparseTraining(net, nn.CrossEntropyLoss(), optimizer, method="rpg",
                             steps_per_epoch=len(batches), epochs=10, sparsity=0.9, delta=50)
     for epoch in range(10):
@@ -31,10 +31,10 @@ from mindspore import Tensor
 
 from src.config import build_config, keys_of_other_methods
 from src.errors import ConfigError, TrainingError, require_finite_loss
-from src.pruning.base import sparsity_of
-from src.pruning.context import TrainContext
-from src.pruning.registry import build_pruner
-from src.pruning.train_cell import LossCell, TrainStep
+from src.pruning.core.base import sparsity_of
+from src.pruning.core.context import TrainContext
+from src.pruning.core.registry import build_pruner
+from src.pruning.core.train_cell import LossCell, TrainStep
 from src.recipe_keys import ALIASES, BASE_KEYS
 from src.report import layer_rows
 

@@ -8,7 +8,7 @@ the importance is averaged over those batches and reset after the step.
 """
 import numpy as np
 
-from src.pruning.psap_scores import filter_scores, taylor_bn_terms
+from src.pruning.filters.scores import filter_scores, taylor_bn_terms
 
 
 class TaylorMixin:

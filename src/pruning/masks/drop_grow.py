@@ -6,8 +6,8 @@ rank loss to it).
 import numpy as np
 
 from src.errors import ConfigError, TrainingError, require_finite_loss
-from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.schedules import ExponentialSchedule
+from src.pruning.masks.hard_mask import HardMaskPruner
+from src.pruning.masks.schedules import ExponentialSchedule
 from src.recipe_keys import Key
 
 

@@ -6,7 +6,7 @@ its class is registered. The built-in methods are registered by ``src.pruning.me
 """
 import re
 
-from src.pruning.base import Pruner
+from src.pruning.core.base import Pruner
 from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS, Key
 
 METHODS = {}

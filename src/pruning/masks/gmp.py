@@ -5,9 +5,9 @@ update every ``gmp_frequency`` iterations; magnitude only (global or per layer),
 no rank loss.
 """
 from src.errors import ConfigError
-from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.mask_ops import global_magnitude_masks, layer_magnitude_masks
-from src.pruning.schedules import CubicSchedule, t_end_step
+from src.pruning.masks.hard_mask import HardMaskPruner
+from src.pruning.masks.mask_ops import global_magnitude_masks, layer_magnitude_masks
+from src.pruning.masks.schedules import CubicSchedule, t_end_step
 from src.recipe_keys import Key
 
 

@@ -24,9 +24,9 @@ import numpy as np
 
 from src.errors import ConfigError
 from src.models.resnet import checked_stage_widths, cifar_stage_widths, is_cifar_style
-from src.pruning.psap_allocation import cut_records
-from src.pruning.psap_scores import filter_scores
-from src.pruning.surgery import residual_streams
+from src.pruning.filters.allocation import cut_records
+from src.pruning.filters.scores import filter_scores
+from src.pruning.filters.surgery import residual_streams
 
 BN_FIELDS = ("gamma", "beta", "moving_variance")
 
