@@ -2,7 +2,7 @@
 
 Every key a recipe or the command line may set is declared once with its type, accepted range
 and default: the keys every run has in ``src/recipe_keys.py``, each pruning method's keys on its
-class (``src.pruning.registry``); ``schema()`` joins them. A typo or an out-of-range value raises
+class (``src.pruning.core.registry``); ``schema()`` joins them. A typo or an out-of-range value raises
 ``ConfigError`` with one line that names the key and says what is accepted; the entry scripts
 turn it into exit code 2.
 """

@@ -1,6 +1,6 @@
 """The recipe keys every run has (run, data, network, optimisation, logging, checkpoints and the
 keys shared by all pruning methods), their declaration type ``Key`` and the model-zoo aliases.
-Each pruning method declares its own keys on its class (``src.pruning.registry``);
+Each pruning method declares its own keys on its class (``src.pruning.core.registry``);
 ``src.config.schema()`` joins both."""
 
 
@@ -89,7 +89,7 @@ BASE_KEYS = {
     "scratch_warning": Key(str, "", help_text="logged as a warning when the run starts without "
                                               "pre_trained (recipes whose published number needs one)"),
     # --- pruning (shared) ---
-    "prune_method": Key(str, "none", help_text="a registered pruning method (src/pruning/registry.py)"),
+    "prune_method": Key(str, "none", help_text="a registered pruning method (src/pruning/methods.py)"),
     "sparsity": Key(float, 0.9, 0.0, 1.0, high_open=True),
     "prune_include": Key(list, [], help_text="name patterns of prunable weights; [] = every conv and FC weight"),
     "prune_exclude": Key(list, [], help_text="name patterns removed from the prunable set"),

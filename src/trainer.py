@@ -1,5 +1,5 @@
 """The training loop. It knows nothing about pruning methods: a pruner plugs in through the hooks
-of ``src/pruning/base.py`` and reaches the training graph through ``TrainContext``.
+of ``src/pruning/core/base.py`` and reaches the training graph through ``TrainContext``.
 
 Data parallel (``run_distribute: true``, launched by msrun): gradients and losses are averaged
 over the workers inside the train cells, so every worker holds the same weights, masks and

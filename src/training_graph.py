@@ -1,5 +1,5 @@
 """The training graph from a recipe: optimizer with per-step learning rates, loss, mixed-precision
-twin and the pruning method's ``SparseTraining`` (``src.pruning.api``), shared by the Trainer
+twin and the pruning method's ``SparseTraining`` (``src.sparse_training``), shared by the Trainer
 and the benchmarks so that both run exactly the same graph; and the helpers around it
 (weight-decay groups, pre-trained weights, BatchNorm statistics across workers)."""
 import numpy as np

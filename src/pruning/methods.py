@@ -1,5 +1,5 @@
 """The built-in pruning methods: the one module that names them all. Importing it registers
-them (``src.pruning.registry.register``), so the recipe schema (``src.config.schema``) holds
+them (``src.pruning.core.registry.register``), so the recipe schema (``src.config.schema``) holds
 their keys; ``prune_method: none`` is the base class ``Pruner`` (no pruning)."""
 from src.pruning.core.base import Pruner
 from src.pruning.core.registry import register

@@ -1,9 +1,9 @@
 """The pruning-method contract. The training loop (``src/trainer.py``, through the public
-``src.pruning.api.SparseTraining``) never tells methods apart; a method is one class:
+``src.sparse_training.SparseTraining``) never tells methods apart; a method is one class:
 
 - ``name`` and ``keys`` (its recipe keys, ``src.recipe_keys.Key``; the schema is built from the
   registry), ``check_recipe(cfg)`` (constraints the yaml alone decides, checked at parse time).
-- ``graph_pieces(optimizer)``: the cells its train step needs (``src.pruning.train_cell``): hard
+- ``graph_pieces(optimizer)``: the cells its train step needs (``src.pruning.core.train_cell``): hard
   masks (``HardMasks``), gradient energy (PSAP's ``GradientEnergy``) or nothing.
 - ``before_step(step, batch, ctx)``: called before iteration ``step`` (0-based count of finished
   iterations). Returning a float (the iteration's loss) means "this iteration is mine": the method
@@ -15,7 +15,7 @@
   Values are numpy arrays, ints, floats or strings; they are stored in every checkpoint.
 - ``report()``: a short dict for the log line (e.g. {"sparsity": 0.9}).
 
-``ctx`` is a ``src.pruning.context.TrainContext``: the network, host copies of weights, dense
+``ctx`` is a ``src.pruning.core.context.TrainContext``: the network, host copies of weights, dense
 gradients on a batch, train-step variants with an extra loss, a logger and ``record(event)``.
 """
 import fnmatch

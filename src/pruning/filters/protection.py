@@ -4,7 +4,7 @@ After a pruning step each zeroed filter's gradient energy is compared with the m
 its layer's kept filters; a zeroed filter above ``protect_tau`` times that median is protected: it
 is left out of the candidates of the next ``protect_steps`` pruning steps, so it can regrow. When
 its protection ends it competes on its score again: with ``l2`` a regrown filter's norm has
-exploded behind BN and it always wins, with a BN-aware score (``src.pruning.psap_scores``) it has
+exploded behind BN and it always wins, with a BN-aware score (``scores``) it has
 to earn its place. ``ProtectionMixin`` also records the outcome per step (how many filters
 protected at the previous step are kept, how many of those competed on score and won) and which
 regrown filters survive to the end.

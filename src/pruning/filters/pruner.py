@@ -26,7 +26,7 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
   filter's BatchNorm scale (see ``bn_normalized_energy`` for why both are needed: the raw energy of
   a zeroed filter is set by its BN's 1/sqrt(eps) factor, not by what the filter is worth);
   ``raw``: the literal design, sum(grad^2) accumulated over the whole interval, compared as is;
-- only inner convs of residual blocks are pruned (``src.pruning.surgery``); at the last pruning
+- only inner convs of residual blocks are pruned (``surgery``); at the last pruning
   step the BN gamma and beta of the pruned filters are zeroed too, so the pruned channels output
   exactly 0 and the compact network equals the masked one (see ``_select``); the BatchNorm
   statistics are then re-estimated on ``psap_bn_recalibration`` training batches, because the

@@ -5,7 +5,7 @@ offers them for comparison.
 Three choices, each a recipe key:
 
 - ``density_distribution``: how the density is shared among layers, ``uniform`` or ``erk``
-  (src/pruning/distributions.py; ``dense_first_layer``, ``erk_power_scale``); masks keep the
+  (distributions.py; ``dense_first_layer``, ``erk_power_scale``); masks keep the
   largest |w| of each layer at its density, exact counts.
 - ``grow_rule``: ``gradient`` (RigL: |dense gradient of the task loss| on the update iteration's
   batch; that iteration's optimizer step is skipped, as in RigL's SparseRigLOptimizer),

@@ -1,5 +1,5 @@
 """RPG: gradual global-magnitude pruning with RigL drop-and-grow, regrowth scored by the dense
-gradient of task_loss + lamb * rank_loss (the adversarial rank loss of src/pruning/rank_loss.py).
+gradient of task_loss + lamb * rank_loss (the adversarial rank loss of rank_loss.py).
 
 Reference behaviour (huawei-noah/Efficient-Computing, Pruning/RPG) and deviations: docs/RPG.md;
 every ``delta`` iterations until T_end the iteration's batch is used for a dense gradient of the

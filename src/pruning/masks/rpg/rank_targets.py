@@ -2,7 +2,7 @@
 
 For a conv weight W of shape (C_out, C_in, kh, kw), Wn = W.reshape(C_out, -1) / ||W||_F, and the
 target is A_k, the best rank-k approximation of Wn (Eckart-Young: its truncated SVD), k from the
-energy rule. src/pruning/rank_loss.py differentiates -||Wn - A_k||_F^2 with A_k held constant;
+energy rule. rank_loss.py differentiates -||Wn - A_k||_F^2 with A_k held constant;
 this module computes the A_k before the train step (``rank_targets_numpy``), so the SVD stays
 out of the differentiated graph and works on every backend.
 
