@@ -40,7 +40,7 @@ from src.models import build_network, default_inner_widths  # noqa: E402
 from src.models.flops import count_macs_params, layer_records  # noqa: E402
 from src.models.fold import fold_batchnorm  # noqa: E402
 from src.models.resnet import ARCHITECTURES, is_cifar_style  # noqa: E402
-from src.pruning.filters.pruner import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
+from src.pruning.filters.allocation import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
 from src.pruning.filters.surgery import prunable_layers  # noqa: E402
 from src.pruning.filters.widths import round_pruned_counts  # noqa: E402
 

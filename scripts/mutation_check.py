@@ -123,7 +123,7 @@ MUTANTS = [
       "    return np.zeros(energy_zeroed.shape, dtype=bool)",
       f"{PSAP_T}::test_protection_keeps_the_planted_filter"),
     m("noop_psap_apply_masks", "src/pruning/filters/pruner.py",
-      "        ctx.zero_outside(masks)\n", "        pass\n",
+      "        ctx.zero_outside({**masks, **stream_masks})\n", "        pass\n",
       f"{PSAP_T}::test_exactly_the_lowest_scoring_filters_are_zeroed"),
     m("noop_canonical_zeros", "src/sparse_format.py",
       "    return np.where(array == 0, np.float32(0.0), array)", "    return array",

@@ -73,7 +73,7 @@ def _zeroed_filters(weights):
 @pytest.mark.parametrize("score", sorted(SCORES))
 def test_exactly_the_lowest_scoring_filters_are_zeroed(tmp_path, score):
     pruner, ctx = _build(tmp_path, filter_score=score)
-    names = pruner.conv_names
+    names = pruner.layout.conv_names
     _plant(ctx, names, seed=1)
     before_w, before_m = _state(ctx, names)
     pruner.on_epoch_end(0, ctx)
@@ -92,13 +92,13 @@ def test_exactly_the_lowest_scoring_filters_are_zeroed(tmp_path, score):
         assert np.array_equal(after_w[name][~pruned], before_w[name][~pruned]), name
         assert np.array_equal(after_m[name][~pruned], before_m[name][~pruned]), name
     assert np.array_equal(np.flatnonzero(pruner.zeroed),
-                          np.concatenate([_zeroed_filters(after_w[n]) + pruner.offsets[i]
+                          np.concatenate([_zeroed_filters(after_w[n]) + pruner.layout.offsets[i]
                                           for i, n in enumerate(names)]))
 
 
 def test_protection_keeps_the_planted_filter(tmp_path):
     pruner, ctx = _build(tmp_path, protect_energy="raw", protect_tau=2.0, protect_steps=2)
-    names = pruner.conv_names
+    names = pruner.layout.conv_names
     _plant(ctx, names, seed=2)
     pruner.on_epoch_end(0, ctx)
     first = {n: _zeroed_filters(ctx._params[n].asnumpy()) for n in names}
@@ -112,9 +112,9 @@ def test_protection_keeps_the_planted_filter(tmp_path):
             energy[favourite] = 5.0          # > tau x median(kept) = 2
         buffer.set_data(Tensor(energy))
     pruner.on_epoch_end(1, ctx)
-    offset = pruner.offsets[names.index(target)]
-    assert pruner.protect[offset + favourite] == 2
-    assert np.count_nonzero(pruner.protect) == 1
+    offset = pruner.layout.offsets[names.index(target)]
+    assert pruner.protection.protect[offset + favourite] == 2
+    assert np.count_nonzero(pruner.protection.protect) == 1
     second = {n: _zeroed_filters(ctx._params[n].asnumpy()) for n in names}
     assert not pruner.zeroed[offset + favourite]
     # its weights are still all zero (zeroed at the first step), but it is not a pruned filter

@@ -116,6 +116,7 @@ def test_stream_state_survives_a_checkpoint_round_trip(tmp_path):
     ctx.train(np.random.default_rng(1), pruner.energy_names)
     pruner.on_epoch_end(0, ctx)
     state = pruner.state_dict()
+    assert {"psap_stream_zeroed", "psap_stream_counts"} <= set(state)   # what checkpoints hold
     _, _, other, _ = _setup(tmp_path, psap_target="flops", psap_ratio=0.4, epoch_size=3,
                             psap_stream_ratios=[0.5, 0.0, 0.25])
     other.load_state_dict(state)

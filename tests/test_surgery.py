@@ -129,7 +129,7 @@ def test_rounded_widths_compact_equals_masked(pynative):
     """ResNet-56 pruned to kept widths on multiples of 8 (psap_width_multiple) by the width
     rounding: the compact network has exactly those widths and computes the masked network."""
     from src.models.flops import layer_records
-    from src.pruning.filters.pruner import count_bounds, flops_layer_counts, removed_macs
+    from src.pruning.filters.allocation import count_bounds, flops_layer_counts, removed_macs
     from src.pruning.filters.widths import round_pruned_counts
 
     rng = np.random.default_rng(2)

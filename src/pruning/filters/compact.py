@@ -11,7 +11,7 @@ class PruningTargetError(TrainingError, ValueError):
 
 
 def _plans(pruner, arrays):
-    plans = plan_removal(arrays, pruner.layers)
+    plans = plan_removal(arrays, pruner.layout.layers)
     kept_constant = sum(len(p["kept_constant"]) for p in plans)
     if kept_constant:
         pruner.logger.warning("psap: %d zero filters kept: their constant output cannot be "
@@ -36,7 +36,7 @@ def finish_compact(pruner, ctx):
     dense_macs, dense_params = count_macs_params(ctx.net, shape)
     compact_macs, compact_params = count_macs_params(compact, shape)
     kept_filters = sum(len(p["keep"]) for p in plans)
-    total_filters = int(pruner.filter_counts.sum())
+    total_filters = pruner.layout.total
     filter_ratio = 1.0 - kept_filters / total_filters
     flops_ratio = 1.0 - compact_macs / dense_macs
     achieved = flops_ratio if cfg.psap_target == "flops" else filter_ratio

@@ -8,55 +8,65 @@ the importance is averaged over those batches and reset after the step.
 """
 import numpy as np
 
-from src.pruning.filters.scores import filter_scores, taylor_bn_terms
+from src.pruning.filters.scores import taylor_bn_terms
 
 
-class TaylorMixin:
-    """The taylor_bn part of ``PSAPPruner`` (it owns ``taylor`` and ``taylor_batches``)."""
+class TaylorImportance:
+    """The accumulated Taylor importance of one PSAP run over the flat filter array of ``layout``
+    (``FilterLayout``), with its own ``state_dict``. ``prunes_after(epoch)``: whether a pruning
+    step ends that epoch (the pruner's schedule)."""
 
-    def before_step(self, step, batch, ctx):
-        """taylor_bn: accumulate the Taylor importance on the last batches before a pruning step
-        (an extra forward-backward; the ordinary step still runs: returns None)."""
-        if self.cfg.filter_score == "taylor_bn" and self._taylor_step(step):
-            self._accumulate_taylor(batch, ctx)
-        return None
+    def __init__(self, cfg, layout, steps_per_epoch, prunes_after):
+        self.cfg, self.layout = cfg, layout
+        self.steps_per_epoch = steps_per_epoch
+        self.prunes_after = prunes_after
+        self.importance = np.zeros(layout.total, dtype=np.float64)
+        self.batches = 0
+        self.cell = None
 
-    def _taylor_step(self, step):
+    def wanted(self, step):
         """Whether ``step`` is among the last psap_taylor_batches of an epoch that ends with a
-        pruning step."""
+        pruning step (and the score is taylor_bn)."""
+        if self.cfg.filter_score != "taylor_bn":
+            return False
         epoch, position = divmod(step, self.steps_per_epoch)
         first = max(self.steps_per_epoch - self.cfg.psap_taylor_batches, 0)
-        return position >= first and self._prunes_after(epoch)
+        return position >= first and self.prunes_after(epoch)
 
-    def _accumulate_taylor(self, batch, ctx):
+    def accumulate(self, batch, ctx):
         """Add one batch's (gamma dL/dgamma + beta dL/dbeta)^2 per channel. The extra forward in
         training mode would update the BN moving statistics a second time with this batch: they
         are put back."""
-        names = [layer["bn"][f] for layer in self.layers for f in ("gamma", "beta")]
-        stats = [layer["bn"][f] for layer in self.layers for f in ("moving_mean", "moving_variance")]
-        if self._taylor_cell is None:
-            self._taylor_cell = ctx.dense_gradient_cell(names)
+        layers = self.layout.layers
+        names = [layer["bn"][f] for layer in layers for f in ("gamma", "beta")]
+        stats = [layer["bn"][f] for layer in layers for f in ("moving_mean", "moving_variance")]
+        if self.cell is None:
+            self.cell = ctx.dense_gradient_cell(names)
         saved = ctx.get_weights(stats)
         values = ctx.get_weights(names)
-        grads = self._taylor_cell(*batch)[3]
+        grads = self.cell(*batch)[3]
         ctx.set_weights(saved)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(layers):
             gamma, beta = layer["bn"]["gamma"], layer["bn"]["beta"]
-            self.taylor[self._slice(i)] += taylor_bn_terms(
+            self.importance[self.layout.part(i)] += taylor_bn_terms(
                 values[gamma], values[beta], np.asarray(grads[2 * i].asnumpy()),
                 np.asarray(grads[2 * i + 1].asnumpy()))
-        self.taylor_batches += 1
+        self.batches += 1
 
-    def _scores(self, i, weight, bn):
-        taylor = None
-        if self.cfg.filter_score == "taylor_bn":
-            if self.taylor_batches == 0:
-                self.logger.warning("psap: no Taylor importance was accumulated before this "
-                                    "step (resumed mid-interval?); using bn_l2 for it")
-                return filter_scores(weight, "bn_l2", bn=bn)
-            taylor = self.taylor[self._slice(i)] / self.taylor_batches
-        return filter_scores(weight, self.cfg.filter_score, bn=bn, taylor=taylor)
+    def mean(self, index):
+        """Layer ``index``'s importance averaged over the batches (None before any batch)."""
+        return self.importance[self.layout.part(index)] / self.batches if self.batches else None
 
-    def _reset_taylor(self):
-        self.taylor[:] = 0.0
-        self.taylor_batches = 0
+    def reset(self):
+        self.importance[:] = 0.0
+        self.batches = 0
+
+    def state_dict(self):
+        return {"psap_taylor": self.importance.copy(), "psap_taylor_batches": np.int64(self.batches)}
+
+    def load_state_dict(self, state):
+        """Both keys are absent in checkpoints of older versions: nothing accumulated then."""
+        if state.get("psap_taylor") is not None:
+            self.importance = np.asarray(state["psap_taylor"]).astype(np.float64).reshape(-1)
+        if state.get("psap_taylor_batches") is not None:
+            self.batches = int(np.asarray(state["psap_taylor_batches"]))
