@@ -44,24 +44,27 @@ class SparseTraining:
 
     ``amp_network``: a float16 twin of ``network`` sharing its Parameters for the optimizer steps
     (train.py's ``amp_level``); dense gradients for the method always use ``network``.
-    ``input_shape``: one input's shape with batch 1 (methods that count MACs, e.g. PSAP).
+    What a method ``needs`` besides the batches (``src.pruning.core.base.SUPPLIES``):
+    ``input_shape``, one input's shape with batch 1 (methods that count MACs, e.g. PSAP);
+    ``training_batches``, a callable returning an iterable of (image, label) training batches
+    (forward passes, e.g. PSAP's BatchNorm re-estimation; or give them to ``end_epoch``).
     """
 
     def __init__(self, network, loss_fn, optimizer, method="rpg", steps_per_epoch=None, epochs=1,
-                 logger=None, amp_network=None, input_shape=None, settings=None, **keys):
+                 logger=None, amp_network=None, input_shape=None, training_batches=None,
+                 settings=None, **keys):
         self.cfg = settings or method_settings(method, steps_per_epoch, epochs, keys)
         if ms.get_context("mode") != ms.GRAPH_MODE:
             raise ConfigError("SparseTraining needs graph mode (ms.set_context(mode=ms.GRAPH_MODE)): "
                               "in PyNative mode MindSpore 2.8 moves the optimizer's step counter "
                               "differently and the learning-rate schedule would lag at mask updates")
-        if self.cfg.prune_method == "psap" and input_shape is None:
-            raise ConfigError("method psap needs input_shape (one input's shape with batch 1) to "
-                              "count MACs")
         self.logger = logger or logging.getLogger("prune")
         self.network = network
         self.optimizer = optimizer
+        self.batches_for_method = training_batches
+        supplies = {"input_shape": input_shape, "training_batches": self.training_batches}
         try:
-            self.pruner = build_pruner(self.cfg, network, steps_per_epoch, self.logger)
+            self.pruner = build_pruner(self.cfg, network, steps_per_epoch, self.logger, supplies)
             pieces = self.pruner.graph_pieces(optimizer)
         except (TypeError, ValueError) as err:  # e.g. weights the optimizer does not train
             if isinstance(err, ConfigError):
@@ -73,7 +76,7 @@ class SparseTraining:
         self.train_step.set_train(True)
         network.set_train(True)  # also under a twin: dense gradients use batch statistics
         self.ctx = TrainContext(network, loss_cell, optimizer, self.train_step, self.logger,
-                                train_loss_cell, input_shape)
+                                train_loss_cell)
         self.iterations = 0
         self.planned = self.pruner.total_steps
         self.finished = False
@@ -104,13 +107,20 @@ class SparseTraining:
         stays indexed by iteration, as the reference's is."""
         self.optimizer.global_step.set_data(Tensor(np.array([iterations], np.int32)))
 
+    def training_batches(self):
+        """What a method that needs ``training_batches`` gets: the training batches given to the
+        constructor or to ``end_epoch``, as an iterable, or None."""
+        return None if self.batches_for_method is None else self.batches_for_method()
+
     def end_epoch(self, recalibration_batches=None):
         """Call at the end of every epoch (PSAP prunes there; RPG and GMP need nothing).
         ``recalibration_batches``: an iterable of (image, label) training batches on which PSAP's
         final pruning step re-estimates the BatchNorm statistics (``psap_bn_recalibration``); pass
-        it at the last epoch (without it PSAP warns and the pruned network may lose accuracy)."""
+        it at the last epoch unless the constructor had ``training_batches`` (without either PSAP
+        warns and the pruned network may lose accuracy)."""
         if recalibration_batches is not None:
-            self.ctx.recalibration_data = lambda: iter(recalibration_batches)
+            self.batches_for_method = lambda: iter(recalibration_batches)
+        self.ctx.step = self.iterations  # the epoch's records name the iterations done
         self.pruner.on_epoch_end(self.ctx.epoch, self.ctx)
         self.ctx.epoch += 1
 

@@ -77,15 +77,15 @@ class Trainer:
             load_pretrained(self.net, cfg.pre_trained, self.logger)
         elif cfg.scratch_warning and not cfg.resume_ckpt:
             self.logger.warning(f"warning: training from scratch (no pre_trained): {cfg.scratch_warning}")
-        self.session = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
-                                            input_shape(cfg))
+        # what a method may need: the input shape, a pass over the training set beyond the last
+        # epoch's (its own augmentation seed)
+        self.session = build_training_graph(
+            cfg, self.net, self.steps_per_epoch, self.logger, input_shape(cfg),
+            lambda: batches(self._dataset(training=True, epoch=cfg.epoch_size)))
         self.pruner, self.lrs = self.session.pruner, self.session.lrs
         self.optimizer, self.train_step, self.ctx = (self.session.optimizer, self.session.train_step,
                                                      self.session.ctx)
         self.ctx.rank, self.ctx.group_size, self.ctx.sum_across_workers = self.rank, self.group_size, all_reduce
-        # a pass over the training set beyond the last epoch's (its own augmentation seed)
-        self.ctx.recalibration_data = lambda: batches(self._dataset(training=True,
-                                                                    epoch=cfg.epoch_size))
         if self.group_size > 1:  # methods read the statistics every worker holds
             self.ctx.before_reading_statistics = lambda: average_bn_statistics(self.net, self.group_size)
         self.metrics = MetricsFile(self.output_dir, enabled=self.is_main)
@@ -329,7 +329,6 @@ class Trainer:
             for index, (image, label) in enumerate(batches(data)):
                 if index < skip:
                     continue
-                self.ctx.epoch = epoch
                 loss = self.session.step(image, label)
                 step += 1
                 window_images += image.shape[0] * self.group_size
@@ -344,7 +343,6 @@ class Trainer:
                 if cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0 \
                         and step % self.steps_per_epoch != 0:
                     self._save_periodic(step)
-            self.ctx.epoch, self.ctx.step = epoch, step
             self.session.end_epoch()
             last_epoch = epoch + 1 == cfg.epoch_size
             if self.eval_data is not None and (

@@ -262,9 +262,14 @@ def test_register_refuses_what_would_break_the_schema():
         name = "toy_script_flag"
         keys = {"ckpt": Key(str, "")}
 
+    class UnknownNeed(RandomRegrowth):
+        name = "toy_unknown_need"
+        needs = ("labels",)                                   # the loop cannot supply it
+
     before = dict(METHODS)
     for method, message in ((Taken, "taken"), (Collides, "delta"), (BaseKey, "seed"),
-                            (NotAKey, "Key"), (CaseVariant, "lower case"), (ScriptFlag, "ckpt")):
+                            (NotAKey, "Key"), (CaseVariant, "lower case"), (ScriptFlag, "ckpt"),
+                            (UnknownNeed, "labels")):
         with pytest.raises(ValueError, match=message):
             register(method)
     assert METHODS == before

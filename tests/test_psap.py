@@ -8,6 +8,7 @@ import pytest
 
 from src import checkpoint
 from src.config import build_config, load_yaml
+from src.dataset import input_shape
 from src.errors import ConfigError
 from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
@@ -308,9 +309,8 @@ def test_bn_normalized_energy():
 class FakeContext:
     """The part of the trainer's TrainContext the pruner uses, on the host."""
 
-    def __init__(self, cfg, net, output_dir, input_shape):
+    def __init__(self, cfg, net, output_dir):
         self.cfg, self.net, self.output_dir = cfg, net, output_dir
-        self.input_shape = input_shape
         self.logger = LOGGER
         self.rank = 0
         self.params = {p.name: p for p in net.get_parameters()}
@@ -323,8 +323,8 @@ class FakeContext:
     def record(self, event):
         self.events = getattr(self, "events", []) + [event]
 
-    def recalibrate_bn(self, num_batches):
-        """No training data here: as TrainContext without ``recalibration_data``."""
+    def recalibrate_bn(self, batches, num_batches):
+        """No training data here (the pruner has no ``training_batches``): nothing to do."""
         return 0
 
     def zero_outside(self, masks):
@@ -356,8 +356,8 @@ def _setup(tmp_path, **overrides):
     cfg = build_config(values, {})
     ms.set_seed(0)
     net = build_network(cfg)
-    pruner = PSAPPruner(cfg, net, steps_per_epoch=10, logger=LOGGER)
-    ctx = FakeContext(cfg, net, str(tmp_path), (1, 1, 28, 28))
+    pruner = PSAPPruner(cfg, net, steps_per_epoch=10, logger=LOGGER, input_shape=(1, 1, 28, 28))
+    ctx = FakeContext(cfg, net, str(tmp_path))
     pruner.energy_piece = ctx
     return cfg, net, pruner, ctx
 
@@ -871,7 +871,8 @@ def test_recipes_are_valid_and_feasible(recipe):
     path = os.path.join(ROOT, "config", recipe)
     cfg = build_config(load_yaml(path), {}, path)
     assert cfg.prune_method == "psap"
-    pruner = PSAPPruner(cfg, build_network(cfg), steps_per_epoch=1, logger=LOGGER)
+    pruner = PSAPPruner(cfg, build_network(cfg), steps_per_epoch=1, logger=LOGGER,
+                        input_shape=input_shape(cfg))
     assert pruner.end_epoch <= cfg.epoch_size
 
 
@@ -891,13 +892,13 @@ def test_bn_statistics_are_reestimated_after_the_final_step_only(tmp_path):
     context for that many batches of forward passes; earlier steps do not."""
     cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=2, psap_bn_recalibration=7)
     calls = []
-    ctx.recalibrate_bn = lambda n: calls.append(n) or n
+    ctx.recalibrate_bn = lambda batches, n: calls.append(n) or n
     for epoch in range(2):
         ctx.train(np.random.default_rng(epoch), pruner.energy_names)
         pruner.on_epoch_end(epoch, ctx)
         assert calls == ([] if epoch == 0 else [7])
     _, _, off, ctx_off = _setup(tmp_path, epoch_size=1, psap_bn_recalibration=0)
-    ctx_off.recalibrate_bn = lambda n: calls.append(n) or n
+    ctx_off.recalibrate_bn = lambda batches, n: calls.append(n) or n
     off.on_epoch_end(0, ctx_off)
     assert calls == [7]
 
@@ -910,13 +911,12 @@ def test_train_context_recalibration_moves_bn_statistics_and_nothing_else(tmp_pa
     net = build_network(cfg)
     ctx = TrainContext(net, None, None, None)
     before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
-    assert ctx.recalibrate_bn(3) == 0                       # no data: nothing happens
+    assert ctx.recalibrate_bn(None, 3) == 0                 # no data: nothing happens
     rng = np.random.default_rng(0)
     data = [(ms.Tensor(rng.normal(2.0, 1.0, (8, 1, 28, 28)).astype(np.float32)), None)
             for _ in range(5)]
-    ctx.recalibration_data = lambda: iter(data)
-    assert ctx.recalibrate_bn(3) == 3
+    assert ctx.recalibrate_bn(iter(data), 3) == 3
     after = {p.name: p.asnumpy() for p in net.get_parameters()}
     moved = {n for n in before if not np.array_equal(before[n], after[n])}
     assert moved and all(n.endswith(("moving_mean", "moving_variance")) for n in moved)
-    assert ctx.recalibrate_bn(50) == 5                      # capped by the data
+    assert ctx.recalibrate_bn(iter(data), 50) == 5          # capped by the data

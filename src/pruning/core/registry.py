@@ -6,7 +6,7 @@ its class is registered. The built-in methods are registered by ``src.pruning.me
 """
 import re
 
-from src.pruning.core.base import Pruner
+from src.pruning.core.base import SUPPLIES, Pruner
 from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS, Key
 
 METHODS = {}
@@ -17,7 +17,7 @@ def register(method):
 
     Refused with a ValueError, leaving the registry as it was: a name that is taken by another
     class, keys that are not ``src.recipe_keys.Key`` declarations, and a key another method or the
-    base recipe already declares."""
+    base recipe already declares, and a need the training loop cannot supply."""
     if not (isinstance(method, type) and issubclass(method, Pruner)):
         raise TypeError(f"{method!r} is not a Pruner subclass")
     name = method.name
@@ -36,6 +36,10 @@ def register(method):
     if clash:
         raise ValueError(f"{method.__name__} declares '{clash[0]}': a key every run has, an alias, "
                          "an entry script's flag, or not a plain name")
+    unknown = [n for n in method.needs if n not in SUPPLIES]
+    if unknown:
+        raise ValueError(f"{method.__name__}.needs '{unknown[0]}': the training loop supplies only "
+                         f"{', '.join(SUPPLIES)}")
     previous = METHODS.get(name)
     METHODS[name] = method
     try:
@@ -76,5 +80,8 @@ def check_recipe(cfg):
     METHODS[cfg.prune_method].check_recipe(cfg)
 
 
-def build_pruner(cfg, net, steps_per_epoch, logger):
-    return METHODS[cfg.prune_method](cfg, net, steps_per_epoch, logger)
+def build_pruner(cfg, net, steps_per_epoch, logger, supplies=None):
+    """The recipe's method, given what it ``needs`` of ``supplies`` ({name: value}; None if absent)."""
+    method = METHODS[cfg.prune_method]
+    return method(cfg, net, steps_per_epoch, logger,
+                  **{need: (supplies or {}).get(need) for need in method.needs})

@@ -28,7 +28,7 @@ def finish_compact(pruner, ctx):
     to save: {"last_compact.ckpt": (compact network, metadata: inner widths, MACs, params and the
     protection outcome)}."""
     cfg = pruner.cfg
-    shape = tuple(ctx.input_shape)
+    shape = pruner.input_shape
     arrays = {p.name: p.asnumpy() for p in ctx.net.get_parameters()}
     plans = _plans(pruner, arrays)
     stream_plans = plan_stream_removal(arrays, pruner.stream.streams) if pruner.stream else None

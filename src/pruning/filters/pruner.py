@@ -38,6 +38,7 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
 """
 import numpy as np
 
+from src.errors import ConfigError
 from src.models.flops import layer_records
 from src.pruning.core.base import Pruner
 from src.pruning.filters.allocation import asfp_target, weight_sparsity_ratio
@@ -61,6 +62,9 @@ class PSAPPruner(Pruner):
     """Soft filter pruning with sparsity-adaptive layer ratios and gradient-energy protection."""
 
     name = "psap"
+    # the input shape counts MACs; training batches re-estimate the BatchNorm statistics after
+    # the final step (without them a warning, and the pruned network may lose accuracy)
+    needs = ("input_shape", "training_batches")
     keys = {
         "psap_target": Key(str, "flops", choices=["filters", "flops"],
                            help_text="psap_ratio is a fraction of prunable filters or of the dense MACs"),
@@ -110,8 +114,13 @@ class PSAPPruner(Pruner):
     def check_recipe(cls, cfg):
         check_stream_recipe(cfg)
 
-    def __init__(self, cfg, net, steps_per_epoch, logger):
+    def __init__(self, cfg, net, steps_per_epoch, logger, input_shape=None, training_batches=None):
+        if input_shape is None:
+            raise ConfigError("method psap needs input_shape (one input's shape with batch 1) to "
+                              "count MACs")
         super().__init__(cfg, net, steps_per_epoch, logger)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.training_batches = training_batches
         self.stream = StreamPruning(cfg, net) if cfg.psap_stream_ratios else None
         if self.stream:
             self._warn_stream_rounding()
@@ -123,9 +132,8 @@ class PSAPPruner(Pruner):
                         f"target is reached at epoch {cfg.epoch_size}")
             self.end_epoch = cfg.epoch_size
         self.plan = LayerPlan(cfg, self.layout, self.stream, logger)
-        self._records = None
-        self._records_shape = None
-        self.plan.check_feasible(self._geometry(None))
+        self.records = layer_records(net, self.input_shape)   # the dense network's MACs per layer
+        self.plan.check_feasible(self.records)
         self.protection = Protection(cfg, self.layout, steps_per_epoch, logger)
         self.taylor = TaylorImportance(cfg, self.layout, steps_per_epoch, self._prunes_after)
         self.steps_done = 0
@@ -216,16 +224,6 @@ class PSAPPruner(Pruner):
         last = epoch >= self.cfg.epoch_size - 1
         return last or (epoch + 1) % self.cfg.psap_interval_epochs == 0
 
-    def _geometry(self, input_shape):
-        if input_shape is None:
-            from src.dataset import input_shape as recipe_input_shape
-            input_shape = recipe_input_shape(self.cfg)
-        shape = tuple(int(v) for v in input_shape)
-        if self._records is None or shape != self._records_shape:
-            self._records = layer_records(self.net, shape)
-            self._records_shape = shape
-        return self._records
-
     def _bn_stats(self, ctx):
         """Per layer {gamma, beta, moving_variance, eps} (only for the BN-aware scores)."""
         layers = self.layout.layers
@@ -292,7 +290,7 @@ class PSAPPruner(Pruner):
         # count toward the target and are selected first, so the compact network ends exactly
         # at the target instead of silently dropping them on top of it.
         dead = np.concatenate([zero_filters(weights[n]) for n in self.layout.conv_names])
-        records = self._geometry(getattr(ctx, "input_shape", None))
+        records = self.records
         stream_masks, inner_records, inner_target = self._prune_streams(ctx, target, records, final)
         counts = self.plan.counts(sparsities, inner_target, inner_records, dead, self.protection)
         protected = self.protection.protected
@@ -319,7 +317,7 @@ class PSAPPruner(Pruner):
         wanted = self.cfg.psap_bn_recalibration
         if not wanted:
             return
-        used = ctx.recalibrate_bn(wanted)
+        used = ctx.recalibrate_bn(self.training_batches() if self.training_batches else None, wanted)
         ctx.record({"event": "bn_recalibration", "batches": int(used), "asked": int(wanted)})
         if used:
             self.logger.info("psap: BatchNorm statistics re-estimated on %d training batches after "
@@ -328,7 +326,8 @@ class PSAPPruner(Pruner):
         else:
             self.logger.warning("psap: no training batches to re-estimate the BatchNorm statistics "
                                 "after the final pruning step; the pruned network may lose accuracy "
-                                "(SparseTraining: pass recalibration_batches to end_epoch)")
+                                "(SparseTraining: give it training_batches, or recalibration_batches "
+                                "to end_epoch)")
 
     def _prune_streams(self, ctx, target, records, final):
         """``psap_stream_ratios``: zero the streams' share of this step first; the inner filters
