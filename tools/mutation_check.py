@@ -6,9 +6,9 @@ breakage applied there, and only the tests that guard it are run (``pytest -x -q
 KILLED when those tests fail, SURVIVED when they pass. The unmutated copy is run first on the
 union of the selections (a failing baseline makes every kill meaningless).
 
-    python scripts/mutation_check.py            # all mutants
-    python scripts/mutation_check.py --list
-    python scripts/mutation_check.py --only rpg_no_rank_term evaluate_top1_second_class
+    python -m tools.mutation_check            # all mutants
+    python -m tools.mutation_check --list
+    python -m tools.mutation_check --only rpg_no_rank_term evaluate_top1_second_class
 
 Exit code 0 when every mutant is killed, 1 when any survives (or a breakage no longer applies
 because the code moved: update its search text), 2 when the baseline fails.
