@@ -773,13 +773,19 @@ def test_sfp_baseline_has_uniform_ratios(tmp_path):
     assert counts == [4, 4, 4, 8, 8, 8, 16, 16, 16]
 
 
-def test_state_dict_round_trip(tmp_path):
-    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
-    rng = np.random.default_rng(11)
+def _after_two_steps(tmp_path, seed):
+    """(net, pruner, ctx, rng, names) of a 6-epoch run after two pruning steps."""
+    _, net, pruner, ctx = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
+    rng = np.random.default_rng(seed)
     names = pruner.energy_names
     for epoch in range(2):
         ctx.train(rng, names)
         pruner.on_epoch_end(epoch, ctx)
+    return net, pruner, ctx, rng, names
+
+
+def test_state_dict_round_trip(tmp_path):
+    net, pruner, ctx, rng, names = _after_two_steps(tmp_path, 11)
     pruner.protection.protect[3] = 2
     path = os.path.join(str(tmp_path), "state.ckpt")
     checkpoint.save_atomic(net, path, pruner_state=pruner.state_dict())
@@ -815,12 +821,7 @@ FIRST_STATE_KEYS = ("psap_steps_done", "psap_zeroed", "psap_protect", "psap_curr
 
 
 def test_saved_state_keys_stay_and_an_older_checkpoint_resumes(tmp_path, caplog):
-    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
-    rng = np.random.default_rng(12)
-    names = pruner.energy_names
-    for epoch in range(2):
-        ctx.train(rng, names)
-        pruner.on_epoch_end(epoch, ctx)
+    _, pruner, ctx, rng, names = _after_two_steps(tmp_path, 12)
     state = pruner.state_dict()
     assert set(state) == PSAP_STATE_KEYS
     _, _, older, _ = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
