@@ -13,8 +13,19 @@ network (smaller for a compact PSAP checkpoint, whose widths are stored in the f
 """
 import os
 
-from src.cli import run
-from src.config import ConfigError, check_output_path, parse_args, parse_bool_flag
+from src.interrupt import STOP
+
+STOP.install()  # first thing: a Ctrl-C during the imports below (MindSpore's) is one line, exit 130
+
+from src.cli import run  # noqa: E402
+from src.config import check_output_path, parse_args, parse_bool_flag  # noqa: E402
+from src.dataset import create_dataset, split_path  # noqa: E402
+from src.device import set_up_device  # noqa: E402
+from src.errors import ConfigError  # noqa: E402
+from src.evaluation_report import evaluation_report  # noqa: E402
+from src.models import network_from_checkpoint  # noqa: E402
+from src.outputs import write_json_atomic  # noqa: E402
+from src.run_lock import hold  # noqa: E402
 
 FLAGS = {"ckpt": "", "json_out": "", "report_png": "", "overwrite": "false"}
 
@@ -28,18 +39,10 @@ def main():
     check_output_path("--report_png", flags["report_png"], overwrite=overwrite)
     if flags["json_out"] and os.path.abspath(flags["json_out"]) == os.path.abspath(flags["report_png"] or "/"):
         raise ConfigError("--json_out and --report_png name the same file")
-    from src.run_lock import hold
     for key in ("json_out", "report_png"):  # not into a folder a training run holds (src/run_lock.py)
         if flags[key]:
             hold(os.path.dirname(os.path.abspath(flags[key])), exclusive=False, label=f"--{key} folder",
                  create=False)
-    from src.dataset import create_dataset, split_path
-    from src.device import set_up_device
-    from src.evaluation_report import evaluation_report
-    from src.interrupt import STOP
-    from src.models import network_from_checkpoint
-    from src.outputs import write_json_atomic
-
     set_up_device(cfg)
     STOP.restore_default()  # imports are done: from here Ctrl-C interrupts at once
     net, meta = network_from_checkpoint(cfg, flags["ckpt"])

@@ -17,9 +17,21 @@ A compact PSAP checkpoint exports the genuinely smaller network.
 (one conv with bias per pair, src/models/fold.py); the MINDIR check then compares the folded file
 with the unfolded checkpoint network. SPARSE stores the checkpoint itself and is never folded.
 """
-from src.cli import run
-from src.config import ConfigError, check_output_path, parse_args, parse_bool_flag
-from src.export_model import FORMATS, ExportError, base_name
+import os
+
+from src.interrupt import STOP
+
+STOP.install()  # first thing: a Ctrl-C during the imports below (MindSpore's) is one line, exit 130
+
+import mindspore as ms  # noqa: E402
+
+from src.cli import run  # noqa: E402
+from src.config import check_output_path, parse_args, parse_bool_flag  # noqa: E402
+from src.device import set_up_device  # noqa: E402
+from src.errors import ConfigError  # noqa: E402
+from src.export_model import FORMATS, base_name, export_checkpoint_network  # noqa: E402
+from src.models import network_from_checkpoint  # noqa: E402
+from src.run_lock import hold  # noqa: E402
 
 FLAGS = {"ckpt": "", "file_format": "MINDIR", "file_name": "", "export_batch": "1", "overwrite": "false",
          "fold_bn": "false"}
@@ -50,17 +62,9 @@ def main():
     overwrite = parse_bool_flag("overwrite", flags["overwrite"])
     check_output_path("--file_name", file_name + FORMATS[file_format],
                       overwrite=overwrite)
-    import os
-    from src.run_lock import hold
     # not into a folder a training run holds (src/run_lock.py)
     hold(os.path.dirname(os.path.abspath(file_name)), exclusive=False, label="--file_name folder",
          create=False)
-    import mindspore as ms
-    from src.device import set_up_device
-    from src.export_model import export_checkpoint_network
-    from src.interrupt import STOP
-    from src.models import network_from_checkpoint
-
     set_up_device(cfg)
     STOP.restore_default()  # imports are done: from here Ctrl-C interrupts at once
     ms.set_context(mode=ms.GRAPH_MODE)  # export traces the graph whatever the recipe's mode
@@ -70,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main, extra_errors=(ExportError,))
+    run(main)

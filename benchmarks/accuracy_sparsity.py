@@ -1,7 +1,7 @@
 """Accuracy and rank against sparsity on Fashion-MNIST with ResNet-20: dense, GMP, RPG without
 the rank loss (lamb 0) and RPG, same epochs, data, seed and mask-update interval for all.
 
-    python benchmarks/accuracy_sparsity.py --data_path DIR [--train_samples 10000 --epochs 6]
+    python -m benchmarks.accuracy_sparsity --data_path DIR [--train_samples 10000 --epochs 6]
 
 Each run is `train.py` then `eval.py --json_out` (the full 10,000-image test set); results replace
 benchmarks/results/accuracy_sparsity.{json,md,png}. Finished runs are kept under --work_dir and
@@ -14,9 +14,13 @@ import os
 import sys
 import time
 
-from common import ROOT, machine_info, save_figure, write_results
-from runs import call, check_same_recipe, main_guard, train
+from benchmarks.common import ROOT, machine_info, save_figure, write_results
+from benchmarks.runs import call, check_same_recipe, main_guard, train
+from src.config import parse_args
+from src.models import network_from_checkpoint
 from src.outputs import write_json_atomic
+from src.pruning.core.base import prunable_weight_names
+from src.report import layer_rows, mean_relative_rank
 
 METHODS = [  # (label, recipe prefix, extra overrides)
     ("GMP", "gmp", []),
@@ -63,12 +67,9 @@ def run(args, label, recipe, extra, work_dir):
 
 def rank_summary(ckpt_dir, recipe):
     """Mean relative numerical and effective rank of the convs of a run's last.ckpt."""
-    from src.config import parse_args
-    from src.models import network_from_checkpoint
-    from src.report import layer_rows, mean_relative_rank
     cfg, _ = parse_args(["--config_path", recipe])
     net, _ = network_from_checkpoint(cfg, os.path.join(ckpt_dir, "last.ckpt"))
-    rows = layer_rows(net)
+    rows = layer_rows(net, prunable_weight_names(net))
     return mean_relative_rank(rows), mean_relative_rank(rows, key="relative_effective_rank")
 
 
@@ -123,9 +124,20 @@ def main():
                          "mean_relative_rank": result["mean_relative_rank"],
                          "mean_relative_effective_rank": result["mean_relative_effective_rank"],
                          "train_seconds": result.get("train_seconds")})
-    command = (f"python benchmarks/accuracy_sparsity.py --data_path DIR --train_samples "
+    command = (f"python -m benchmarks.accuracy_sparsity --data_path DIR --train_samples "
                f"{args.train_samples} --epochs {args.epochs} --delta {args.delta} --seed {args.seed} "
                f"--sparsities {' '.join(map(str, args.sparsities))}")
+    png = os.path.join(ROOT, "benchmarks", "results", "accuracy_sparsity.png")
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    plot(rows, dense, png)
+    write_results("accuracy_sparsity", {"machine": machine_info(), "command": command,
+                                        "dense": {k: dense[k] for k in ("top1", "top5", "mean_relative_rank",
+                                                                        "mean_relative_effective_rank")},
+                                        "runs": rows}, markdown(args, command, dense, rows))
+
+
+def markdown(args, command, dense, rows):
+    """The results page (the plot beside it as accuracy_sparsity.png)."""
     lines = ["# Accuracy and rank against sparsity: ResNet-20 on Fashion-MNIST", "",
              f"Command: `{command}`", "",
              f"Every run: the first {args.train_samples} training images, {args.epochs} epochs, seed "
@@ -145,14 +157,8 @@ def main():
         lines.append(f"| {100 * r['sparsity_target']:.0f} % | {r['method']} | {100 * r['top1']:.2f} | "
                      f"{100 * r['top5']:.2f} | {100 * r['sparsity']:.2f} % | "
                      f"{r['mean_relative_effective_rank']:.3f} | {r['mean_relative_rank']:.3f} |")
-    png = os.path.join(ROOT, "benchmarks", "results", "accuracy_sparsity.png")
-    os.makedirs(os.path.dirname(png), exist_ok=True)
-    plot(rows, dense, png)
     lines += ["", "![accuracy and rank against sparsity](accuracy_sparsity.png)"]
-    write_results("accuracy_sparsity", {"machine": machine_info(), "command": command,
-                                        "dense": {k: dense[k] for k in ("top1", "top5", "mean_relative_rank",
-                                                                        "mean_relative_effective_rank")},
-                                        "runs": rows}, "\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,21 @@
-"""Helpers shared by the benchmarks: a training graph on random data, timing, result files."""
+"""Helpers shared by the benchmarks: a training graph on random data, timing, result files.
+The benchmarks run from the repository root as modules: ``python -m benchmarks.<name>``."""
 import json
 import logging
 import os
 import platform
-import sys
 import time
 
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor
+
+from src.config import build_config
+from src.models import build_network
+from src.outputs import atomic_output, write_json_atomic, write_text_atomic
+from src.training_graph import build_training_graph
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-import mindspore as ms  # noqa: E402
-from mindspore import Tensor  # noqa: E402
-
-from src.config import build_config  # noqa: E402
-from src.models import build_network  # noqa: E402
-from src.outputs import atomic_output, write_json_atomic, write_text_atomic  # noqa: E402
-from src.training_graph import build_training_graph  # noqa: E402
 
 
 def training_setup(overrides, steps_per_epoch=1000):

@@ -1,7 +1,7 @@
 """Where the rank loss pays: GMP, RigL-ERK, RPG without the rank loss (lamb 0) and RPG at extreme
 sparsity on Fashion-MNIST, several seeds, with the rank evidence per layer group.
 
-    python benchmarks/extreme_sparsity.py --data_path DIR [--nets resnet20 resnet32x2]
+    python -m benchmarks.extreme_sparsity --data_path DIR [--nets resnet20 resnet32x2]
         [--sparsities 98 99.5] [--seeds 1 2 3] [--train_samples 8000 --epochs 4 --delta 16]
 
 Each run is `train.py` + `eval.py --json_out` (the full 10,000-image test set) + statistics of
@@ -28,9 +28,12 @@ import time
 
 import numpy as np
 
-from common import ROOT, machine_info, save_figure, write_results
-from runs import BenchmarkError, call, check_same_recipe, main_guard, train
+from benchmarks.common import ROOT, machine_info, save_figure, write_results
+from benchmarks.runs import BenchmarkError, call, check_same_recipe, main_guard, train
+from src import checkpoint
 from src.outputs import write_json_atomic
+from src.pruning.masks.rpg.pruner import RPGPruner
+from src.report import effective_rank, numerical_rank
 
 METHODS = {  # label: (recipe prefix, extra overrides)
     "GMP": ("gmp", []),
@@ -71,7 +74,6 @@ def check_density_distribution(label, extra):
     for every method (it is RigL's), so on code without it an ERK label would train plain RPG."""
     if "--density_distribution" not in extra:
         return
-    from src.pruning.rpg import RPGPruner
     if not any("density_distribution" in getattr(c, "keys", {}) for c in RPGPruner.__mro__):
         raise BenchmarkError(f"{label} needs RPG's density_distribution key (branch density), "
                              "which this code's RPG does not read: it would train plain RPG")
@@ -127,7 +129,6 @@ def group_of(name, shape):
 
 def layer_statistics(weight):
     """Relative numerical and effective rank of the (C_out, C_in*k*k) matrix, zero rows/columns."""
-    from src.report import effective_rank, numerical_rank
     matrix = weight.reshape(weight.shape[0], -1).astype(np.float64)
     full = min(matrix.shape)
     rank = numerical_rank(matrix) if np.any(matrix) else 0
@@ -138,7 +139,6 @@ def layer_statistics(weight):
 
 def group_statistics(ckpt):
     """Per layer group: the statistics averaged over its layers (unweighted), and the layer count."""
-    from src import checkpoint
     params, _, _ = checkpoint.load(ckpt)
     per_group = {g: [] for g in GROUPS}
     for name, value in params.items():
@@ -267,7 +267,7 @@ def main():
                 for method in args.methods for seed in args.seeds]
     results = finished_runs(args, settings) if args.report_only else [run(args, *s) for s in settings]
     rows = aggregate(results)
-    command = (f"python benchmarks/extreme_sparsity.py --data_path DIR --nets {' '.join(args.nets)} "
+    command = (f"python -m benchmarks.extreme_sparsity --data_path DIR --nets {' '.join(args.nets)} "
                f"--sparsities {' '.join(f'{s:g}' for s in args.sparsities)} --seeds "
                f"{' '.join(map(str, args.seeds))} --methods {' '.join(repr(m) if ' ' in m else m for m in args.methods)} "
                f"--train_samples {args.train_samples} --epochs {args.epochs} --delta {args.delta}"

@@ -3,7 +3,7 @@ one column per conv layer, holding the k the rank loss kept (empty: the layer wa
 loss, e.g. below ``sparsity_thres``), or with ``--value rank`` the numerical rank recorded with
 ``record_layer_ranks: true``.
 
-    python benchmarks/layer_ranks_csv.py OUTPUT_DIR [--value k|rank] [--out CSV] [--overwrite true]
+    python -m benchmarks.layer_ranks_csv OUTPUT_DIR [--value k|rank] [--out CSV] [--overwrite true]
 
 Default output OUTPUT_DIR/layerwise_ranks.csv (the reference's name). Bad input (no folder, no
 metrics.jsonl, no layer_ranks events, no recorded rank, an existing CSV without --overwrite): one
@@ -14,11 +14,8 @@ import io
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks.plot_run import BadRun, OneLineParser, load_events, write_reported  # noqa: E402
-from src.outputs import OutputExists, add_overwrite_option, refuse_existing, write_text_atomic  # noqa: E402
+from benchmarks.plot_run import BadRun, OneLineParser, load_events, write_reported
+from src.outputs import OutputExists, add_overwrite_option, refuse_existing, write_text_atomic
 
 
 def layer_ranks_table(events, value="k"):

@@ -1,6 +1,6 @@
 """One picture of a training run, drawn from its metrics.jsonl (not from the log text).
 
-    python benchmarks/plot_run.py OUTPUT_DIR [--out PNG] [--overwrite true]   # default OUTPUT_DIR/run.png
+    python -m benchmarks.plot_run OUTPUT_DIR [--out PNG] [--overwrite true]   # default OUTPUT_DIR/run.png
 
 Three panels against the training step: the training loss and the learning rate; the pruned
 fraction (weight sparsity for RPG and the other unstructured methods, the fraction of zeroed
@@ -12,11 +12,8 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from src.logs import MetricsFile, read_metrics  # noqa: E402
-from src.outputs import (OutputError, OutputExists, add_overwrite_option, atomic_output,  # noqa: E402
+from src.logs import MetricsFile, read_metrics
+from src.outputs import (OutputError, OutputExists, add_overwrite_option, atomic_output,
                          refuse_existing)
 
 

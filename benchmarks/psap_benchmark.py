@@ -2,7 +2,7 @@
 score, with and without width rounding, at several MACs cuts, from scratch and from a dense
 pre-trained checkpoint, on ResNet-20 and ResNet-56, over seeds.
 
-    python benchmarks/psap_benchmark.py --data_path DIR [--nets resnet20 resnet56]
+    python -m benchmarks.psap_benchmark --data_path DIR [--nets resnet20 resnet56]
         [--cuts 0.4 0.6] [--starts scratch pretrained] [--seeds 42 43 44]
         [--methods dense SFP FPGM PSAP-L2 PSAP-BN] [--round_methods PSAP-L2 PSAP-BN]
         [--multiple 8] [--bn_score bn_l2] [--train_samples 10000] [--epochs 6]
@@ -43,16 +43,17 @@ import os
 import sys
 import time
 
-from common import ROOT, machine_info, save_figure, write_results
-from runs import BenchmarkError, OneLineParser, call, check_same_recipe, main_guard, train
+from benchmarks.common import ROOT, machine_info, write_results
+from benchmarks.latency import BATCHES, measure_latency, wait_until_quiet
+from benchmarks.psap_report import aggregate, cell_key, markdown, plot
+from benchmarks.runs import BenchmarkError, OneLineParser, call, check_same_recipe, main_guard, train
+from src.config import parse_args as parse_recipe
+from src.errors import ConfigError
 from src.logs import MetricsFile, read_metrics
 
 DENSE_RECIPE = "resnet20_fashion_mnist.yaml"
 PSAP_RECIPE = "psap_resnet20_fashion_mnist.yaml"
 NO_PSAP = ["--psap_adaptive", "false", "--psap_protect", "false"]
-BATCHES = (1, 32)
-ACCURACY_BENCHMARK = "benchmarks/accuracy_sparsity.py"
-NET_NAMES = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}
 
 
 def method_overrides(method, bn_score, stream_ratios=(0.5, 0.0, 0.25)):
@@ -243,307 +244,6 @@ def pruning_log(out):
     return steps, regrowth
 
 
-def _accuracy_benchmark_running():
-    """True while a process runs benchmarks/accuracy_sparsity.py (read from /proc, nothing else)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if ACCURACY_BENCHMARK in cmdline and "python" in cmdline:
-            return True
-    return False
-
-
-def wait_until_quiet(max_load, max_wait_min, poll_s=60):
-    """Poll the 1-min load until it is below ``max_load`` or the accuracy benchmark has ended."""
-    start = time.time()
-    waits = []
-    while True:
-        load = os.getloadavg()[0]
-        running = _accuracy_benchmark_running()
-        waits.append({"t_s": round(time.time() - start), "load_1min": load,
-                      "accuracy_benchmark_running": running})
-        if load < max_load:
-            return "load below threshold", waits
-        if not running:
-            # its last process may still weigh on the 1-min average: give it a little time
-            if len(waits) > 1 and not waits[-2]["accuracy_benchmark_running"]:
-                return "accuracy benchmark finished", waits
-        if time.time() - start > 60 * max_wait_min:
-            return f"gave up waiting after {max_wait_min} min", waits
-        print(f"waiting for a quiet machine: 1-min load {load:.2f}, accuracy benchmark "
-              f"{'running' if running else 'finished'}", flush=True)
-        time.sleep(poll_s)
-
-
-def measure_latency(records, repeats, warmup, rounds, seed):
-    """Median latency (ms) of every exported MINDIR at every batch size, models interleaved."""
-    import numpy as np
-    import mindspore as ms
-    from mindspore import nn, Tensor
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    rng = np.random.default_rng(seed)
-    cells, inputs = {}, {}
-    for batch in BATCHES:
-        inputs[batch] = Tensor(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32))
-        for r in records:
-            graph = nn.GraphCell(ms.load(r["mindir"][str(batch)]))
-            graph(inputs[batch]).asnumpy()               # compile
-            cells[(r["label"], batch)] = graph
-    times = {key: [] for key in cells}
-    for _ in range(rounds):
-        for (label, batch), graph in cells.items():
-            x = inputs[batch]
-            for _ in range(warmup):
-                graph(x).asnumpy()
-            for _ in range(repeats[batch] // rounds):
-                start = time.perf_counter()
-                graph(x).asnumpy()
-                times[(label, batch)].append(time.perf_counter() - start)
-    result = {}
-    for (label, batch), values in times.items():
-        ms_values = 1000 * np.asarray(values)
-        result.setdefault(label, {})[str(batch)] = {
-            "median_ms": float(np.median(ms_values)), "min_ms": float(ms_values.min()),
-            "p10_ms": float(np.percentile(ms_values, 10)),
-            "p25_ms": float(np.percentile(ms_values, 25)),
-            "p75_ms": float(np.percentile(ms_values, 75)), "runs": int(ms_values.size)}
-    return result
-
-
-def _stats(values):
-    import numpy as np
-    values = np.asarray(values, dtype=np.float64)
-    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return {"mean": float(values.mean()), "std": std, "min": float(values.min()),
-            "max": float(values.max()), "n": int(values.size)}
-
-
-def cell_key(r):
-    return f"{r['net']}/{r['start'] if r['method'] != 'dense' else 'dense'}/" \
-           f"{round(100 * r['cut'])}/{r['label']}"
-
-
-def aggregate(records, latency):
-    """One row per (net, start, cut, method, rounding): top-1 over seeds, size, latency."""
-    cells = {}
-    for r in records:
-        cells.setdefault(cell_key(r), []).append(r)
-    rows = []
-    for key, group in cells.items():
-        first = group[0]
-        row = {k: first[k] for k in ("net", "start", "cut", "method", "multiple", "label")}
-        if any(r.get("committed") for r in group):
-            row["committed"] = sorted({r.get("committed") or "this run" for r in group})
-        row.update(key=key, top1_by_seed={str(r["seed"]): r["top1"] for r in group},
-                   top1=_stats([100 * r["top1"] for r in group]),
-                   params=int(round(sum(r["params"] for r in group) / len(group))),
-                   flops=int(round(sum(r["flops"] for r in group) / len(group))),
-                   dense_flops=first.get("dense_flops", first["flops"]),
-                   inner_widths=first.get("inner_widths"),
-                   stage_widths=first.get("stage_widths"), regrowth=[r.get("regrowth")
-                                                                     for r in group],
-                   protection=[_protection_totals(r) for r in group])
-        if key in latency:
-            row["latency"] = latency[key]
-        rows.append(row)
-    _speedups(rows)
-    return rows
-
-
-def _protection_totals(record):
-    """Summed over the pruning steps of one run: filters protected at a step, kept at the next,
-    of those competed on score, won."""
-    steps = record.get("pruning_steps") or []
-    return {k: sum(st[k] for st in steps) for k in ("protected_before", "kept", "competed",
-                                                   "won", "regrew")} if steps else None
-
-
-def _speedups(rows):
-    dense = {r["net"]: r for r in rows if r["method"] == "dense"}
-    for r in rows:
-        base = dense.get(r["net"])
-        r["flops_speedup"] = (base["flops"] / r["flops"]) if base else None
-        if base and "latency" in r and "latency" in base:
-            r["latency_speedup"] = {b: base["latency"][b]["median_ms"]
-                                    / r["latency"][b]["median_ms"] for b in r["latency"]}
-            r["latency_over_flops"] = {b: s / r["flops_speedup"]
-                                       for b, s in r["latency_speedup"].items()}
-
-
-def _row_line(r):
-    t = r["top1"]
-    lat = r.get("latency")
-    latency = f"{lat['1']['median_ms']:.3f} / {lat['32']['median_ms']:.2f}" if lat else "-"
-    ratio = (f"{r['latency_over_flops']['1']:.2f} / {r['latency_over_flops']['32']:.2f}"
-             if "latency_over_flops" in r else "-")
-    cut = "-" if r["method"] == "dense" else f"{round(100 * r['cut'])} %"
-    speedup = "-" if r["flops_speedup"] is None else f"{r['flops_speedup']:.2f}x"
-    label = r["label"] + (" (committed)" if r.get("committed") else "")
-    return (f"| {cut} | {label} | {t['mean']:.2f} ± {t['std']:.2f} | {t['min']:.2f}-"
-            f"{t['max']:.2f} | {t['n']} | {r['params']:,} | {r['flops'] / 1e6:.2f} M | "
-            f"{speedup} | {latency} | {ratio} |")
-
-
-def verdicts(rows):
-    """Best PSAP configuration vs SFP per (net, start, cut): difference of mean top-1, called a
-    win/loss only when it exceeds both spreads (sample std over seeds)."""
-    out = []
-    cells = sorted({(r["net"], r["start"], r["cut"]) for r in rows if r["method"] != "dense"})
-    for net, start, cut in cells:
-        group = [r for r in rows if (r["net"], r["start"], r["cut"]) == (net, start, cut)]
-        sfp = next((r for r in group if r["label"] == "SFP"), None)
-        psap = [r for r in group if r["method"].startswith("PSAP")]
-        if not sfp or not psap:
-            continue
-        best = max(psap, key=lambda r: r["top1"]["mean"])
-        diff = best["top1"]["mean"] - sfp["top1"]["mean"]
-        spread = max(best["top1"]["std"], sfp["top1"]["std"])
-        if min(best["top1"]["n"], sfp["top1"]["n"]) < 2:
-            word = "no verdict from one seed"
-        else:
-            word = "wins" if diff > spread and diff > 0 else \
-                "loses" if -diff > spread and diff < 0 else "ties"
-        out.append(f"- {NET_NAMES.get(net, net)}, {start}, {round(100 * cut)} % MACs cut: best "
-                   f"PSAP ({best['label']}) {best['top1']['mean']:.2f} % vs SFP "
-                   f"{sfp['top1']['mean']:.2f} %: {diff:+.2f} points over {best['top1']['n']} "
-                   f"seed(s), spread (std) {spread:.2f}: {word if word.startswith('no') else 'PSAP ' + word}"
-                   + ("; the acceptance asks for +1.00" if round(100 * cut) == 60 else "") + ".")
-    return out
-
-
-ABLATIONS = {"PSAP-L2": "without the BN-aware score (L2)", "PSAP-BN-NP": "without protection",
-             "PSAP-BN-NA": "without adaptive per-layer ratios", "SFP": "without all three"}
-
-
-def ablation_lines(rows):
-    """Per (net, start, cut) with PSAP-BN and an ablation: mean top-1 difference to PSAP-BN."""
-    out = []
-    for full in (r for r in rows if r["label"] == "PSAP-BN"):
-        same = [r for r in rows if (r["net"], r["start"], r["cut"]) == (full["net"], full["start"],
-                                                                        full["cut"])]
-        for r in (r for r in same if r["label"] in ABLATIONS):
-            if r["label"] == "SFP" and len(same) < 4:
-                continue            # PSAP vs SFP alone: the verdict above says it
-            diff = r["top1"]["mean"] - full["top1"]["mean"]
-            spread = max(r["top1"]["std"], full["top1"]["std"])
-            out.append(f"- {NET_NAMES.get(r['net'], r['net'])}, {r['start']}, "
-                       f"{round(100 * r['cut'])} %: PSAP-BN {ABLATIONS[r['label']]} ({r['label']}) "
-                       f"{r['top1']['mean']:.2f} % vs {full['top1']['mean']:.2f} %: {diff:+.2f} "
-                       f"points over {r['top1']['n']} seed(s), spread (std) {spread:.2f}"
-                       + (" (outside the spread)" if abs(diff) > spread else " (inside the spread)")
-                       + ".")
-    return out
-
-
-def protection_lines(rows):
-    lines = ["| net | start | cut | method | protected (sum over steps) | kept at the next step | "
-             "competed on score | won | regrown | regrown kept to the end |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        totals = [p for p in r["protection"] if p]
-        regrowth = [g for g in r["regrowth"] if g]
-        if not totals or not r["method"].startswith("PSAP"):
-            continue
-        mean = {k: sum(p[k] for p in totals) / len(totals) for k in totals[0]}
-        survived = sum(g["survived"] for g in regrowth) / len(regrowth) if regrowth else None
-        regrown = sum(g["regrown"] for g in regrowth) / len(regrowth) if regrowth else None
-        lines.append(f"| {r['net']} | {r['start']} | {round(100 * r['cut'])} % | {r['label']} | "
-                     f"{mean['protected_before']:.1f} | {mean['kept']:.1f} | "
-                     f"{mean['competed']:.1f} | {mean['won']:.1f} | {regrown or 0:.1f} | "
-                     f"{survived or 0:.1f} |")
-    return lines
-
-
-def markdown(data):
-    a = data["args"]
-    lines = ["# PSAP benchmark matrix: Fashion-MNIST", "", f"Command: `{data['command']}`", "",
-             f"Every run: the first {a['train_samples']} training images, {a['epochs']} epochs, "
-             f"the recipes' schedule (pre-trained start: lr_max {a['pretrained_lr']}, no warm-up,"
-             f" from the dense run of the same seed); top-1 on "
-             f"{a['eval_samples'] or 'all 10,000'} test images of the compact network. Mean ± "
-             "sample std, min-max over seeds. Latency: MINDIR of the first seed, `ms.load` + "
-             f"`nn.GraphCell`, median of {a['repeats_b1']} calls at batch 1 and "
-             f"{a['repeats_b32']} at batch 32, models of a network interleaved; 1-min load "
-             + ", ".join(f"{net} {v[0]:.2f}" for net, v in data["load_before_timing"].items())
-             + " before timing. FLOPs speed-up = dense MACs / MACs; latency/FLOPs speed-up = "
-             "(dense latency / latency) / FLOPs speed-up.", ""]
-    header = ["| cut | method | top-1 (%) | min-max | seeds | params | MACs | FLOPs speed-up | "
-              "latency b1 / b32 (ms) | latency/FLOPs speed-up b1 / b32 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = data["rows"]
-    for net in a["nets"]:
-        dense = [r for r in rows if r["net"] == net and r["method"] == "dense"]
-        for start in a["starts"]:
-            group = [r for r in rows if r["net"] == net and r["start"] == start
-                     and r["method"] != "dense"]
-            lines += [f"## {NET_NAMES.get(net, net)}, {start}", "", *header,
-                      *[_row_line(r) for r in dense + group], ""]
-    if any(r.get("committed") for r in rows):
-        names = sorted({n for r in rows for n in r.get("committed", []) if n != "this run"})
-        lines += ["(committed): runs taken from " + ", ".join(f"benchmarks/results/{n}.json"
-                                                           for n in names)
-                  + " (--keep_committed), trained by an earlier commit of the code with the same "
-                  "settings and budget; not re-run, not timed.", ""]
-    verdict = verdicts(rows)
-    lines += (["## PSAP vs SFP", "", *verdict, ""] if verdict else [])
-    ablation = ablation_lines(rows)
-    lines += (["## Ablations of PSAP-BN", "", *ablation, ""] if ablation else [])
-    lines += ["## Protection (mean over seeds)", "", *protection_lines(rows), "",
-              "## Kept widths (first seed)", "", *width_lines(rows), "",
-              f"![top-1 vs MACs cut]({data['png']})", ""]
-    return "\n".join(lines)
-
-
-def width_lines(rows):
-    """Inner widths of every block (and residual-stream widths when pruned), per pruned row."""
-    out = []
-    for r in rows:
-        if r["method"] == "dense" or not r.get("inner_widths"):
-            continue
-        inner = " ".join(str(w[0]) if len(w) == 1 else "/".join(map(str, w))
-                         for w in r["inner_widths"])
-        streams = r.get("stage_widths")
-        out.append(f"- {NET_NAMES.get(r['net'], r['net'])}, {r['start']}, "
-                   f"{round(100 * r['cut'])} %, {r['label']}: inner {inner}"
-                   + (f"; residual streams {'/'.join(map(str, streams))}" if streams else ""))
-    return out
-
-
-def plot(rows, nets, starts, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(nets), len(starts), figsize=(5.5 * len(starts), 3.8 * len(nets)),
-                             squeeze=False)
-    for i, net in enumerate(nets):
-        for j, start in enumerate(starts):
-            ax = axes[i][j]
-            for r in (r for r in rows if r["net"] == net and r["method"] == "dense"):
-                ax.axhline(r["top1"]["mean"], color="grey", linestyle="--", label="dense")
-            labels = sorted({r["label"] for r in rows if r["net"] == net
-                             and r["start"] == start and r["method"] != "dense"})
-            for label in labels:
-                pts = sorted((r["cut"], r["top1"]["mean"], r["top1"]["std"]) for r in rows
-                             if r["net"] == net and r["start"] == start and r["label"] == label)
-                ax.errorbar([100 * p[0] for p in pts], [p[1] for p in pts],
-                            yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
-            ax.set_title(f"{NET_NAMES.get(net, net)}, {start}")
-            ax.set_xlabel("MACs cut (%)")
-            ax.set_ylabel("top-1 (%)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
-
-
 def time_networks(args, records):
     """Latency of the first seed's exports, one interleaved measurement per network."""
     latency, loads = {}, {}
@@ -611,7 +311,6 @@ def parse_args():
 def check_recipes(args, parser):
     """Every run's train.py settings, checked before the first run starts (a bad --bn_score or
     --stream_ratios would otherwise surface hours later, in a log)."""
-    from src.config import ConfigError, parse_args as parse_recipe
     for s in settings(args):
         cmd, _ = train_command(args, dict(s, start="scratch"), os.path.join(args.work_dir, "x"))
         try:
@@ -627,9 +326,9 @@ def stored_report(path):
                              "first, or name an existing one with --name")
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
-    command = str(data.get("command", "")) if isinstance(data, dict) else ""
-    script = command.split()[1] if len(command.split()) > 1 else "?"
-    if not script.endswith("psap_benchmark.py"):
+    words = (str(data.get("command", "")) if isinstance(data, dict) else "").split()
+    script = " ".join(words[1:3]) if words[1:2] == ["-m"] else (words[1] if len(words) > 1 else "?")
+    if not script.endswith(("benchmarks/psap_benchmark.py", "benchmarks.psap_benchmark")):
         raise BenchmarkError(f"{os.path.relpath(path, ROOT)} is not a result of this script "
                              f"(written by {script}); name a psap_benchmark result with --name")
     try:
@@ -641,7 +340,7 @@ def stored_report(path):
 
 
 def command_line(args):
-    parts = ["python benchmarks/psap_benchmark.py --data_path DIR"]
+    parts = ["python -m benchmarks.psap_benchmark --data_path DIR"]
     for key in ("nets", "cuts", "starts", "seeds", "methods", "round_methods"):
         parts.append(f"--{key} " + " ".join(map(str, getattr(args, key))))
     for key in ("multiple", "bn_score", "train_samples", "eval_samples", "epochs",

@@ -1,6 +1,6 @@
 """Does width rounding make latency follow FLOPs? Compact ResNets built straight from widths.
 
-    python benchmarks/psap_width_latency.py [--net resnet56] [--cuts 0.4 0.6] [--multiples 1 4 8]
+    python -m benchmarks.psap_width_latency [--net resnet56] [--cuts 0.4 0.6] [--multiples 1 4 8]
                                             [--fold_bn] [--profiles uniform adaptive all]
 
 For every MACs cut, two layer-width profiles of the PSAP allocation (``flops_layer_counts``, the
@@ -28,21 +28,20 @@ import os
 import sys
 import tempfile
 
-from common import ROOT, machine_info, write_results
-from psap_benchmark import measure_latency
-from runs import BenchmarkError, OneLineParser, main_guard
+import numpy as np
+import mindspore as ms
 
-import numpy as np  # noqa: E402
-import mindspore as ms  # noqa: E402
-
-from src.config import build_config  # noqa: E402
-from src.models import build_network, default_inner_widths  # noqa: E402
-from src.models.fold import fold_batchnorm  # noqa: E402
-from src.models.flops import count_macs_params, layer_records  # noqa: E402
-from src.models.resnet import ARCHITECTURES, is_cifar_style  # noqa: E402
-from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs  # noqa: E402
-from src.pruning.psap_widths import round_pruned_counts  # noqa: E402
-from src.pruning.surgery import prunable_layers  # noqa: E402
+from benchmarks.common import ROOT, machine_info, write_results
+from benchmarks.latency import measure_latency
+from benchmarks.runs import BenchmarkError, OneLineParser, main_guard
+from src.config import build_config
+from src.models import build_network, default_inner_widths
+from src.models.flops import count_macs_params, layer_records
+from src.models.fold import fold_batchnorm
+from src.models.resnet import ARCHITECTURES, is_cifar_style
+from src.pruning.filters.allocation import count_bounds, flops_layer_counts, removed_macs
+from src.pruning.filters.surgery import prunable_layers
+from src.pruning.filters.widths import round_pruned_counts
 
 SHAPE = (1, 1, 28, 28)   # Fashion-MNIST
 UNFOLDED = "dense, BN unfolded"   # the reference row of a --fold_bn run
@@ -346,7 +345,7 @@ def main():
                                   args.warmup, args.rounds, args.seed)
         load_after = os.getloadavg()
     speedups(records, latency)
-    command = "python benchmarks/psap_width_latency.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.psap_width_latency " + " ".join(sys.argv[1:])
     data = {"machine": machine_info(), "command": command.strip(), "args": vars(args),
             "load_before": list(load_before), "load_after": list(load_after), "runs": records}
     write_results(args.name, data, markdown(data))

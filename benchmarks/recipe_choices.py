@@ -2,7 +2,7 @@
 shortcut option A (zero-padded identity) vs B (1x1 conv), random-crop padding 2 vs 0 (no crop),
 warm-up 0.5 vs 0 epochs, for RPG at 98 % on ResNet-20 / Fashion-MNIST, several seeds.
 
-    python benchmarks/recipe_choices.py --data_path DIR [--seeds 7 8] [--train_samples 12000 --epochs 4]
+    python -m benchmarks.recipe_choices --data_path DIR [--seeds 7 8] [--train_samples 12000 --epochs 4]
 
 Each run is `train.py` + `eval.py --json_out` (full 10,000-image test set); runs are kept under
 --work_dir and reused when started again, only if made with the same settings (else one error
@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from common import ROOT, machine_info, write_results
-from runs import call, check_same_recipe, main_guard, train
+from benchmarks.common import ROOT, machine_info, write_results
+from benchmarks.runs import call, check_same_recipe, main_guard, train
 
 RECIPE = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s98.yaml")
 FACTORS = {"shortcut": ("A", "B"), "crop_padding": (2, 0), "warmup_epochs": (0.5, 0)}
@@ -64,7 +64,7 @@ def main():
         b = np.mean([r["top1_mean"] for r in rows if r[factor] == second])
         effects[factor] = {"first": first, "second": second, "mean_first": float(a),
                            "mean_second": float(b), "effect_of_second": float(b - a)}
-    command = (f"python benchmarks/recipe_choices.py --data_path DIR --seeds "
+    command = (f"python -m benchmarks.recipe_choices --data_path DIR --seeds "
                f"{' '.join(map(str, args.seeds))} --train_samples {args.train_samples} "
                f"--epochs {args.epochs} --delta {args.delta}")
     lines = ["# Recipe choices at the small budget: RPG 98 %, ResNet-20, Fashion-MNIST", "",

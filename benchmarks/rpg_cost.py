@@ -1,6 +1,6 @@
 """What RPG costs on top of dense training.
 
-    python benchmarks/rpg_cost.py        # writes benchmarks/results/rpg_cost.{json,md}
+    python -m benchmarks.rpg_cost        # writes benchmarks/results/rpg_cost.{json,md}
 
 1. ResNet-20 (Fashion-MNIST size, batch 128): mean step time over one whole delta cycle of RPG
    (delta - 1 masked steps + one mask update with the dense gradient of task + lamb * rank loss)
@@ -24,10 +24,10 @@ import time
 
 import numpy as np
 
-from common import machine_info, random_batch, timed, training_setup, write_results
-from src.pruning.mask_ops import global_magnitude_masks
-from src.pruning.rank_targets import (_as_2d, _project, _unit, layers_for_worker, own_bases,
-                                      rank_targets_numpy)
+from benchmarks.common import machine_info, random_batch, timed, training_setup, write_results
+from src.pruning.masks.mask_ops import global_magnitude_masks
+from src.pruning.masks.rpg.rank_targets import (layers_for_worker, own_bases, project_targets,
+                                                rank_targets_numpy, unit_matrices)
 from tests.rank_reference import svd_targets_numpy  # the float64 SVD path, timed as "before"
 
 
@@ -111,15 +111,14 @@ def worker_share(conv_weights, partial_k, rank, group_size):
     """(function, layers): what worker ``rank`` computes, the eigendecompositions of its share,
     then the projection of every layer from the gathered bases (taken here from a single-worker
     run, as the all-reduces would deliver them)."""
-    matrices = [_unit(_as_2d(w)) for w in conv_weights]
+    matrices = unit_matrices(conv_weights)
+    shapes = [m.shape for m in matrices]
     ks, oks, bases = own_bases(matrices, partial_k, set(range(len(matrices))))
-    share = layers_for_worker([m.shape for m in matrices], rank, group_size)
+    share = layers_for_worker(shapes, rank, group_size)
 
     def compute():
         own_bases(matrices, partial_k, share)
-        for wn, basis, k, good in zip(matrices, bases, ks, oks):
-            if good:
-                _project(wn, basis, k)
+        project_targets(matrices, bases, ks, oks, shapes)
     return compute, len(share)
 
 
@@ -233,15 +232,24 @@ def main():
     big, conv_weights = resnet50_update(args.repeats)
     host = host_targets_resnet50(conv_weights, 0.1, args.host_repeats)
     info = machine_info()
+    md = markdown(args, info, cycle, big, host)
+    if before_after:
+        md += update_markdown(before_after)
+    write_results("rpg_cost", {"machine": info, "cycle_resnet20": cycle, "update_resnet50": big,
+                               "host_targets_resnet50": host, "update_before_after": before_after}, md)
+
+
+def markdown(args, info, cycle, big, host):
+    """The results page: the delta cycle, one mask update, the host targets."""
     fidelity_rows = "\n".join(
         f"| {f['weights']} | {f['partial_k']} | {f['same_k']}/{f['layers']} | "
         f"{f['worst_target_diff_rel']:.1e} |" for f in host["fidelity"])
     shares = ", ".join(f"worker {r}: {s:.2f} s ({n} layers)" for r, (s, n) in
                        enumerate(zip(host["worker_share_s"], host["worker_layers"])))
     share_ratio = max(host["worker_share_s"]) / host["gram_s"]
-    md = f"""# RPG cost on this machine (CPU, graph mode)
+    return f"""# RPG cost on this machine (CPU, graph mode)
 
-Command: `python benchmarks/rpg_cost.py --delta {args.delta} --repeats {args.repeats} --rounds {args.rounds} --host_repeats {args.host_repeats}`
+Command: `python -m benchmarks.rpg_cost --delta {args.delta} --repeats {args.repeats} --rounds {args.rounds} --host_repeats {args.host_repeats}`
 ({info['cpu_count']} cores, MindSpore {info['mindspore']}, 1-min load at the end {info['load_average_1min']:.2f})
 
 ## Whole delta cycle, ResNet-20 (1x28x28, batch 128)
@@ -279,10 +287,6 @@ Same k as the float64 SVD (and the largest target difference relative to max|A_k
 |---|---|---|---|
 {fidelity_rows}
 """
-    if before_after:
-        md += update_markdown(before_after)
-    write_results("rpg_cost", {"machine": info, "cycle_resnet20": cycle, "update_resnet50": big,
-                               "host_targets_resnet50": host, "update_before_after": before_after}, md)
 
 
 def write_only_update(before_after, args):
@@ -295,7 +299,7 @@ def write_only_update(before_after, args):
     with open(path + ".md", encoding="utf-8") as handle:
         md = handle.read().split("\n## One mask update before and after")[0].rstrip() + "\n"
     data["update_before_after"] = before_after
-    md += update_markdown(before_after) + (f"\nCommand: `python benchmarks/rpg_cost.py --before "
+    md += update_markdown(before_after) + (f"\nCommand: `python -m benchmarks.rpg_cost --before "
                                           f"{args.before} --only_update --repeats {args.repeats} "
                                           f"--rounds {args.rounds}`\n")
     write_results("rpg_cost", data, md)

@@ -2,10 +2,11 @@
 of the source tree this process runs in (the current directory), and how often each masked weight,
 its mask and its momentum crossed between host and device during the update.
 
-    python benchmarks/rpg_update_time.py REPEATS        # prints one JSON line
+    cd TREE && PYTHONPATH=TREE python /this/tree/benchmarks/rpg_update_time.py REPEATS
 
-Run by ``benchmarks/rpg_cost.py --before REV`` in the current tree and in a checkout of REV, in
-turn, so that both are timed on the same machine in one run.
+prints one JSON line. Run so by ``python -m benchmarks.rpg_cost --before REV``, in the current
+tree and in a checkout of REV in turn, so that both are timed on the same machine in one run (this
+file by its path: REV's tree may predate it).
 """
 import argparse
 import json
@@ -13,9 +14,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
-from common import random_batch, training_setup  # noqa: E402  (the tree being measured)
-
+# the tree being measured: rpg_cost.py runs this file with that tree as the working directory
+# and on PYTHONPATH, so benchmarks.common and src come from there
+from benchmarks.common import random_batch, training_setup
 
 
 def _harness():

@@ -11,8 +11,9 @@ import os
 import subprocess
 import sys
 
-from common import ROOT
-from src.config import ConfigError, parse_args
+from benchmarks.common import ROOT
+from src.config import parse_args
+from src.errors import ConfigError
 from src.run_record import describe_changes, read_run, recipe_changes
 
 

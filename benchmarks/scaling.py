@@ -1,6 +1,6 @@
 """Data-parallel scaling on this machine: 1 worker vs 2 CPU workers (msrun, loopback).
 
-    python benchmarks/scaling.py [--data_path DIR] [--train_samples 10240] [--max_load 1.5]
+    python -m benchmarks.scaling [--data_path DIR] [--train_samples 10240] [--max_load 1.5]
     # writes benchmarks/results/scaling.{json,md}
 
 Runs the Fashion-MNIST RPG recipe (config/rpg_resnet20_fashion_mnist_s90.yaml, batch 128 per
@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from common import ROOT, machine_info, write_results
-from src.outputs import write_text_atomic
+from benchmarks.common import ROOT, machine_info, write_results
 from src.logs import read_metrics
+from src.outputs import write_text_atomic
 
 RECIPE = "config/rpg_resnet20_fashion_mnist_s90.yaml"
 
@@ -215,7 +215,7 @@ def render(data):
     info, loads, (one, two) = data["machine"], data["load_checks_before"], data["runs"]
     lines = [
         "# Data-parallel scaling: 1 worker vs 2 CPU workers (msrun, loopback)", "",
-        f"Command: `python benchmarks/scaling.py {' '.join(data['argv'])}`".rstrip(), "",
+        f"Command: `python -m benchmarks.scaling {' '.join(data['argv'])}`".rstrip(), "",
         f"Machine: {info['cpu_count']} cores, MindSpore {info['mindspore']}; 1-min load average "
         f"before starting {loads[-1]:.2f}"
         + ("" if data["quiet"] else " (BUSY: measured with --force)") + ".",

@@ -1,13 +1,13 @@
 """Training and eval throughput (images/s) on this CPU, graph mode, fp32.
 
-    python benchmarks/throughput.py            # writes benchmarks/results/throughput.{json,md}
+    python -m benchmarks.throughput            # writes benchmarks/results/throughput.{json,md}
 
 ResNet-20 at Fashion-MNIST size (1x28x28, batch 128) and ResNet-50 at 224 (3x224x224, batch 32);
 random data, so the numbers are the network's, not the input pipeline's.
 """
 import argparse
 
-from common import machine_info, random_batch, timed, training_setup, write_results
+from benchmarks.common import machine_info, random_batch, timed, training_setup, write_results
 
 CASES = [
     {"name": "resnet20 fashion-mnist", "net": "resnet20", "in_channels": 1, "image_size": 28,
@@ -38,7 +38,7 @@ def main():
     results = [measure(case) for case in CASES]
     info = machine_info()
     lines = ["# Throughput on this machine (CPU, graph mode, fp32, median of repeated steps)", "",
-             "Command: `python benchmarks/throughput.py`", "",
+             "Command: `python -m benchmarks.throughput`", "",
              f"Machine: {info['cpu_count']} cores, MindSpore {info['mindspore']}, "
              f"1-min load average at the end {info['load_average_1min']:.2f}", "",
              "| network | input | batch | train step (s) | train img/s | eval img/s |",

@@ -1,6 +1,6 @@
 """How much a model-zoo ResNet-50 checkpoint's outputs move when converted to this project's network.
 
-    python benchmarks/zoo_conversion.py [--batch 8] [--seed 0]
+    python -m benchmarks.zoo_conversion [--batch 8] [--seed 0]
 
 No zoo weights can be downloaded here, so the network is synthetic: the zoo's ResNet-50 layout
 (``scripts/convert_zoo_resnet50.py``'s ``zoo_resnet50``, ``pad_mode='same'``, BN eps 1e-4, 1001
@@ -13,24 +13,18 @@ under the zoo's 'same' padding (the difference that needs a fine-tune). Writes
 benchmarks/results/zoo_conversion.{json,md}.
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 
 import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from benchmarks.common import ROOT
+from scripts import convert_zoo_resnet50 as zoo
 
-import mindspore as ms  # noqa: E402
-from mindspore import nn, ops  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location(
-    "convert_zoo_resnet50", os.path.join(ROOT, "scripts", "convert_zoo_resnet50.py"))
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
@@ -77,7 +71,7 @@ def main():
                                              check_shape=(args.batch, 3, 224, 224))
     check_line = next(line for line in lines if line.startswith("logits check"))
     agreement = check_line.split("top-1 agreement ")[1].split(")")[0]
-    result = {"command": "python benchmarks/zoo_conversion.py " + " ".join(sys.argv[1:]),
+    result = {"command": "python -m benchmarks.zoo_conversion " + " ".join(sys.argv[1:]),
               "batch": args.batch, "seed": args.seed, "max_abs_logit": scale,
               "diff_symmetric_padding": symmetric, "diff_same_padding": same,
               "diff_same_relative": same / scale, "top1_agreement_same": agreement,

@@ -9,12 +9,16 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from src.interrupt import STOP  # noqa: E402
+
+STOP.install()  # first thing: a Ctrl-C during the imports below (MindSpore's) is one line, exit 130
+
+from src import run_lock, run_record  # noqa: E402
 from src.cli import run  # noqa: E402
 from src.config import parse_args  # noqa: E402
 
 
 def main():
-    from src import run_lock, run_record
     if sys.argv[1:2] == ["--check_folder"] and len(sys.argv) == 3:
         run_lock.check_free(sys.argv[2], exclusive=False, label="folder")
         return

@@ -39,6 +39,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from src.conversion.weight_files import first_line  # noqa: E402
+from src.models.resnet import build_resnet  # noqa: E402
+
 
 _spec = importlib.util.spec_from_file_location(
     "convert_torchvision_resnet50", os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -79,7 +82,7 @@ def read_zoo_checkpoint(path):
         raw = ms.load_checkpoint(path)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError with long texts
         raise ConversionError(f"cannot read {path} as a MindSpore checkpoint: "
-                              f"{tv._first_line(err)}") from None
+                              f"{first_line(err)}") from None
     network = {k: v for k, v in raw.items() if k.split(".")[0] in ZOO_ROOTS}
     if "end_point.weight" not in network or not any(".down_sample_layer." in k for k in network):
         if "fc.weight" in raw:
@@ -115,10 +118,9 @@ def fold_bn_eps(arrays):
                 if k.endswith(".moving_variance") else v) for k, v in arrays.items()}
 
 
-def zoo_resnet50(num_classes, pad_mode="same"):
-    """The zoo's ResNet-50 layout in MindSpore (its parameter names, BN eps 1e-4), with the zoo's
-    ``'same'`` padding or symmetric padding (``'pad'``, as this project's network)."""
-    from mindspore import nn, ops
+def _zoo_layers(pad_mode):
+    """The zoo's conv and BatchNorm (eps 1e-4) constructors, with ``pad_mode`` padding."""
+    from mindspore import nn
 
     def conv(cin, cout, k, stride=1):
         if pad_mode == "same":
@@ -128,6 +130,12 @@ def zoo_resnet50(num_classes, pad_mode="same"):
 
     def bn(c):
         return nn.BatchNorm2d(c, eps=ZOO_BN_EPS, momentum=0.9)
+    return conv, bn
+
+
+def _zoo_block(conv, bn):
+    """The zoo's bottleneck block (its names: ``down_sample_layer`` for the projection)."""
+    from mindspore import nn
 
     class Block(nn.Cell):
         def __init__(self, cin, cout, stride):
@@ -147,6 +155,15 @@ def zoo_resnet50(num_classes, pad_mode="same"):
             out = self.bn3(self.conv3(out))
             identity = self.down_sample_layer(x) if self.down_sample else x
             return self.relu(out + identity)
+    return Block
+
+
+def zoo_resnet50(num_classes, pad_mode="same"):
+    """The zoo's ResNet-50 layout in MindSpore (its parameter names, BN eps 1e-4), with the zoo's
+    ``'same'`` padding or symmetric padding (``'pad'``, as this project's network)."""
+    from mindspore import nn, ops
+    conv, bn = _zoo_layers(pad_mode)
+    block = _zoo_block(conv, bn)
 
     class Net(nn.Cell):
         def __init__(self):
@@ -158,7 +175,7 @@ def zoo_resnet50(num_classes, pad_mode="same"):
             for stage, (count, cout) in enumerate(zip([3, 4, 6, 3], [256, 512, 1024, 2048])):
                 blocks = []
                 for i in range(count):
-                    blocks.append(Block(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                    blocks.append(block(cin, cout, 2 if stage > 0 and i == 0 else 1))
                     cin = cout
                 setattr(self, f"layer{stage + 1}", nn.SequentialCell(blocks))
             self.mean = ops.ReduceMean(keep_dims=False)
@@ -206,7 +223,6 @@ def convert(input_path, output_path, num_classes=1000, check="auto",
     and an existing ``output_path`` is refused first thing unless ``overwrite``.
     Returns check_logits's (symmetric, same, max |logit|), or None with ``check='off'``."""
     import mindspore as ms
-    from src.models.resnet import build_resnet
 
     refuse_existing(output_path, overwrite, "--output")
     zoo_arrays, ignored = read_zoo_checkpoint(input_path)

@@ -1,24 +1,23 @@
 """Shared entry-point behaviour: user errors become one line on stderr and exit code 2 (config)
-or 1 (data, checkpoint, training), never a traceback."""
+or 1 (data, checkpoint, training, export), never a traceback."""
 import os
 import sys
 
-from src.config import ConfigError
+from src.errors import CheckpointError, ConfigError, DataError, ExportError, TrainingError
 from src.interrupt import EXIT_CODE, STOP, Interrupted
+from src.outputs import OutputError, OutputExists
 
 
 def user_errors():
     """Exception classes that mean "the input is wrong", with their exit codes."""
-    from src.errors import CheckpointError, DataError, TrainingError
-    from src.outputs import OutputError, OutputExists
     return [(ConfigError, 2), (OutputExists, 2), (DataError, 1), (CheckpointError, 1), (TrainingError, 1),
-            (OutputError, 1)]
+            (ExportError, 1), (OutputError, 1)]
 
 
-def run(main, extra_errors=()):
+def run(main):
     """Call ``main()``; turn known user errors into one clear line and a non-zero exit."""
-    STOP.install()  # before the heavy imports: a Ctrl-C inside ``import mindspore`` breaks it
-    known = user_errors() + [(e, 1) for e in extra_errors]
+    STOP.install()  # the entry scripts install it first thing already; again for other callers
+    known = user_errors()
     try:
         main()
     except tuple(cls for cls, _ in known) as err:

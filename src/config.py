@@ -2,7 +2,7 @@
 
 Every key a recipe or the command line may set is declared once with its type, accepted range
 and default: the keys every run has in ``src/recipe_keys.py``, each pruning method's keys on its
-class (``src.pruning.registry``); ``schema()`` joins them. A typo or an out-of-range value raises
+class (``src.pruning.core.registry``); ``schema()`` joins them. A typo or an out-of-range value raises
 ``ConfigError`` with one line that names the key and says what is accepted; the entry scripts
 turn it into exit code 2.
 """
@@ -13,14 +13,15 @@ import sys
 
 import yaml
 
+from src.errors import ConfigError
 from src.outputs import refuse_existing
-from src.recipe_keys import ALIASES, BASE_KEYS, ConfigError, Key  # noqa: F401  (re-exported)
+from src.pruning import methods  # noqa: F401  (registers the built-in methods)
+from src.pruning.core import registry
+from src.recipe_keys import ALIASES, BASE_KEYS, Key, parse_bool_flag  # noqa: F401  (re-exported)
 
 
 def schema():
-    """{key: Key} of every recipe key: BASE_KEYS and the keys of every registered pruning method
-    (imported here, not at the top: the methods import this module)."""
-    from src.pruning import registry
+    """{key: Key} of every recipe key: BASE_KEYS and the keys of every registered pruning method."""
     keys = dict(BASE_KEYS)
     method = keys["prune_method"]
     keys["prune_method"] = Key(str, method.default, choices=list(registry.METHODS), help_text=method.help)
@@ -185,7 +186,6 @@ def _resolve_aliases(values, where, keys):
 
 
 def _check_relations(cfg, keys):
-    from src.pruning import registry
     if cfg.lr_end > cfg.lr_max:
         raise ConfigError(f"config key 'lr_end': got {cfg.lr_end}, expected at most lr_max ({cfg.lr_max})")
     if cfg.warmup_epochs > cfg.epoch_size:
@@ -214,7 +214,6 @@ CIFAR_BASE_WIDTHS = (16, 32, 64)
 def keys_of_other_methods(cfg):
     """Keys the recipe or command line set that only other pruning methods read (ignored under
     cfg.prune_method), e.g. lamb on a GMP run."""
-    from src.pruning import registry
     own = registry.keys_of(cfg.prune_method)
     foreign = set(registry.method_keys()) - set(own)
     return sorted(k for k in getattr(cfg, "given", ()) if k in foreign)
@@ -271,16 +270,6 @@ def check_output_path(key, path, kind="file", overwrite=False):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise ConfigError(f"{key} '{path}': {parent} is a file, not a directory")
-
-
-def parse_bool_flag(name, text):
-    """An entry script's own true/false flag (``--overwrite true``)."""
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off", ""):
-        return False
-    raise ConfigError(f"--{name}: got {text!r}, expected true or false")
 
 
 def _check_paths(cfg, keys):

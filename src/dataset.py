@@ -23,7 +23,7 @@ import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
 import numpy as np
 
-from src.errors import DataError  # noqa: F401  (raised here, imported from here by callers)
+from src.errors import ConfigError, DataError  # noqa: F401  (raised here, imported from here by callers)
 
 _INFO = {
     "imagenet": {"num_classes": 1000, "in_channels": 3, "image_size": 224},
@@ -130,7 +130,6 @@ def batches(data):
 def _check_subset(num_samples, available, training, where):
     """A subset larger than the split is a recipe mistake (it would silently train on less)."""
     if num_samples > available:
-        from src.config import ConfigError
         key = "train_samples" if training else "eval_samples"
         raise ConfigError(f"config key '{key}': got {num_samples}, but {where} holds only "
                           f"{available} samples (0 = all)")

@@ -3,7 +3,8 @@ import os
 
 import mindspore as ms
 
-from src.config import LAUNCHER_VARIABLES, ConfigError
+from src.config import LAUNCHER_VARIABLES
+from src.errors import ConfigError
 
 
 def device_available(target):

@@ -1,5 +1,14 @@
-"""Errors that end a run with one clear line (see src/cli.py). They live here, away from the
-modules that raise them, so that the entry scripts can recognise them without importing MindSpore."""
+"""Errors that end a run with one clear line (see src/cli.py): every one a user can act on
+(a recipe, data set, checkpoint, export or training problem). They live here, away from the
+modules that raise them, so that the entry scripts can recognise them without importing MindSpore
+and every module can raise them without importing another. (A few subclasses name a method's own
+failure beside the code that raises it, e.g. hard masks' FinalSparsityError, a TrainingError;
+``src.outputs.OutputError`` is an OSError of the one atomic write.)"""
+import math
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message is one line."""
 
 
 class DataError(ValueError):
@@ -18,6 +27,10 @@ class DeadNetworkError(TrainingError):
     """Pruning left a network whose output no longer depends on its input (e.g. a whole layer cut)."""
 
 
+class ExportError(RuntimeError):
+    """Export failed or its result does not match the checkpoint."""
+
+
 FLOAT16_MAX = 65504.0
 
 
@@ -27,7 +40,6 @@ def require_finite_loss(loss, step, where="", loss_scale=None, last_loss=None):
     ``loss_scale``: the static loss scale when the train step computes in float16 (amp_level
     O1-O3), else None. When the scaled loss of the last finite step (``last_loss``, or 1 before any)
     exceeds float16's range, the line names that overflow instead of the learning rate or the data."""
-    import math
     if math.isfinite(loss):
         return
     last = max(abs(last_loss) if last_loss is not None else 1.0, 1.0)

@@ -4,9 +4,9 @@ compact PSAP network, or the per-layer density and rank of a sparse one (table, 
 from src.dataset import input_shape
 from src.metrics import evaluate
 from src.models import build_network, default_inner_widths
-from src.models.resnet import cifar_stage_widths
 from src.models.flops import count_macs_params
-from src.pruning.base import prunable_weight_names, sparsity_of
+from src.models.resnet import cifar_stage_widths
+from src.pruning.core.base import prunable_weight_names, sparsity_of
 from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
 
 
@@ -51,7 +51,7 @@ def _report_widths(cfg, meta, result, report_png, log):
 
 def _report_layers(cfg, net, result, report_png, log):
     """A sparse network: per-layer density and numerical / effective rank."""
-    rows = layer_rows(net)
+    rows = layer_rows(net, prunable_weight_names(net))
     result["mean_relative_rank"] = mean_relative_rank(rows)
     result["mean_relative_effective_rank"] = mean_relative_rank(rows, key="relative_effective_rank")
     result["layers"] = rows

@@ -1,15 +1,22 @@
 """Export a network for deployment (MINDIR, ONNX, AIR, or the SPARSE file of src/sparse_format.py)
 and check what was written: a MINDIR is reloaded and compared with the network, a SPARSE file is
 read back bit-exact. Only a file that passed its check replaces an earlier one.
-
-MindSpore and NumPy are imported inside the functions: export.py imports this module (for
-ExportError and FORMATS) before its heavy imports.
 """
 import os
 import re
 import shutil
 
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from src.dataset import input_shape
+from src.errors import ExportError
+from src.models.fold import fold_batchnorm
 from src.outputs import atomic_output, failure_reason, plain_directory
+from src.pruning.core.base import prunable_weight_names
+from src.sparse_format import (SparseFormatError, canonical_zeros, ideal_size_bytes, read_sparse,
+                               write_sparse)
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air", "SPARSE": ".sparse.npz"}
 TOLERANCE = 1e-4  # max abs difference between a reloaded MINDIR and the checkpoint network
@@ -17,10 +24,6 @@ TOLERANCE = 1e-4  # max abs difference between a reloaded MINDIR and the checkpo
 # by ms.export with the absolute path it is given): ASCII letters, digits and @ _ - . : / \
 MINDSPORE_PATH = re.compile(r"^[0-9a-zA-Z@_\-.:/\\]+$")
 MINDSPORE_RULE = "has only the characters MindSpore's export accepts (ASCII letters, digits, @_-.:/)"
-
-
-class ExportError(RuntimeError):
-    """Export failed or its result does not match the checkpoint."""
 
 
 def base_name(file_name, file_format):
@@ -37,7 +40,6 @@ def export_graph(net, sample, file_name, file_format, verify=None, overwrite=Fal
     name beside the output, ``verify(that path)``, then rename: an earlier file is never
     half-overwritten, nor replaced by a file that fails its check, nor replaced at all without
     ``overwrite``. Errors name the user's file. Returns the path written."""
-    import mindspore as ms
     suffix = FORMATS[file_format]
     final = file_name + suffix
     with atomic_output(final, suffix, overwrite=overwrite) as tmp:
@@ -56,9 +58,6 @@ def export_graph(net, sample, file_name, file_format, verify=None, overwrite=Fal
 
 def verify_mindir(path, net, sample, shown=None):
     """Reload the MINDIR at ``path`` and compare its output on ``sample`` with ``net``'s."""
-    import numpy as np
-    import mindspore as ms
-    from mindspore import nn
     graph = nn.GraphCell(ms.load(path))
     expected = net(sample).asnumpy()
     got = graph(sample).asnumpy()
@@ -73,9 +72,6 @@ def export_sparse(net, file_name, ckpt, meta, overwrite=False):
     """Write the SPARSE file to a temporary name, read it back bit-exact, only then rename it into
     place (an earlier file is never replaced by one that fails, nor without ``overwrite``); print
     its size against the checkpoint's."""
-    import numpy as np
-    from src.pruning.base import prunable_weight_names
-    from src.sparse_format import ideal_size_bytes, write_sparse
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     path = file_name + FORMATS["SPARSE"]
     keep_meta = {k: meta[k] for k in ("net", "inner_widths", "stage_widths") if k in meta}
@@ -95,8 +91,6 @@ def export_sparse(net, file_name, ckpt, meta, overwrite=False):
 def check_read_back(tmp, arrays, shown):
     """The sparse file at ``tmp`` holds ``arrays`` bit for bit (-0.0 as +0.0); else ExportError
     naming ``shown``, the user's file."""
-    import numpy as np
-    from src.sparse_format import SparseFormatError, canonical_zeros, read_sparse
     try:
         restored, _ = read_sparse(tmp)
     except SparseFormatError as err:
@@ -119,10 +113,6 @@ def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batc
     if file_format == "SPARSE":
         export_sparse(net, file_name, ckpt, meta, overwrite)
         return
-    import numpy as np
-    from mindspore import Tensor
-    from src.dataset import input_shape
-    from src.models.fold import fold_batchnorm
     rng = np.random.default_rng(cfg.seed)
     shape = input_shape(cfg, batch)
     sample = Tensor(rng.standard_normal(shape).astype(np.float32))

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from src.outputs import write_text_atomic
+
 
 def setup_logger(output_dir, rank=0, name="train"):
     """Log to stdout and to ``output_dir/<name>.log`` (rank 0) or ``<name>_rank<N>.log``.
@@ -92,7 +94,6 @@ class MetricsFile:
         with open(self.path, encoding="utf-8") as handle:
             kept = [line if line.endswith("\n") else line + "\n" for line in handle
                     if line.strip() and _written_by_step(line, step)]
-        from src.outputs import write_text_atomic
         write_text_atomic("".join(kept), self.path)
 
     def __call__(self, event):

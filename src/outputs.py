@@ -5,11 +5,15 @@ A file the user named is never replaced unless the user said so (:func:`refuse_e
 ``atomic_output(overwrite=False)`` at the rename itself). Writers that refuse some folder names
 (MindSpore's export) write in a :func:`plain_directory` and copy the file into place.
 This module is free of MindSpore so that the entry scripts can import it before the heavy imports."""
+import argparse
 import contextlib
 import json
 import os
 import shutil
 import tempfile
+
+from src.errors import ConfigError
+from src.recipe_keys import parse_bool_flag
 
 
 class OutputError(OSError):
@@ -39,8 +43,6 @@ def add_overwrite_option(parser):
 
 
 def _true_or_false(text):
-    import argparse
-    from src.config import ConfigError, parse_bool_flag
     try:
         return parse_bool_flag("overwrite", text)
     except ConfigError:

@@ -1,11 +1,8 @@
 """The recipe keys every run has (run, data, network, optimisation, logging, checkpoints and the
 keys shared by all pruning methods), their declaration type ``Key`` and the model-zoo aliases.
-Each pruning method declares its own keys on its class (``src.pruning.registry``);
+Each pruning method declares its own keys on its class (``src.pruning.core.registry``);
 ``src.config.schema()`` joins both."""
-
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message is one line."""
+from src.errors import ConfigError
 
 
 class Key:
@@ -93,7 +90,7 @@ BASE_KEYS = {
     "scratch_warning": Key(str, "", help_text="logged as a warning when the run starts without "
                                               "pre_trained (recipes whose published number needs one)"),
     # --- pruning (shared) ---
-    "prune_method": Key(str, "none", help_text="a registered pruning method (src/pruning/registry.py)"),
+    "prune_method": Key(str, "none", help_text="a registered pruning method (src/pruning/methods.py)"),
     "sparsity": Key(float, 0.9, 0.0, 1.0, high_open=True),
     "prune_include": Key(list, [], help_text="name patterns of prunable weights; [] = every conv and FC weight"),
     "prune_exclude": Key(list, [], help_text="name patterns removed from the prunable set"),
@@ -112,3 +109,13 @@ ALIASES = {
 # The entry scripts' own flags (not recipe keys): no recipe key, alias or method key may take them.
 SCRIPT_FLAGS = ("config_path", "ckpt", "json_out", "report_png", "overwrite", "file_format",
                 "file_name", "export_batch", "fold_bn")
+
+
+def parse_bool_flag(name, text):
+    """An entry script's own true/false flag (``--overwrite true``)."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"--{name}: got {text!r}, expected true or false")

@@ -2,7 +2,6 @@
 import numpy as np
 
 from src.outputs import atomic_output
-from src.pruning.base import prunable_weight_names
 
 
 def numerical_rank(matrix, rtol=None):
@@ -45,13 +44,13 @@ def effective_rank(matrix):
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def layer_rows(net, names=None):
-    """One row per prunable weight (or per weight in ``names``): name, shape, density, numerical
+def layer_rows(net, names):
+    """One row per weight in ``names`` (e.g. the prunable ones): name, shape, density, numerical
     and effective rank of the (C_out, C_in*kh*kw) matrix, each also relative to full rank
     min(C_out, C_in*kh*kw)."""
     params = {p.name: p for p in net.trainable_params()}
     rows = []
-    for name in prunable_weight_names(net) if names is None else names:
+    for name in names:
         weight = params[name].asnumpy()
         matrix = weight.reshape(weight.shape[0], -1).astype(np.float64)
         full = min(matrix.shape)

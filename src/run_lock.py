@@ -31,7 +31,7 @@ import os
 import struct
 import sys
 
-from src.recipe_keys import ConfigError
+from src.errors import ConfigError
 
 LOCK_NAME = ".lock"
 _HELD = {}  # real path of a lock file -> its open descriptor (the lock lives as long as it does)

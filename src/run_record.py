@@ -15,7 +15,7 @@ import os
 import re
 import uuid
 
-from src.config import ConfigError
+from src.errors import ConfigError
 from src.outputs import write_json_atomic
 
 RUN_FILE = "run.json"

@@ -1,5 +1,5 @@
 """The training loop. It knows nothing about pruning methods: a pruner plugs in through the hooks
-of ``src/pruning/base.py`` and reaches the training graph through ``TrainContext``.
+of ``src/pruning/core/base.py`` and reaches the training graph through ``TrainContext``.
 
 Data parallel (``run_distribute: true``, launched by msrun): gradients and losses are averaged
 over the workers inside the train cells, so every worker holds the same weights, masks and
@@ -20,15 +20,17 @@ import numpy as np
 import mindspore as ms
 
 from src import checkpoint, run_lock, run_record
-from src.config import ConfigError, keys_of_other_methods
+from src.config import keys_of_other_methods
 from src.dataset import batches, create_dataset, input_shape, split_path
 from src.device import set_up_device
-from src.errors import DeadNetworkError, TrainingError
+from src.errors import ConfigError, DeadNetworkError, TrainingError
 from src.interrupt import STOP, Interrupted
 from src.logs import FILE_ONLY, MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
-from src.pruning.base import prunable_weight_names, sparsity_of
+from src.pruning.core.base import prunable_weight_names, sparsity_of
+from src.resume import (check_same_start, refuse_impossible_changes, refuse_pruning_changes,
+                        refuse_weights_only)
 from src.training_graph import (average_bn_statistics, build_training_graph, gather_bn_statistics,
                                 load_pretrained, restore_bn_statistics)
 
@@ -79,15 +81,15 @@ class Trainer:
             load_pretrained(self.net, cfg.pre_trained, self.logger)
         elif cfg.scratch_warning and not cfg.resume_ckpt:
             self.logger.warning(f"warning: training from scratch (no pre_trained): {cfg.scratch_warning}")
-        self.session = build_training_graph(cfg, self.net, self.steps_per_epoch, self.logger,
-                                            input_shape(cfg))
+        # what a method may need: the input shape, a pass over the training set beyond the last
+        # epoch's (its own augmentation seed)
+        self.session = build_training_graph(
+            cfg, self.net, self.steps_per_epoch, self.logger, input_shape(cfg),
+            lambda: batches(self._dataset(training=True, epoch=cfg.epoch_size)))
         self.pruner, self.lrs = self.session.pruner, self.session.lrs
         self.optimizer, self.train_step, self.ctx = (self.session.optimizer, self.session.train_step,
                                                      self.session.ctx)
-        self.ctx.rank, self.ctx.group_size = self.rank, self.group_size
-        # a pass over the training set beyond the last epoch's (its own augmentation seed)
-        self.ctx.recalibration_data = lambda: batches(self._dataset(training=True,
-                                                                    epoch=cfg.epoch_size))
+        self.ctx.rank, self.ctx.group_size, self.ctx.sum_across_workers = self.rank, self.group_size, all_reduce
         if self.group_size > 1:  # methods read the statistics every worker holds
             self.ctx.before_reading_statistics = lambda: average_bn_statistics(self.net, self.group_size)
         self.metrics = MetricsFile(self.output_dir, enabled=self.is_main)
@@ -166,7 +168,7 @@ class Trainer:
         if resume == "auto" and not paths:
             self.logger.info(f"resume_ckpt auto: no checkpoint in {self.output_dir}, starting fresh")
             self.run_id = run_record.claim_fresh(self.output_dir, self.cfg, self.is_main)
-            self._check_same_start()
+            check_same_start(self.cfg, self.rank, self.group_size, self.start_step, self.output_dir)
             return
         errors = []
         for path in paths:
@@ -176,11 +178,11 @@ class Trainer:
                     raise checkpoint.CheckpointError(f"{path} belongs to another run (run id "
                                                      f"{meta.get('run_id')}, this directory's run is "
                                                      f"{record['run_id']})")
-                self._refuse_weights_only(path, meta)
+                refuse_weights_only(path, meta)
                 # first: changes that can never be allowed, so say that, not "allow it with
                 # resume_allow_changes"
-                self._refuse_pruning_changes(path, meta)
-                self._refuse_impossible_changes(path, meta)
+                refuse_pruning_changes(self.cfg, path, meta)
+                refuse_impossible_changes(self.cfg, path, meta, self.steps_per_epoch, self.output_dir)
                 run_record.check_recipe(path, meta, self.cfg)
                 # the per-step learning rates follow from the recipe (and an allowed epoch_size change)
                 checkpoint.load_into(self.train_step, params, path, strict=True,
@@ -214,73 +216,7 @@ class Trainer:
         where = (f"continuing in epoch {self.start_step // self.steps_per_epoch + 1}"
                  if self.start_step < self.total_steps else "all epochs done")
         self.logger.info(f"resumed from {path} at step {self.start_step} ({where})")
-        self._check_same_start()
-
-    def _refuse_pruning_changes(self, path, meta):
-        """The pruning target and the method's keys cannot change once a pruning run has begun,
-        even when resume_allow_changes names them: the masks so far were built for the old ones
-        (the run would end off target, or the change would do nothing)."""
-        step = int(meta.get("step") or 0)
-        if self.cfg.prune_method == "none" or not step or meta.get("recipe") is None:
-            return
-        from src.pruning.registry import keys_of
-        fixed = set(keys_of(self.cfg.prune_method)) | {"sparsity", "prune_include", "prune_exclude",
-                                                       "prune_method"}
-        changed = [k for k in run_record.recipe_changes(meta["recipe"], self.cfg, allowed=()) if k in fixed]
-        if changed:
-            raise ConfigError(f"checkpoint {path} is {step} steps into a pruning run: "
-                              f"{', '.join(changed)} cannot change mid-run (start a new run instead)")
-
-    @staticmethod
-    def _refuse_weights_only(path, meta):
-        """A checkpoint that holds weights but no training run cannot be continued."""
-        if meta.get("converted_from"):  # scripts/convert_*.py
-            raise checkpoint.CheckpointError(
-                f"{path} is a converted pre-trained checkpoint (from {meta['converted_from']}), not a "
-                "training run: give it as --pre_trained")
-        if "step" not in meta:  # e.g. a model-zoo checkpoint, PSAP's last_compact.ckpt
-            raise checkpoint.CheckpointError(
-                f"{path} records no training step, so it is not a checkpoint of a training run "
-                "(last.ckpt or *_step<N>.ckpt): give pre-trained weights as --pre_trained")
-
-    def _refuse_impossible_changes(self, path, meta):
-        """Changes that resume_allow_changes could not make work, refused before the recipe check
-        (whose line would otherwise advise allowing them): another number of steps per epoch,
-        another length of a pruning run, any change to a complete run."""
-        saved_per_epoch = meta.get("steps_per_epoch")
-        if saved_per_epoch != self.steps_per_epoch:
-            keys = [k for k in ("batch_size", "train_samples", "dataset")
-                    if k in run_record.recipe_changes(meta.get("recipe") or {}, self.cfg, allowed=())]
-            what = run_record.describe_changes(meta.get("recipe") or {}, self.cfg, keys) if keys else \
-                "another data set size or device count"
-            raise ConfigError(f"checkpoint {path} was made with {saved_per_epoch} steps per epoch, this "
-                              f"run has {self.steps_per_epoch} ({what}): a run cannot continue with "
-                              "another number of steps per epoch (its place in the data and its "
-                              "schedules count steps); resume with the checkpoint's values, or start a "
-                              "new run in another --output_dir")
-        saved_recipe = meta.get("recipe")
-        saved_steps = saved_per_epoch * (saved_recipe or {}).get("epoch_size", 0)
-        if self.cfg.prune_method != "none" and saved_steps and saved_steps != self.total_steps:
-            # mask updates sit at fractions of the whole run: another length moves every one of them
-            raise ConfigError(f"checkpoint {path} is from a {saved_steps}-step run, this one has "
-                              f"{self.total_steps}: a pruning schedule cannot be stretched mid-run "
-                              "(only a dense run, prune_method none, can be given more epochs)")
-        changed = run_record.recipe_changes(saved_recipe or {}, self.cfg, allowed=())
-        if int(meta.get("step") or 0) >= self.total_steps and saved_recipe is not None and changed:
-            raise ConfigError(f"the run in {self.output_dir} is already complete ({meta['step']} "
-                              f"steps): changing {', '.join(changed)} now would have no effect")
-
-    def _check_same_start(self):
-        """Data-parallel resume: every worker must continue from the same step (a collective call)."""
-        if not self.cfg.run_distribute:
-            return
-        steps = np.zeros(self.group_size, np.float32)
-        steps[self.rank] = self.start_step
-        steps = all_reduce(steps)  # every worker's start step (exact below 2**24)
-        if steps.min() != steps.max():
-            raise checkpoint.CheckpointError(
-                f"workers resumed from different steps ({int(steps.min())} to {int(steps.max())}): "
-                f"every worker must see the same checkpoints in {self.output_dir} (shared storage)")
+        check_same_start(self.cfg, self.rank, self.group_size, self.start_step, self.output_dir)
 
     def _stop_requested(self, step):
         """Whether to stop after ``step``; data-parallel workers agree (a collective call every
@@ -413,7 +349,6 @@ class Trainer:
             for index, (image, label) in enumerate(batches(data)):
                 if index < skip:
                     continue
-                self.ctx.epoch = epoch
                 loss = self.session.step(image, label)
                 step += 1
                 window_images += image.shape[0] * self.group_size
@@ -428,7 +363,6 @@ class Trainer:
                 if cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0 \
                         and step % self.steps_per_epoch != 0:
                     self._save_periodic(step)
-            self.ctx.epoch, self.ctx.step = epoch, step
             self.session.end_epoch()
             last_epoch = epoch + 1 == cfg.epoch_size
             if self.eval_data is not None and (

@@ -1,5 +1,5 @@
 """The training graph from a recipe: optimizer with per-step learning rates, loss, mixed-precision
-twin and the pruning method's ``SparseTraining`` (``src.pruning.api``), shared by the Trainer
+twin and the pruning method's ``SparseTraining`` (``src.sparse_training``), shared by the Trainer
 and the benchmarks so that both run exactly the same graph; and the helpers around it
 (weight-decay groups, pre-trained weights, BatchNorm statistics across workers)."""
 import numpy as np
@@ -9,7 +9,7 @@ from src import checkpoint
 from src.lr_schedule import learning_rates
 from src.metrics import all_reduce
 from src.models import build_network, training_network
-from src.pruning.api import SparseTraining
+from src.sparse_training import SparseTraining
 
 
 def weight_decay_groups(net, weight_decay):
@@ -92,9 +92,10 @@ def average_bn_statistics(net, group_size):
         offset += value.size
 
 
-def build_training_graph(cfg, net, steps_per_epoch, logger, input_shape):
+def build_training_graph(cfg, net, steps_per_epoch, logger, input_shape, training_batches=None):
     """A ``SparseTraining`` for the recipe (its pruner, train step and context), with ``lrs``,
-    the per-step learning rates, set on it."""
+    the per-step learning rates, set on it. ``input_shape`` and ``training_batches``: what the
+    loop gives a method that needs them (``SparseTraining``)."""
     total_steps = steps_per_epoch * cfg.epoch_size
     lrs = learning_rates(cfg.lr_schedule, cfg.lr_max, total_steps, steps_per_epoch,
                          cfg.warmup_epochs, cfg.lr_end, cfg.lr_decay_epochs,
@@ -111,6 +112,6 @@ def build_training_graph(cfg, net, steps_per_epoch, logger, input_shape):
     session = SparseTraining(net, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), optimizer,
                              steps_per_epoch=steps_per_epoch, logger=logger, settings=cfg,
                              amp_network=None if train_net is net else train_net,
-                             input_shape=input_shape)
+                             input_shape=input_shape, training_batches=training_batches)
     session.lrs = lrs
     return session

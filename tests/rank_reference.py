@@ -1,14 +1,14 @@
 """Float64 SVD references of RPG's rank loss, for the tests (and the "before" timing of
-benchmarks/rpg_cost.py); training uses src/pruning/rank_targets.py and rank_loss.py.
+benchmarks/rpg_cost.py); training uses src/pruning/masks/rpg/rank_targets.py and rank_loss.py.
 
 Per layer: Wn = W.reshape(C_out, -1) / ||W||_F = U diag(s) V^T (NumPy SVD, float64), k from the
-energy rule (src.pruning.rank_targets.select_rank), A_k = U[:, :k] diag(s[:k]) V[:, :k]^T and the
+energy rule (src.pruning.masks.rpg.rank_targets.select_rank), A_k = U[:, :k] diag(s[:k]) V[:, :k]^T and the
 layer loss -||Wn - A_k||_F^2; the rank loss is its mean over the usable layers (an all-zero
 weight or a failing SVD is skipped).
 """
 import numpy as np
 
-from src.pruning.rank_targets import _as_2d, _check_partial_k, select_rank
+from src.pruning.masks.rpg.rank_targets import _as_2d, _check_partial_k, select_rank
 
 
 def normalized_svd(W2d):
@@ -60,7 +60,7 @@ def rank_loss_numpy(weight_arrays, partial_k):
 
 
 def svd_targets_numpy(weight_arrays, partial_k, dtype=np.float32, factors=None):
-    """(targets, ranks, ok) as src.pruning.rank_targets.rank_targets_numpy returns them, from a
+    """(targets, ranks, ok) as src.pruning.masks.rpg.rank_targets.rank_targets_numpy returns them, from a
     float64 SVD of every layer: the path the Gram targets replaced (benchmarks/rpg_cost.py times
     it as the "before"). ``factors``: each layer's :func:`normalized_svd`, computed once when a
     test sweeps partial_k."""

@@ -8,12 +8,12 @@ import mindspore as ms
 import pytest
 from mindspore import nn, ops, Tensor
 
-from src.config import ConfigError, Key
-from src.errors import DeadNetworkError, TrainingError
+from src.errors import ConfigError, DeadNetworkError, TrainingError
 from src.pruning.api import SparseTraining
-from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.registry import METHODS, register
-from src.pruning.schedules import ExponentialSchedule
+from src.pruning.core.registry import METHODS, register
+from src.pruning.masks.hard_mask import HardMaskPruner
+from src.pruning.masks.schedules import ExponentialSchedule
+from src.recipe_keys import Key
 from tests.conftest import ROOT
 
 SIZE = 16
@@ -313,9 +313,14 @@ def test_register_refuses_what_would_break_the_schema():
         name = "toy_script_flag"
         keys = {"ckpt": Key(str, "")}
 
+    class UnknownNeed(RandomRegrowth):
+        name = "toy_unknown_need"
+        needs = ("labels",)                                   # the loop cannot supply it
+
     before = dict(METHODS)
     for method, message in ((Taken, "taken"), (Collides, "delta"), (BaseKey, "seed"),
-                            (NotAKey, "Key"), (CaseVariant, "lower case"), (ScriptFlag, "ckpt")):
+                            (NotAKey, "Key"), (CaseVariant, "lower case"), (ScriptFlag, "ckpt"),
+                            (UnknownNeed, "labels")):
         with pytest.raises(ValueError, match=message):
             register(method)
     assert METHODS == before

@@ -7,10 +7,10 @@ import pytest
 
 from tests.conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from runs import BenchmarkError, call, check_same_recipe  # noqa: E402
-from src.config import parse_args  # noqa: E402
-from src.run_record import recipe_of, write_run  # noqa: E402
+from benchmarks import psap_benchmark
+from benchmarks.runs import BenchmarkError, call, check_same_recipe
+from src.config import parse_args
+from src.run_record import recipe_of, write_run
 
 RECIPE = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s98.yaml")
 
@@ -46,7 +46,6 @@ def test_a_failing_step_is_one_error_and_an_interrupted_one_an_interrupt(tmp_pat
 
 
 def test_psap_report_only_explains_a_results_file_it_cannot_rebuild_in_one_line():
-    from psap_benchmark import stored_report
     results = os.path.join(ROOT, "benchmarks", "results")
     cases = {"psap_width_latency.json": "is not a result of this script (written by "
                                         "benchmarks/psap_width_latency.py)",
@@ -54,11 +53,10 @@ def test_psap_report_only_explains_a_results_file_it_cannot_rebuild_in_one_line(
              "no_such_result.json": "no results file"}
     for name, message in cases.items():
         with pytest.raises(BenchmarkError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            stored_report(os.path.join(results, name))
+            psap_benchmark.stored_report(os.path.join(results, name))
 
 
 def test_the_stream_method_of_the_psap_benchmark_trains_the_recipe_it_names():
-    import psap_benchmark
     cmd = ["--config_path", os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml"),
            "--data_path", "somewhere", *psap_benchmark.method_overrides("PSAP-BN-S", "bn_l2",
                                                                        (0.5, 0.0, 0.25))]

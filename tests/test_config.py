@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from src.config import ConfigError, build_config, load_yaml, parse_args
+from src.config import build_config, load_yaml, parse_args
+from src.errors import ConfigError
 from tests.conftest import ROOT, error_lines, run_script
 
 RECIPE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")

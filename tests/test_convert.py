@@ -1,4 +1,5 @@
-"""Tests of scripts/convert_torchvision_resnet50.py on weights made here (no download).
+"""Tests of scripts/convert_torchvision_resnet50.py and its readers (src/conversion/) on weights
+made here (no download).
 
 Without torch: our network's weights are written under torchvision's names (the key list is
 generated below from torchvision's ResNet layout, independently of the converter's mapping),
@@ -21,6 +22,7 @@ if ROOT not in sys.path:
 import mindspore as ms  # noqa: E402
 
 from src import checkpoint  # noqa: E402
+from src.conversion import torch_resnet, weight_files  # noqa: E402
 from src.models.resnet import build_resnet  # noqa: E402
 from tests.conftest import batchnorm_like, load_script  # noqa: E402
 
@@ -190,13 +192,13 @@ def test_builtin_safetensors_reader(tmp_path):
                              "h": ("F16", f16.tobytes(), f16.shape),
                              "b": ("BF16", (bf16.view(np.uint32) >> 16).astype("<u2").tobytes(),
                                    bf16.shape)})
-    got = conv.read_safetensors_builtin(str(path))
+    got = weight_files.read_safetensors_builtin(str(path))
     assert set(got) == {"a", "h", "b"}
     np.testing.assert_array_equal(got["a"], f32)
     np.testing.assert_array_equal(got["h"], f16)
     np.testing.assert_array_equal(got["b"], bf16)
     # the safetensors package (if any) cannot hold bfloat16 in numpy: read_safetensors falls back
-    np.testing.assert_array_equal(conv.read_safetensors(str(path))["b"], bf16)
+    np.testing.assert_array_equal(weight_files.read_safetensors(str(path))["b"], bf16)
     from safetensors.numpy import load_file
     small = tmp_path / "s.safetensors"
     write_safetensors(small, {"a": ("F32", f32.tobytes(), f32.shape)})
@@ -293,7 +295,7 @@ def test_command_line_error_is_one_line(r18, tmp_path):
 def torch_model(torch, arch, num_classes, seed=0):
     """The converter's torch reference with every BatchNorm tensor non-trivial."""
     torch.manual_seed(seed)
-    model = conv.torch_resnet(arch, num_classes)
+    model = torch_resnet.torch_resnet(arch, num_classes)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -339,8 +341,8 @@ def test_builtin_torch_reader_matches_torch_load(tmp_path, monkeypatch):
              "n": torch.tensor(7), "p": torch.nn.Parameter(torch.ones(2))}
     path = tmp_path / "mix.pt"
     torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, str(path))
-    expected = conv.find_state_dict(conv.read_torch(str(path)), "x")
-    got = conv.find_state_dict(conv.read_torch_zip_builtin(str(path)), "x")
+    expected = weight_files.find_state_dict(weight_files.read_torch(str(path)), "x")
+    got = weight_files.find_state_dict(weight_files.read_torch_zip_builtin(str(path)), "x")
     assert set(got) == set(state)
     for key in state:
         assert got[key].dtype == expected[key].dtype, key
@@ -350,6 +352,7 @@ def test_builtin_torch_reader_matches_torch_load(tmp_path, monkeypatch):
     src, out = tmp_path / "r18.pth", tmp_path / "r18.ckpt"
     torch.save(model.state_dict(), str(src))
     monkeypatch.setattr(conv, "torch_available", lambda: False)
+    monkeypatch.setattr(weight_files, "torch_available", lambda: False)
     assert conv.convert(str(src), str(out), "resnet18", 10, log=quiet) is None
     _, params, _ = reload(str(out), "resnet18", 10)
     for key, value in model.state_dict().items():
@@ -379,14 +382,14 @@ FIXTURE = os.path.join(ROOT, "tests", "data", "torch_state.pth")
 
 
 def test_committed_pth_read_without_torch(monkeypatch):
-    monkeypatch.setattr(conv, "torch_available", lambda: False)
+    monkeypatch.setattr(weight_files, "torch_available", lambda: False)
     with np.load(os.path.join(ROOT, "tests", "data", "torch_state_expected.npz")) as data:
         expected = {k: data[k] for k in data.files}
-    tensors, fmt = conv.read_input(FIXTURE)   # under "model", with the DataParallel prefix
+    tensors, fmt = weight_files.read_input(FIXTURE)   # under "model", with the DataParallel prefix
     assert fmt == "torch" and set(tensors) == set(expected)
     for key, value in expected.items():
         assert tensors[key].dtype == value.dtype, key
         assert tensors[key].shape == value.shape, key
         assert tensors[key].tobytes() == np.ascontiguousarray(value).tobytes(), key  # bit for bit
-    raw = conv.read_torch_zip_builtin(FIXTURE)
+    raw = weight_files.read_torch_zip_builtin(FIXTURE)
     assert raw["epoch"] == 3 and raw["args"].lr == 0.1

@@ -9,8 +9,8 @@ import pytest
 
 from PIL import Image
 
-from src.config import ConfigError
 from src.dataset import DataError, create_dataset, dataset_info
+from src.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "get_fashion_mnist.sh")

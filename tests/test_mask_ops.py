@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from src.pruning.mask_ops import drop_and_grow, global_magnitude_masks, layer_magnitude_masks
+from src.pruning.masks.mask_ops import drop_and_grow, global_magnitude_masks, layer_magnitude_masks
 
 
 def _ref_top_k(scores, k):

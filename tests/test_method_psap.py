@@ -11,7 +11,8 @@ from mindspore import Tensor
 
 from src.config import build_config
 from src.models import build_network
-from src.pruning.psap_energy import ENERGY_PREFIX
+from src.pruning.filters.energy import ENERGY_PREFIX
+from src.pruning.filters.pruner import PSAPPruner
 from src.training_graph import build_training_graph
 
 RATIO = 0.3
@@ -73,7 +74,7 @@ def _zeroed_filters(weights):
 @pytest.mark.parametrize("score", sorted(SCORES))
 def test_exactly_the_lowest_scoring_filters_are_zeroed(tmp_path, score):
     pruner, ctx = _build(tmp_path, filter_score=score)
-    names = pruner.conv_names
+    names = pruner.layout.conv_names
     _plant(ctx, names, seed=1)
     before_w, before_m = _state(ctx, names)
     pruner.on_epoch_end(0, ctx)
@@ -92,13 +93,13 @@ def test_exactly_the_lowest_scoring_filters_are_zeroed(tmp_path, score):
         assert np.array_equal(after_w[name][~pruned], before_w[name][~pruned]), name
         assert np.array_equal(after_m[name][~pruned], before_m[name][~pruned]), name
     assert np.array_equal(np.flatnonzero(pruner.zeroed),
-                          np.concatenate([_zeroed_filters(after_w[n]) + pruner.offsets[i]
+                          np.concatenate([_zeroed_filters(after_w[n]) + pruner.layout.offsets[i]
                                           for i, n in enumerate(names)]))
 
 
 def test_protection_keeps_the_planted_filter(tmp_path):
     pruner, ctx = _build(tmp_path, protect_energy="raw", protect_tau=2.0, protect_steps=2)
-    names = pruner.conv_names
+    names = pruner.layout.conv_names
     _plant(ctx, names, seed=2)
     pruner.on_epoch_end(0, ctx)
     first = {n: _zeroed_filters(ctx._params[n].asnumpy()) for n in names}
@@ -112,9 +113,9 @@ def test_protection_keeps_the_planted_filter(tmp_path):
             energy[favourite] = 5.0          # > tau x median(kept) = 2
         buffer.set_data(Tensor(energy))
     pruner.on_epoch_end(1, ctx)
-    offset = pruner.offsets[names.index(target)]
-    assert pruner.protect[offset + favourite] == 2
-    assert np.count_nonzero(pruner.protect) == 1
+    offset = pruner.layout.offsets[names.index(target)]
+    assert pruner.protection.protect[offset + favourite] == 2
+    assert np.count_nonzero(pruner.protection.protect) == 1
     second = {n: _zeroed_filters(ctx._params[n].asnumpy()) for n in names}
     assert not pruner.zeroed[offset + favourite]
     # its weights are still all zero (zeroed at the first step), but it is not a pruned filter
@@ -124,3 +125,26 @@ def test_protection_keeps_the_planted_filter(tmp_path):
     for name in names:
         if name != target:
             np.testing.assert_array_equal(second[name], first[name], err_msg=name)
+
+
+def test_the_loop_hands_psap_what_it_declares(tmp_path):
+    """PSAP declares what it needs of the loop; SparseTraining hands it over: the input shape, and
+    the training batches its final step re-estimates the BatchNorm statistics on (the loop's, as
+    train.py gives them, or those given to end_epoch, as your own loop may)."""
+    assert PSAPPruner.needs == ("input_shape", "training_batches")
+    rng = np.random.default_rng(3)
+    data = [(Tensor(rng.normal(size=(4, 1, 28, 28)).astype(np.float32)), Tensor(np.zeros(4, np.int32)))
+            for _ in range(5)]
+    for from_loop, at_end in ((lambda: iter(data), None), (None, data)):
+        ms.set_context(mode=ms.GRAPH_MODE)
+        cfg = build_config({"net": "resnet20", "in_channels": 1, "dataset": "fashion_mnist",
+                            "epoch_size": 1, "prune_method": "psap", "psap_target": "filters",
+                            "psap_ratio": RATIO, "psap_bn_recalibration": 3,
+                            "output_dir": str(tmp_path)}, {})
+        session = build_training_graph(cfg, build_network(cfg), 1, logging.getLogger("t.psap"),
+                                       (1, 1, 28, 28), from_loop)
+        assert session.pruner.input_shape == (1, 1, 28, 28)
+        events = []
+        session.ctx.recorders.append(events.append)
+        session.end_epoch(recalibration_batches=at_end)       # the last epoch: the final step
+        assert [e["batches"] for e in events if e["event"] == "bn_recalibration"] == [3]

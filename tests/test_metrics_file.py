@@ -79,10 +79,10 @@ def test_truncate_after_drops_what_happened_before_the_next_iteration(tmp_path):
 def test_plot_run_draws_a_png(tmp_path):
     hand_written_run(tmp_path)
     out = tmp_path / "picture.png"
-    proc = run_script("benchmarks/plot_run.py", tmp_path, "--out", out, timeout=120)
+    proc = run_script("-m", "benchmarks.plot_run", tmp_path, "--out", out, timeout=120)
     assert f"wrote {out}" in proc.stdout
     assert out.read_bytes()[:8] == PNG_SIGNATURE
-    run_script("benchmarks/plot_run.py", tmp_path, timeout=120)      # default: OUTPUT_DIR/run.png
+    run_script("-m", "benchmarks.plot_run", tmp_path, timeout=120)   # default: OUTPUT_DIR/run.png
     assert (tmp_path / "run.png").read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "picture.png", "run.png"]
 
@@ -94,7 +94,7 @@ def test_plot_run_refuses_bad_input_in_one_line(tmp_path, case):
         run.mkdir()
     if case in ("empty file", "not JSON"):
         (run / "metrics.jsonl").write_text("" if case == "empty file" else "step 1 loss 2.3\n")
-    proc = run_script("benchmarks/plot_run.py", run, check=False, timeout=120)
+    proc = run_script("-m", "benchmarks.plot_run", run, check=False, timeout=120)
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

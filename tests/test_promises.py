@@ -15,7 +15,7 @@ from src.cli import run
 from src.config import build_config
 from src.metrics import evaluate
 from src.models import build_network
-from src.pruning.hard_mask import FinalSparsityError
+from src.pruning.masks.hard_mask import FinalSparsityError
 from src.training_graph import build_training_graph
 from tests.conftest import digest
 

@@ -7,18 +7,20 @@ import mindspore as ms
 import pytest
 
 from src import checkpoint
-from src.config import ConfigError, build_config, load_yaml
+from src.config import build_config, load_yaml
+from src.dataset import input_shape
+from src.errors import ConfigError
 from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
 from src.models.resnet import build_resnet, default_inner_widths
-from src.pruning.psap import (PSAPPruner, adaptive_layer_ratios, asfp_target,
-                              bn_normalized_energy, count_bounds, filter_costs, filter_scores,
-                              flops_layer_counts, protected_filters, removed_macs,
-                              weight_sparsity_ratio)
-from src.pruning.psap_protection import OUTCOME_COLUMNS
-from src.pruning.psap_scores import relu_gaussian_variance, taylor_bn_terms
-from src.pruning.psap_widths import round_pruned_counts
-from src.pruning.surgery import prunable_layers
+from src.pruning.filters.allocation import (adaptive_layer_ratios, asfp_target, count_bounds,
+                                            filter_costs, flops_layer_counts, removed_macs,
+                                            weight_sparsity_ratio)
+from src.pruning.filters.protection import OUTCOME_COLUMNS, bn_normalized_energy, protected_filters
+from src.pruning.filters.pruner import PSAPPruner
+from src.pruning.filters.scores import filter_scores, relu_gaussian_variance, taylor_bn_terms
+from src.pruning.filters.surgery import prunable_layers
+from src.pruning.filters.widths import round_pruned_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGGER = logging.getLogger("test_psap")
@@ -307,9 +309,8 @@ def test_bn_normalized_energy():
 class FakeContext:
     """The part of the trainer's TrainContext the pruner uses, on the host."""
 
-    def __init__(self, cfg, net, output_dir, input_shape):
+    def __init__(self, cfg, net, output_dir):
         self.cfg, self.net, self.output_dir = cfg, net, output_dir
-        self.input_shape = input_shape
         self.logger = LOGGER
         self.rank = 0
         self.params = {p.name: p for p in net.get_parameters()}
@@ -322,8 +323,8 @@ class FakeContext:
     def record(self, event):
         self.events = getattr(self, "events", []) + [event]
 
-    def recalibrate_bn(self, num_batches):
-        """No training data here: as TrainContext without ``recalibration_data``."""
+    def recalibrate_bn(self, batches, num_batches):
+        """No training data here (the pruner has no ``training_batches``): nothing to do."""
         return 0
 
     def zero_outside(self, masks):
@@ -355,8 +356,8 @@ def _setup(tmp_path, **overrides):
     cfg = build_config(values, {})
     ms.set_seed(0)
     net = build_network(cfg)
-    pruner = PSAPPruner(cfg, net, steps_per_epoch=10, logger=LOGGER)
-    ctx = FakeContext(cfg, net, str(tmp_path), (1, 1, 28, 28))
+    pruner = PSAPPruner(cfg, net, steps_per_epoch=10, logger=LOGGER, input_shape=(1, 1, 28, 28))
+    ctx = FakeContext(cfg, net, str(tmp_path))
     pruner.energy_piece = ctx
     return cfg, net, pruner, ctx
 
@@ -396,7 +397,7 @@ def test_pruner_follows_schedule_and_ends_compact(tmp_path):
     rng = np.random.default_rng(5)
     names = pruner.energy_names
     assert names == [f"layer{s}.{b}.conv1.weight" for s in (1, 2, 3) for b in range(3)]
-    total = int(pruner.filter_counts.sum())
+    total = int(pruner.layout.counts.sum())
     for epoch in range(cfg.epoch_size):
         ctx.train(rng, names)
         pruner.on_epoch_end(epoch, ctx)
@@ -478,7 +479,7 @@ def test_protection_triggers_on_gradient_pattern(tmp_path, mode):
     _epoch_end(pruner, ctx, 1, energy)
     second = _zeroed(ctx, names)
     assert favourite not in second[target]
-    assert pruner.protect.sum() == 2 and np.count_nonzero(pruner.protect) == 1
+    assert pruner.protection.protect.sum() == 2 and np.count_nonzero(pruner.protection.protect) == 1
     assert sum(len(z) for z in second.values()) == sum(len(z) for z in first.values())
 
     # still protected at the next step even if its weights are the smallest of the layer
@@ -487,11 +488,11 @@ def test_protection_triggers_on_gradient_pattern(tmp_path, mode):
     w[favourite] = 0
     ctx.params[target].set_data(ms.Tensor(w))
     _epoch_end(pruner, ctx, 2, {n: np.ones(ctx.params[n].shape[0]) for n in names})
-    selected = pruner.zeroed[pruner._slice(0)]
+    selected = pruner.zeroed[pruner.layout.part(0)]
     assert not selected[favourite] and selected.sum() == len(first[target])
     # protection served (2 steps): now it is a candidate again and, being all zero, is pruned
     _epoch_end(pruner, ctx, 3, {n: np.ones(ctx.params[n].shape[0]) for n in names})
-    assert pruner.zeroed[pruner._slice(0)][favourite] and pruner.protect.sum() == 0
+    assert pruner.zeroed[pruner.layout.part(0)][favourite] and pruner.protection.protect.sum() == 0
 
 
 def test_normalized_protection_ignores_the_bn_blow_up(tmp_path):
@@ -519,11 +520,11 @@ def test_normalized_protection_ignores_the_bn_blow_up(tmp_path):
         energy[names[0]][z[1]] = 3e5               # ... 3e5 x
         # normalised: 1e4 * eps / gamma^2 = 0.025 and 3e5 * eps / 4 = 0.75 (< tau 1): both no.
         _epoch_end(pruner, ctx, 1, energy)
-        results[mode] = set(np.flatnonzero(pruner.protect[pruner._slice(0)]))
+        results[mode] = set(np.flatnonzero(pruner.protection.protect[pruner.layout.part(0)]))
         if mode == "normalized":
-            compared = pruner.last_energy[names[0]]["energy"]
+            compared = pruner.protection.last_energy[names[0]]["energy"]
             assert compared[z[0]] == pytest.approx(1e4 * EPS / 4.0)
-            assert compared[~pruner.last_energy[names[0]]["zeroed"]] == pytest.approx(4.0 / 4.0,
+            assert compared[~pruner.protection.last_energy[names[0]]["zeroed"]] == pytest.approx(4.0 / 4.0,
                                                                                       rel=1e-4)
     assert results["raw"] == {z[0], z[1]}
     assert results["normalized"] == set()
@@ -542,13 +543,13 @@ def test_normalized_energy_is_taken_on_the_first_step_after_pruning(tmp_path):
     ctx.energy = {k: v.astype(np.float32) for k, v in energy.items()}
     for step in range(STEPS + 1, 2 * STEPS):     # later steps of the epoch: not measured
         pruner.after_step(step, ctx)
-    assert np.isnan(pruner.measured).all()
+    assert np.isnan(pruner.protection.measured).all()
     pruner.after_step(STEPS, ctx)                # the epoch's first step
-    assert pruner.measured[zeroed[0]] == pytest.approx(5.0, rel=1e-4)
+    assert pruner.protection.measured[zeroed[0]] == pytest.approx(5.0, rel=1e-4)
     ctx.energy = {n: np.ones(ctx.params[n].shape[0], np.float32) for n in names}   # later
     pruner.on_epoch_end(1, ctx)
-    assert pruner.protect[zeroed[0]] > 0         # judged on the first step's energy
-    assert np.isnan(pruner.measured).all()       # used once
+    assert pruner.protection.protect[zeroed[0]] > 0         # judged on the first step's energy
+    assert np.isnan(pruner.protection.measured).all()       # used once
 
     # not measured (e.g. resumed from an older checkpoint): no new protection, a warning
     _, _, other, ctx2 = _setup(tmp_path, epoch_size=10, psap_end_epoch=1, psap_adaptive=False)
@@ -556,7 +557,7 @@ def test_normalized_energy_is_taken_on_the_first_step_after_pruning(tmp_path):
     _epoch_end(other, ctx2, 0)
     ctx2.energy = {n: np.full(ctx2.params[n].shape[0], 1e9, np.float32) for n in names}
     other.on_epoch_end(1, ctx2)
-    assert other.protect.sum() == 0
+    assert other.protection.protect.sum() == 0
 
 
 def test_no_protection_without_pattern_or_when_disabled(tmp_path):
@@ -572,13 +573,13 @@ def test_no_protection_without_pattern_or_when_disabled(tmp_path):
             # flat energies: zeroed filters at 0.9 x the median of the kept ones (normalised)
             energy = {n: np.full(ctx.params[n].shape[0], 1.0) for n in names}
             for i, n in enumerate(names):
-                part = zeroed[pruner._slice(i)]
+                part = zeroed[pruner.layout.part(i)]
                 scale = _zeroed_scale(ctx, layers[i]) if mode == "normalized" else 1.0
                 energy[n][part] = (0.9 * scale * np.ones(len(part)))[part]
             if not protect:
                 energy[names[0]][:] = 50.0
             _epoch_end(pruner, ctx, epoch, energy)
-            assert pruner.protect.sum() == 0
+            assert pruner.protection.protect.sum() == 0
 
 
 def _set(ctx, name, index, value):
@@ -605,7 +606,7 @@ def test_protected_filter_wins_back_its_place_on_a_bn_aware_score(tmp_path, scor
     energy = {n: np.ones(ctx.params[n].shape[0]) for n in names}
     energy[names[0]][[f, g]] = 10.0                  # > tau x median(kept): protected
     _epoch_end(pruner, ctx, 1, energy)
-    assert pruner.protect[f] == pruner.protect[g] == 1 and not pruner.zeroed[[f, g]].any()
+    assert pruner.protection.protect[f] == pruner.protection.protect[g] == 1 and not pruner.zeroed[[f, g]].any()
 
     ctx.train(rng, names)
     _set(ctx, names[0], g, 100.0 * ctx.params[names[0]].asnumpy()[g])
@@ -614,7 +615,7 @@ def test_protected_filter_wins_back_its_place_on_a_bn_aware_score(tmp_path, scor
     _set(ctx, layer["bn"]["gamma"], f, 1e3)
     caplog.set_level(logging.INFO, logger=LOGGER.name)
     _epoch_end(pruner, ctx, 2, {n: np.ones(ctx.params[n].shape[0]) for n in names})
-    row = dict(zip(OUTCOME_COLUMNS, pruner.outcome[2]))
+    row = dict(zip(OUTCOME_COLUMNS, pruner.protection.outcome[2]))
     assert (row["protected_before"], row["kept"], row["still_protected"], row["competed"],
             row["won"]) == (2, 1, 0, 2, 1)
     assert "protected at the previous step 2: kept 1 (still protected 0, won on score 1 of 2)" \
@@ -624,16 +625,16 @@ def test_protected_filter_wins_back_its_place_on_a_bn_aware_score(tmp_path, scor
 
     ctx.train(rng, names)
     _epoch_end(pruner, ctx, 3, {n: np.ones(ctx.params[n].shape[0]) for n in names})
-    assert pruner.regrown[winner] and not pruner.zeroed[winner]
+    assert pruner.protection.regrown[winner] and not pruner.zeroed[winner]
     summary = pruner.regrowth_summary()
-    assert summary["survived"] == int(np.sum(pruner.regrown & ~pruner.zeroed)) >= 1
+    assert summary["survived"] == int(np.sum(pruner.protection.regrown & ~pruner.zeroed)) >= 1
     finish(pruner, ctx)
     _, meta, _ = checkpoint.load(os.path.join(str(tmp_path), "last_compact.ckpt"))
     assert meta["regrown_survived"] == summary["survived"]
     assert meta["regrown_filters"] == summary["regrown"]
     state = pruner.state_dict()
-    assert np.array_equal(state["psap_outcome"], pruner.outcome)
-    assert np.array_equal(state["psap_regrown"].astype(bool), pruner.regrown)
+    assert np.array_equal(state["psap_outcome"], pruner.protection.outcome)
+    assert np.array_equal(state["psap_regrown"].astype(bool), pruner.protection.regrown)
 
 
 def test_bn_aware_layer_sparsity_uses_folded_weights(tmp_path):
@@ -645,7 +646,7 @@ def test_bn_aware_layer_sparsity_uses_folded_weights(tmp_path):
         _set(ctx, layer["bn"]["gamma"], slice(None), rng.uniform(0.01, 3.0, 16 if
              layer["conv"].startswith("layer1") else 32 if layer["conv"].startswith("layer2")
              else 64))
-    weights = ctx.get_weights(pruner.conv_names)
+    weights = ctx.get_weights(pruner.layout.conv_names)
     bn = pruner._bn_stats(ctx)
     got = pruner._sparsities(weights, bn)
     for i, layer in enumerate(layers):
@@ -697,7 +698,7 @@ def test_taylor_bn_is_accumulated_before_the_pruning_step(tmp_path):
     batch = (np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int32))
     for step in range(STEPS):
         assert pruner.before_step(step, batch, ctx) is None
-    assert len(cells) == 1 and len(cells[0].calls) == 3 and pruner.taylor_batches == 3
+    assert len(cells) == 1 and len(cells[0].calls) == 3 and pruner.taylor.batches == 3
     np.testing.assert_array_equal(ctx.params[layers[0]["bn"]["moving_variance"]].asnumpy(),
                                   variance)                       # put back after each forward
     gamma = ctx.params[layers[0]["bn"]["gamma"]].asnumpy().astype(np.float64)
@@ -708,12 +709,12 @@ def test_taylor_bn_is_accumulated_before_the_pruning_step(tmp_path):
         g_beta = grads[1].astype(np.float32).astype(np.float64)
         expected += np.array([(gamma[j] * g_gamma[j] + beta[j] * g_beta[j]) ** 2
                               for j in range(16)])
-    np.testing.assert_allclose(pruner.taylor[:16], expected, rtol=1e-10)
+    np.testing.assert_allclose(pruner.taylor.importance[:16], expected, rtol=1e-10)
     pruner.on_epoch_end(0, ctx)
     count = int(pruner.last_counts[0])
     assert set(np.flatnonzero(pruner.zeroed[:16])) == set(np.argsort(expected)[:count])
-    assert pruner.taylor_batches == 0 and not pruner.taylor.any()   # used once
-    assert not pruner._taylor_step(STEPS)                           # first step of epoch 1
+    assert pruner.taylor.batches == 0 and not pruner.taylor.importance.any()   # used once
+    assert not pruner.taylor.wanted(STEPS)                           # first step of epoch 1
 
 
 def test_width_rounding_through_the_pruner_ends_compact(tmp_path):
@@ -723,7 +724,7 @@ def test_width_rounding_through_the_pruner_ends_compact(tmp_path):
     for epoch in range(cfg.epoch_size):
         ctx.train(rng, pruner.energy_names)
         pruner.on_epoch_end(epoch, ctx)
-        kept = pruner.filter_counts - pruner.last_counts
+        kept = pruner.layout.counts - pruner.last_counts
         assert np.all(kept % 4 == 0), kept
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -749,16 +750,16 @@ def test_width_rounding_lifts_protection_that_blocks_the_target(tmp_path, caplog
     rng = np.random.default_rng(29)
     ctx.train(rng, pruner.energy_names)
     pruner.on_epoch_end(0, ctx)
-    for i, n in enumerate(pruner.filter_counts):   # kept >= n/2 + 1: only wide widths allowed
-        pruner.protect[pruner.offsets[i]:pruner.offsets[i] + n // 2 + 1] = 2
+    for i, n in enumerate(pruner.layout.counts):   # kept >= n/2 + 1: only wide widths allowed
+        pruner.protection.protect[pruner.layout.offsets[i]:pruner.layout.offsets[i] + n // 2 + 1] = 2
     ctx.train(rng, pruner.energy_names)
     caplog.set_level(logging.INFO, logger=LOGGER.name)
     pruner.on_epoch_end(1, ctx)
     assert "protection lifted" in caplog.text
-    kept = pruner.filter_counts - pruner.last_counts
+    kept = pruner.layout.counts - pruner.last_counts
     assert np.all(kept % 8 == 0)
     records = layer_records(net, (1, 1, 28, 28))
-    achieved = removed_macs(records, pruner.layers, pruner.last_counts) / \
+    achieved = removed_macs(records, pruner.layout.layers, pruner.last_counts) / \
         sum(r["macs"] for r in records)
     assert abs(achieved - 0.4) <= 0.01
 
@@ -772,14 +773,20 @@ def test_sfp_baseline_has_uniform_ratios(tmp_path):
     assert counts == [4, 4, 4, 8, 8, 8, 16, 16, 16]
 
 
-def test_state_dict_round_trip(tmp_path):
-    cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
-    rng = np.random.default_rng(11)
+def _after_two_steps(tmp_path, seed):
+    """(net, pruner, ctx, rng, names) of a 6-epoch run after two pruning steps."""
+    _, net, pruner, ctx = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
+    rng = np.random.default_rng(seed)
     names = pruner.energy_names
     for epoch in range(2):
         ctx.train(rng, names)
         pruner.on_epoch_end(epoch, ctx)
-    pruner.protect[3] = 2
+    return net, pruner, ctx, rng, names
+
+
+def test_state_dict_round_trip(tmp_path):
+    net, pruner, ctx, rng, names = _after_two_steps(tmp_path, 11)
+    pruner.protection.protect[3] = 2
     path = os.path.join(str(tmp_path), "state.ckpt")
     checkpoint.save_atomic(net, path, pruner_state=pruner.state_dict())
     _, _, state = checkpoint.load(path)
@@ -803,6 +810,31 @@ def test_state_dict_round_trip(tmp_path):
         other.load_state_dict({**state, "psap_zeroed": np.zeros(5, np.int32)})
 
 
+# What a PSAP checkpoint holds of the pruner (saved as pruner.<key>): renaming one would stop the
+# checkpoints written so far from resuming
+PSAP_STATE_KEYS = {"psap_steps_done", "psap_zeroed", "psap_protect", "psap_current_target",
+                   "psap_final_done", "psap_measured_energy", "psap_protected_before", "psap_regrown",
+                   "psap_outcome", "psap_taylor", "psap_taylor_batches"}
+# the keys of the first versions; the others were added later and may be absent
+FIRST_STATE_KEYS = ("psap_steps_done", "psap_zeroed", "psap_protect", "psap_current_target",
+                    "psap_final_done")
+
+
+def test_saved_state_keys_stay_and_an_older_checkpoint_resumes(tmp_path, caplog):
+    _, pruner, ctx, rng, names = _after_two_steps(tmp_path, 12)
+    state = pruner.state_dict()
+    assert set(state) == PSAP_STATE_KEYS
+    _, _, older, _ = _setup(tmp_path, epoch_size=6, protect_tau=1.2)
+    older.load_state_dict({key: state[key] for key in FIRST_STATE_KEYS})
+    assert older.steps_done == 2 and np.array_equal(older.zeroed, pruner.zeroed)
+    assert np.array_equal(older.protection.protect, pruner.protection.protect)
+    assert np.isnan(older.protection.measured).all() and older.taylor.batches == 0
+    ctx.train(rng, names)
+    with caplog.at_level(logging.WARNING):
+        older.on_epoch_end(2, ctx)                    # its next step, without new protection
+    assert older.steps_done == 3 and "no gradient energy was measured" in caplog.text
+
+
 def test_dead_filters_count_toward_the_target(tmp_path):
     cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=2, psap_end_epoch=1, psap_adaptive=False,
                                    psap_protect=False, filter_score="fpgm")
@@ -817,9 +849,9 @@ def test_dead_filters_count_toward_the_target(tmp_path):
     w[dead] = 0
     ctx.params[names[0]].set_data(ms.Tensor(w))
     pruner.on_epoch_end(1, ctx)
-    selected = pruner.zeroed[pruner._slice(0)]
+    selected = pruner.zeroed[pruner.layout.part(0)]
     assert selected[dead].all() and selected.sum() == 10
-    total = int(pruner.filter_counts.sum())
+    total = int(pruner.layout.counts.sum())
     assert pruner.zeroed.sum() == round(0.4 * total)
     _, widths = finish(pruner, ctx)
     assert total - sum(w[0] for w in widths) == round(0.4 * total)
@@ -840,7 +872,8 @@ def test_recipes_are_valid_and_feasible(recipe):
     path = os.path.join(ROOT, "config", recipe)
     cfg = build_config(load_yaml(path), {}, path)
     assert cfg.prune_method == "psap"
-    pruner = PSAPPruner(cfg, build_network(cfg), steps_per_epoch=1, logger=LOGGER)
+    pruner = PSAPPruner(cfg, build_network(cfg), steps_per_epoch=1, logger=LOGGER,
+                        input_shape=input_shape(cfg))
     assert pruner.end_epoch <= cfg.epoch_size
 
 
@@ -860,32 +893,31 @@ def test_bn_statistics_are_reestimated_after_the_final_step_only(tmp_path):
     context for that many batches of forward passes; earlier steps do not."""
     cfg, net, pruner, ctx = _setup(tmp_path, epoch_size=2, psap_bn_recalibration=7)
     calls = []
-    ctx.recalibrate_bn = lambda n: calls.append(n) or n
+    ctx.recalibrate_bn = lambda batches, n: calls.append(n) or n
     for epoch in range(2):
         ctx.train(np.random.default_rng(epoch), pruner.energy_names)
         pruner.on_epoch_end(epoch, ctx)
         assert calls == ([] if epoch == 0 else [7])
     _, _, off, ctx_off = _setup(tmp_path, epoch_size=1, psap_bn_recalibration=0)
-    ctx_off.recalibrate_bn = lambda n: calls.append(n) or n
+    ctx_off.recalibrate_bn = lambda batches, n: calls.append(n) or n
     off.on_epoch_end(0, ctx_off)
     assert calls == [7]
 
 
 def test_train_context_recalibration_moves_bn_statistics_and_nothing_else(tmp_path):
-    from src.pruning.context import TrainContext
+    from src.pruning.core.context import TrainContext
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = build_config({"net": "resnet20", "in_channels": 1, "dataset": "fashion_mnist"}, {})
     ms.set_seed(0)
     net = build_network(cfg)
     ctx = TrainContext(net, None, None, None)
     before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
-    assert ctx.recalibrate_bn(3) == 0                       # no data: nothing happens
+    assert ctx.recalibrate_bn(None, 3) == 0                 # no data: nothing happens
     rng = np.random.default_rng(0)
     data = [(ms.Tensor(rng.normal(2.0, 1.0, (8, 1, 28, 28)).astype(np.float32)), None)
             for _ in range(5)]
-    ctx.recalibration_data = lambda: iter(data)
-    assert ctx.recalibrate_bn(3) == 3
+    assert ctx.recalibrate_bn(iter(data), 3) == 3
     after = {p.name: p.asnumpy() for p in net.get_parameters()}
     moved = {n for n in before if not np.array_equal(before[n], after[n])}
     assert moved and all(n.endswith(("moving_mean", "moving_variance")) for n in moved)
-    assert ctx.recalibrate_bn(50) == 5                      # capped by the data
+    assert ctx.recalibrate_bn(iter(data), 50) == 5          # capped by the data

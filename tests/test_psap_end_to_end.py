@@ -6,6 +6,7 @@ import os
 import numpy as np
 import mindspore as ms
 
+from src.logs import read_metrics
 from tests.conftest import ROOT, run_script
 
 PSAP = os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml")
@@ -17,6 +18,8 @@ def test_psap_contract(fashion_dir, tmp_path):
                       "--epoch_size", "2", "--train_samples", "512", "--eval_samples", "256",
                       "--batch_size", "32")
     assert (out / "last.ckpt").exists() and (out / "last_compact.ckpt").exists()
+    # the loop gave the method the training batches it declared: 16 of the recipe's 50 asked
+    assert [e["batches"] for e in read_metrics(str(out), "bn_recalibration")] == [16]
 
     result_path = tmp_path / "r.json"
     proc = run_script("eval.py", "--config_path", PSAP, "--ckpt", out / "last_compact.ckpt",

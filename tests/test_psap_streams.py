@@ -7,11 +7,12 @@ import mindspore as ms
 import pytest
 
 from src import checkpoint
-from src.config import ConfigError, build_config
+from src.config import build_config
+from src.errors import ConfigError
 from src.models import build_network
 from src.models.flops import count_macs_params, layer_records
-from src.pruning.psap_streams import StreamPruning, kept_stream_widths
-from src.pruning.surgery import residual_streams
+from src.pruning.filters.streams import StreamPruning, kept_stream_widths
+from src.pruning.filters.surgery import residual_streams
 from tests.test_psap import _setup, finish, finish_and_compare
 
 SHAPE = (1, 1, 28, 28)
@@ -29,8 +30,8 @@ def test_kept_widths_round_to_the_nearest_multiple():
 def test_stream_cut_macs_equal_those_of_the_network_built_with_the_stage_widths(shortcut, cut):
     """The cost model the allocation uses, against the MAC count of the real smaller network
     (inner convs cut as well, so the bilinear conv1 / conv2 terms are exercised)."""
-    from src.pruning.psap_allocation import removed_macs
-    from src.pruning.surgery import prunable_layers
+    from src.pruning.filters.allocation import removed_macs
+    from src.pruning.filters.surgery import prunable_layers
     cfg = build_config({"net": "resnet20", "shortcut": shortcut, "prune_method": "psap",
                         "psap_stream_ratios": [0.5, 0.0, 0.25]}, {})
     net = build_network(cfg)
@@ -115,6 +116,7 @@ def test_stream_state_survives_a_checkpoint_round_trip(tmp_path):
     ctx.train(np.random.default_rng(1), pruner.energy_names)
     pruner.on_epoch_end(0, ctx)
     state = pruner.state_dict()
+    assert {"psap_stream_zeroed", "psap_stream_counts"} <= set(state)   # what checkpoints hold
     _, _, other, _ = _setup(tmp_path, psap_target="flops", psap_ratio=0.4, epoch_size=3,
                             psap_stream_ratios=[0.5, 0.0, 0.25])
     other.load_state_dict(state)

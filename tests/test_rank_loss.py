@@ -14,9 +14,9 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-from src.pruning.rank_loss import (
+from src.pruning.masks.rpg.rank_loss import (
     layer_low_rank_targets, layer_rank_losses, layer_rank_terms, rank_loss, rank_loss_from_targets)
-from src.pruning.rank_targets import (
+from src.pruning.masks.rpg.rank_targets import (
     _target_cost, layers_for_worker, low_rank_target_gram, rank_targets_numpy, select_rank,
     split_layers)
 from src.report import numerical_rank
@@ -469,7 +469,7 @@ def test_gathered_targets_equal_the_single_worker_ones(group_size):
 
 
 def test_each_worker_decomposes_only_its_share(monkeypatch):
-    import src.pruning.rank_targets as rl
+    import src.pruning.masks.rpg.rank_targets as rl
     weights = realistic_weights(2)[:9]
     calls, real = [], rl._gram_basis
     monkeypatch.setattr(rl, "_gram_basis", lambda wn, p: calls.append(wn.shape) or real(wn, p))
@@ -493,8 +493,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor
 from mindspore.communication import get_group_size, get_rank, init
-from src.pruning.rank_targets import rank_targets_numpy
-from src.pruning.rpg import RankLossTerm
+from src.metrics import all_reduce
+from src.pruning.masks.rpg.pruner import RankLossTerm
+from src.pruning.masks.rpg.rank_targets import rank_targets_numpy
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
 init()
@@ -504,7 +505,7 @@ shapes = [(16, 1, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3), (64, 32, 1, 1), (64, 64
 weights = [(rng.standard_normal(s) * np.sqrt(2 / np.prod(s[1:]))).astype(np.float32) for s in shapes]
 weights[1][:] = 0.0  # unusable layer: flagged on every worker
 term = RankLossTerm([Parameter(Tensor(w), name=f"w{i}") for i, w in enumerate(weights)], 0.5, 0.2)
-failed = term.set_host_targets(weights, rank, size)
+failed = term.set_host_targets(weights, rank, size, all_reduce)
 single, _, ok = rank_targets_numpy(weights, 0.2)
 same = all(np.array_equal(p.asnumpy(), t) for p, t in zip(term.targets, single))
 same = same and np.array_equal(term.ok_flags.asnumpy(), np.asarray(ok, np.float32))

@@ -6,12 +6,13 @@ import mindspore as ms
 import pytest
 from mindspore import nn
 
-from src.config import ConfigError, build_config, parse_args
+from src.config import build_config, parse_args
+from src.errors import ConfigError
 from src.models.resnet import build_resnet
 from src.pruning.api import SparseTraining
-from src.pruning.distributions import layer_densities
-from src.pruning.mask_ops import layer_magnitude_masks, random_layer_masks
-from src.pruning.schedules import ConstantSchedule
+from src.pruning.masks.distributions import layer_densities
+from src.pruning.masks.mask_ops import layer_magnitude_masks, random_layer_masks
+from src.pruning.masks.schedules import ConstantSchedule
 from tests.conftest import ROOT
 from tests.test_api import PlainConvNet, make_batches
 

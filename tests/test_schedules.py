@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from src.pruning.schedules import (
+from src.pruning.masks.schedules import (
     cubic_sparsity, drop_fraction, exponential_density, gmp_update_steps, ExponentialSchedule,
     rpg_update_steps)
 

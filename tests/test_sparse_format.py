@@ -295,7 +295,7 @@ def pruned_checkpoint(path, sparsity):
     from src import checkpoint
     from src.config import build_config, load_yaml
     from src.models import build_network
-    from src.pruning.base import prunable_weight_names
+    from src.pruning.core.base import prunable_weight_names
     cfg = build_config(load_yaml(RPG90), {})
     ms.set_seed(0)
     net = build_network(cfg)

@@ -4,7 +4,7 @@ import mindspore as ms
 
 from src.config import build_config
 from src.models import build_network
-from src.pruning.surgery import (compact_network, plan_removal, prunable_filter_convs,
+from src.pruning.filters.surgery import (compact_network, plan_removal, prunable_filter_convs,
                                  prunable_layers)
 
 
@@ -129,8 +129,8 @@ def test_rounded_widths_compact_equals_masked(pynative):
     """ResNet-56 pruned to kept widths on multiples of 8 (psap_width_multiple) by the width
     rounding: the compact network has exactly those widths and computes the masked network."""
     from src.models.flops import layer_records
-    from src.pruning.psap import count_bounds, flops_layer_counts, removed_macs
-    from src.pruning.psap_widths import round_pruned_counts
+    from src.pruning.filters.allocation import count_bounds, flops_layer_counts, removed_macs
+    from src.pruning.filters.widths import round_pruned_counts
 
     rng = np.random.default_rng(2)
     cfg = build_config({"net": "resnet56", "in_channels": 3, "dataset": "cifar10"}, {})
@@ -161,7 +161,7 @@ def _zero_stream(net, stream, channels):
 
 def _stream_case(shortcut, seed):
     """ResNet-20 with inner filters and residual-stream channels zeroed (gamma and beta too)."""
-    from src.pruning.surgery import residual_streams
+    from src.pruning.filters.surgery import residual_streams
     rng = np.random.default_rng(seed)
     cfg = build_config({"net": "resnet20", "in_channels": 3, "dataset": "cifar10",
                         "shortcut": shortcut}, {})
@@ -174,7 +174,7 @@ def _stream_case(shortcut, seed):
 
 
 def test_residual_streams_name_every_writer_and_reader():
-    from src.pruning.surgery import residual_streams
+    from src.pruning.filters.surgery import residual_streams
     for shortcut, carried in (("A", [0, 16, 32]), ("B", [0, 0, 0])):
         net = build_network(build_config({"net": "resnet20", "shortcut": shortcut}, {}))
         streams = residual_streams(net)
@@ -200,7 +200,7 @@ def test_residual_streams_name_every_writer_and_reader():
 def test_stream_pruned_compact_equals_masked_option_a(pynative):
     """Option A: stage 1 loses half its stream, stage 2 keeps its carried channels but also takes
     back stage-1-pruned ones (the 8/32/48 layout), stage 3 loses a quarter of its new channels."""
-    from src.pruning.surgery import plan_stream_removal
+    from src.pruning.filters.surgery import plan_stream_removal
     cfg, net, streams, rng = _stream_case("A", 3)
     gone1 = rng.choice(16, size=8, replace=False)
     _zero_stream(net, streams[0], gone1)
@@ -221,7 +221,7 @@ def test_stream_pruned_compact_equals_masked_option_a(pynative):
 
 
 def test_stream_pruned_compact_equals_masked_option_b(pynative):
-    from src.pruning.surgery import plan_stream_removal
+    from src.pruning.filters.surgery import plan_stream_removal
     cfg, net, streams, rng = _stream_case("B", 4)
     for stream, cut in zip(streams, (4, 16, 8)):
         _zero_stream(net, stream, rng.choice(stream["channels"], size=cut, replace=False))

@@ -5,10 +5,10 @@ import mindspore as ms
 from mindspore import nn, Tensor
 
 from src.models.resnet import build_resnet
-from src.pruning.base import prunable_weight_names
-from src.pruning.hard_mask import HardMasks
-from src.pruning.psap_energy import GradientEnergy
-from src.pruning.train_cell import DenseGradient, LossCell, TrainStep
+from src.pruning.core.base import prunable_weight_names
+from src.pruning.core.train_cell import DenseGradient, LossCell, TrainStep
+from src.pruning.filters.energy import GradientEnergy
+from src.pruning.masks.hard_mask import HardMasks
 
 
 def masked_step(loss_cell, opt, mask_names=(), energy_names=()):

@@ -1,18 +1,15 @@
 """The every-width bound of benchmarks/psap_width_latency.py (profile ``all``): the network it
 times really has every width cut, on multiples of N, at the requested MACs cut."""
-import os
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from psap_width_latency import SHAPE, all_widths_network  # noqa: E402
-from src.config import build_config  # noqa: E402
-from src.models import build_network  # noqa: E402
-from src.models.flops import count_macs_params  # noqa: E402
+from benchmarks import psap_benchmark, psap_width_latency
+from benchmarks.psap_width_latency import SHAPE, all_widths_network
+from src.config import build_config
+from src.models import build_network
+from src.models.flops import count_macs_params
 
 
 @pytest.mark.parametrize("cut, multiple", [(0.4, 8), (0.6, 4), (0.4, 1)])
@@ -44,7 +41,6 @@ def test_every_width_is_cut_on_multiples_at_the_target(cut, multiple):
     (["--net", "foo"], "invalid choice"),
     (["--net", "resnet50", "--profiles", "all"], "CIFAR-style ResNets only")])
 def test_bad_width_latency_arguments_are_one_line(argv, message, monkeypatch, capsys):
-    import psap_width_latency
     monkeypatch.setattr(sys, "argv", ["psap_width_latency.py", *argv])
     with pytest.raises(SystemExit) as stop:
         psap_width_latency.parse_args()
@@ -60,7 +56,6 @@ def test_bad_width_latency_arguments_are_one_line(argv, message, monkeypatch, ca
     (["--bn_score", "nope"], "filter_score")])
 def test_bad_psap_benchmark_settings_are_refused_before_any_run(argv, message, monkeypatch,
                                                                  capsys, tmp_path):
-    import psap_benchmark
     monkeypatch.setattr(sys, "argv", ["psap_benchmark.py", "--data_path", str(tmp_path),
                                       "--work_dir", str(tmp_path / "work"), *argv])
     with pytest.raises(SystemExit) as stop:

@@ -9,9 +9,10 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor, nn, ops, ParameterTuple
 
-from src.config import ConfigError, build_config, parse_args
+from src.config import build_config, parse_args
 from src.dataset import DataError, create_dataset, split_path
 from src.device import standalone_device_id
+from src.errors import ConfigError
 from src.models import build_network, training_network
 from src.training_graph import build_training_graph
 from tests.conftest import ROOT, run_script

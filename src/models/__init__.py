@@ -1,4 +1,5 @@
 """Network construction from a recipe."""
+from src import checkpoint
 from src.models.precision import AMP_LEVELS, training_network  # noqa: F401
 from src.models.resnet import build_resnet, count_parameters, default_inner_widths  # noqa: F401
 
@@ -30,7 +31,6 @@ def check_architecture(cfg, meta, path):
     """A checkpoint whose recipe built another network than ``cfg`` would (e.g. shortcut B weights
     read into an option-A network, the 1x1 shortcut convs silently dropped) is a CheckpointError
     naming the keys to pass."""
-    from src import checkpoint
     saved = meta.get("recipe")
     if not saved:
         return
@@ -48,7 +48,6 @@ def network_from_checkpoint(cfg, path):
     Returns (net in eval mode, checkpoint metadata). Raises CheckpointError when the file is
     missing, unreadable, or made for another network.
     """
-    from src import checkpoint
     params, meta, _ = checkpoint.load(path)
     if meta.get("net") and meta["net"] != cfg.net:
         raise checkpoint.CheckpointError(f"checkpoint {path} holds a {meta['net']}, the config "

@@ -1,17 +1,13 @@
 """The pruning methods by ``prune_method`` name, and the recipe keys they declare on their class.
 
 The recipe schema (``src.config.schema``) is built from here: a method's keys exist exactly when
-its class is registered. ``register`` adds a method (e.g. a test's toy method) without touching
-the loop or the train step.
+its class is registered. The built-in methods are registered by ``src.pruning.methods``;
+``register`` adds another (e.g. a test's toy method) without touching the loop or the train step.
 """
 import re
 
-from src.recipe_keys import Key
-from src.pruning.base import Pruner
-from src.pruning.gmp import GMPPruner
-from src.pruning.psap import PSAPPruner
-from src.pruning.rigl import RigLPruner
-from src.pruning.rpg import RPGPruner
+from src.pruning.core.base import SUPPLIES, Pruner
+from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS, Key
 
 METHODS = {}
 
@@ -20,9 +16,9 @@ def register(method):
     """Make ``method`` (a Pruner subclass with its own ``name``) selectable by prune_method.
 
     Refused with a ValueError, leaving the registry as it was: a name that is taken by another
-    class, keys that are not ``src.config.Key`` declarations, and a key another method or the
-    base recipe already declares, and ``key_defaults`` for keys the method does not read or with
-    values the key does not accept."""
+    class, keys that are not ``src.recipe_keys.Key`` declarations, a key another method or the
+    base recipe already declares, a need the training loop cannot supply, and ``key_defaults``
+    for keys the method does not read or with values the key does not accept."""
     if not (isinstance(method, type) and issubclass(method, Pruner)):
         raise TypeError(f"{method!r} is not a Pruner subclass")
     name = method.name
@@ -35,13 +31,16 @@ def register(method):
     own = vars(method).get("keys", {})
     wrong = [k for k, v in own.items() if not isinstance(v, Key)]
     if wrong:
-        raise ValueError(f"{method.__name__}.keys['{wrong[0]}'] must be a src.config.Key declaration")
-    from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS
+        raise ValueError(f"{method.__name__}.keys['{wrong[0]}'] must be a src.recipe_keys.Key declaration")
     clash = [k for k in own if k in BASE_KEYS or k in ALIASES or k in SCRIPT_FLAGS
              or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", k)]
     if clash:
         raise ValueError(f"{method.__name__} declares '{clash[0]}': a key every run has, an alias, "
                          "an entry script's flag, or not a plain name")
+    unknown = [n for n in method.needs if n not in SUPPLIES]
+    if unknown:
+        raise ValueError(f"{method.__name__}.needs '{unknown[0]}': the training loop supplies only "
+                         f"{', '.join(SUPPLIES)}")
     previous = METHODS.get(name)
     METHODS[name] = method
     try:
@@ -83,7 +82,6 @@ def keys_of(method_name):
     return keys
 
 
-
 def method_keys():
     """{key: Key} of every registered method; a key declared by a shared base class (e.g.
     T_end_percent on HardMaskPruner) counts once, the same name declared twice is an error."""
@@ -102,9 +100,8 @@ def check_recipe(cfg):
     METHODS[cfg.prune_method].check_recipe(cfg)
 
 
-def build_pruner(cfg, net, steps_per_epoch, logger):
-    return METHODS[cfg.prune_method](cfg, net, steps_per_epoch, logger)
-
-
-for _method in (Pruner, GMPPruner, RPGPruner, RigLPruner, PSAPPruner):
-    register(_method)
+def build_pruner(cfg, net, steps_per_epoch, logger, supplies=None):
+    """The recipe's method, given what it ``needs`` of ``supplies`` ({name: value}; None if absent)."""
+    method = METHODS[cfg.prune_method]
+    return method(cfg, net, steps_per_epoch, logger,
+                  **{need: (supplies or {}).get(need) for need in method.needs})

@@ -1,7 +1,7 @@
 """The end of a PSAP run: the physically smaller network, its metadata and the target check."""
 from src.errors import TrainingError
 from src.models.flops import count_macs_params
-from src.pruning.surgery import compact_network, plan_removal, plan_stream_removal
+from src.pruning.filters.surgery import compact_network, plan_removal, plan_stream_removal
 
 TARGET_TOLERANCE = 0.01
 
@@ -11,7 +11,7 @@ class PruningTargetError(TrainingError, ValueError):
 
 
 def _plans(pruner, arrays):
-    plans = plan_removal(arrays, pruner.layers)
+    plans = plan_removal(arrays, pruner.layout.layers)
     kept_constant = sum(len(p["kept_constant"]) for p in plans)
     if kept_constant:
         pruner.logger.warning("psap: %d zero filters kept: their constant output cannot be "
@@ -28,7 +28,7 @@ def finish_compact(pruner, ctx):
     to save: {"last_compact.ckpt": (compact network, metadata: inner widths, MACs, params and the
     protection outcome)}."""
     cfg = pruner.cfg
-    shape = tuple(ctx.input_shape)
+    shape = pruner.input_shape
     arrays = {p.name: p.asnumpy() for p in ctx.net.get_parameters()}
     plans = _plans(pruner, arrays)
     stream_plans = plan_stream_removal(arrays, pruner.stream.streams) if pruner.stream else None
@@ -36,7 +36,7 @@ def finish_compact(pruner, ctx):
     dense_macs, dense_params = count_macs_params(ctx.net, shape)
     compact_macs, compact_params = count_macs_params(compact, shape)
     kept_filters = sum(len(p["keep"]) for p in plans)
-    total_filters = int(pruner.filter_counts.sum())
+    total_filters = pruner.layout.total
     filter_ratio = 1.0 - kept_filters / total_filters
     flops_ratio = 1.0 - compact_macs / dense_macs
     achieved = flops_ratio if cfg.psap_target == "flops" else filter_ratio

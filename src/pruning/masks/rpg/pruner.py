@@ -1,5 +1,5 @@
 """RPG: gradual global-magnitude pruning with RigL drop-and-grow, regrowth scored by the dense
-gradient of task_loss + lamb * rank_loss (the adversarial rank loss of src/pruning/rank_loss.py).
+gradient of task_loss + lamb * rank_loss (the adversarial rank loss of rank_loss.py).
 
 Reference behaviour (huawei-noah/Efficient-Computing, Pruning/RPG) and deviations: docs/RPG.md;
 every ``delta`` iterations until T_end the iteration's batch is used for a dense gradient of the
@@ -13,10 +13,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
-from src.config import Key
-from src.pruning.drop_grow import DropAndGrowPruner
-from src.pruning.rank_loss import layer_rank_terms, mean_over_usable_layers, rank_loss_from_targets
-from src.pruning.rank_targets import rank_targets_numpy
+from src.pruning.masks.drop_grow import DropAndGrowPruner
+from src.pruning.masks.rpg.rank_loss import layer_rank_terms, mean_over_usable_layers, rank_loss_from_targets
+from src.pruning.masks.rpg.rank_targets import rank_targets_numpy
+from src.recipe_keys import Key
+from src.report import numerical_rank
 
 
 class RankLossTerm(nn.Cell):
@@ -68,19 +69,19 @@ class RankLossTerm(nn.Cell):
         if self.in_graph:
             self.covered_flags.set_data(Tensor(np.asarray(self.covered, np.float32)))
 
-    def set_host_targets(self, weights, rank=0, group_size=1):
+    def set_host_targets(self, weights, rank=0, group_size=1, sum_across_workers=None):
         """Host targets (float64 k rule) of every covered layer weight; returns the names of the
         covered layers that failed.
 
         With several data-parallel workers each decomposes its share of the layers and two
-        all-reduces gather them (a collective then: every worker must call this)."""
-        from src.metrics import all_reduce
+        calls of ``sum_across_workers`` (a collective float32 sum) gather them (a collective
+        then: every worker must call this)."""
         chosen = [i for i, covered in enumerate(self.covered) if covered]
         ks, ok = [0] * len(self.covered), [False] * len(self.covered)
         if chosen:  # every worker sees the same weights, so all skip the collectives together
             targets, got_k, got_ok = rank_targets_numpy([weights[i] for i in chosen], self.partial_k,
                                                         rank=rank, group_size=group_size,
-                                                        sum_across_workers=all_reduce)
+                                                        sum_across_workers=sum_across_workers)
             for i, target, k, good in zip(chosen, targets, got_k, got_ok):
                 self.targets[i].set_data(Tensor(target))
                 ks[i], ok[i] = k, good
@@ -151,7 +152,7 @@ class RPGPruner(DropAndGrowPruner):
         layers = [weights[n] for n in self.rank_names]
         self.rank_term.cover(layers)
         if not self.rank_term.in_graph:
-            self.rank_term.set_host_targets(layers, ctx.rank, ctx.group_size)
+            self.rank_term.set_host_targets(layers, ctx.rank, ctx.group_size, ctx.sum_across_workers)
 
     def grow_signal(self, step, batch, ctx, weights):
         """|dense gradient of task + lamb * rank loss| on this iteration's batch; the iteration
@@ -184,7 +185,6 @@ class RPGPruner(DropAndGrowPruner):
         with ``record_layer_ranks``, the numerical rank of its weight after the update."""
         if self.rank_term is None and not self.cfg.record_layer_ranks:
             return
-        from src.report import numerical_rank
         ks = self.rank_term.ranks if self.rank_term is not None else [None] * len(self.rank_names)
         layers = []
         for name, k in zip(self.rank_names, ks):

@@ -9,7 +9,7 @@
     model.train(E, ds, callbacks=algo.callbacks(ds) + [LossMonitor()])
     net = algo.convert(net)                                # PSAP: the compact network
 
-It runs the engine of ``SparseTraining`` (``api.py``), nothing of a method is re-implemented:
+It runs the engine of ``SparseTraining`` (``src/sparse_training.py``), nothing of a method is re-implemented:
 ``apply`` builds the method from the registry; ``optimizer`` puts the method's graph pieces
 (``HardMasks``: masked gradients before the update, pruned weights and their optimizer state
 +0.0 after it; PSAP's ``GradientEnergy``) around your optimizer, inside Model's
@@ -33,17 +33,21 @@ import logging
 import math
 
 import numpy as np
+import mindspore as ms
 from mindspore import nn, ops
+from mindspore.communication import get_group_size, get_rank
 from mindspore.train import Callback
 
-from src.config import ConfigError
-from src.errors import TrainingError
-from src.pruning.base import Pruner
-from src.pruning.context import TrainContext
-from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.psap import PSAPPruner
-from src.pruning.registry import build_pruner
-from src.pruning.train_cell import LossCell
+from src.errors import ConfigError, TrainingError
+from src.metrics import all_reduce
+from src.pruning.core.base import Pruner
+from src.pruning.core.context import TrainContext
+from src.pruning.core.registry import METHODS, build_pruner
+from src.pruning.core.train_cell import LossCell
+from src.pruning.filters.pruner import PSAPPruner
+from src.pruning.masks.hard_mask import HardMaskPruner
+from src.sparse_training import method_settings
+from src.training_graph import average_bn_statistics
 
 
 class MaskedOptimizer(nn.Optimizer):
@@ -175,7 +179,6 @@ class PruningAlgorithm:
 
     def __init__(self, method="rpg", steps_per_epoch=None, epochs=1, logger=None,
                  input_shape=None, settings=None, **keys):
-        from src.pruning.api import method_settings
         if settings is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise ConfigError(f"steps_per_epoch: got {steps_per_epoch!r}, expected a positive integer")
         self.cfg = settings or method_settings(method, steps_per_epoch, epochs, keys)
@@ -185,13 +188,14 @@ class PruningAlgorithm:
             raise ConfigError("rpg_apply_update_step: under ms.Model.train every iteration takes its "
                               "optimizer step already (the mask update runs between two steps); "
                               "leave it false")
-        if self.cfg.prune_method == "psap" and input_shape is None:
-            raise ConfigError("method psap needs input_shape (one input's shape with batch 1) to "
-                              "count MACs")
+        if "input_shape" in METHODS[self.cfg.prune_method].needs and input_shape is None:
+            raise ConfigError(f"method {self.cfg.prune_method} needs input_shape (one input's shape "
+                              "with batch 1), e.g. to count MACs")
         self.steps_per_epoch = int(steps_per_epoch)
         self.planned = self.steps_per_epoch * int(epochs)
         self.logger = logger or logging.getLogger("prune")
         self.input_shape = input_shape
+        self.dataset = None        # the training set given to callbacks(): the method's batches
         self.net = self.pruner = self.ctx = self.masked = None
         self.iterations = 0
         self.draws = 0             # batches the callback drew (its pass continues on resume)
@@ -205,7 +209,8 @@ class PruningAlgorithm:
         if self.pruner is not None:
             raise ConfigError("apply() was called already: one PruningAlgorithm per network")
         try:
-            self.pruner = build_pruner(self.cfg, network, self.steps_per_epoch, self.logger)
+            supplies = {"input_shape": self.input_shape, "training_batches": self.training_batches}
+            self.pruner = build_pruner(self.cfg, network, self.steps_per_epoch, self.logger, supplies)
         except (TypeError, ValueError) as err:
             if isinstance(err, ConfigError):
                 raise
@@ -228,8 +233,7 @@ class PruningAlgorithm:
             raise ConfigError(f"method {self.cfg.prune_method}: {err}") from None
         self.masked = MaskedOptimizer(optimizer, pieces)
         # the loss cell comes from the Model when training starts (begin_training)
-        self.ctx = TrainContext(self.net, None, optimizer, self.masked, self.logger,
-                                input_shape=self.input_shape)
+        self.ctx = TrainContext(self.net, None, optimizer, self.masked, self.logger)
         self.ctx.recorders.append(self.events.append)
         self._data_parallel()
         return self.masked
@@ -249,7 +253,7 @@ class PruningAlgorithm:
         elif sink_size is not None:
             self.check_sink_size(sink_size)
         callback = PruningCallback(self, dataset)
-        self.ctx.recalibration_data = lambda: dataset.create_tuple_iterator(num_epochs=1)
+        self.dataset = dataset
         return [callback]
 
     def convert(self, network):
@@ -351,6 +355,11 @@ class PruningAlgorithm:
         self.ctx.epoch = self.iterations // self.steps_per_epoch
 
     # --- internals ---------------------------------------------------------------------------------
+    def training_batches(self):
+        """What a method that needs ``training_batches`` gets: a pass over the training set given
+        to ``callbacks`` (PSAP's BatchNorm re-estimation), or None before it."""
+        return None if self.dataset is None else self.dataset.create_tuple_iterator(num_epochs=1)
+
     def _require(self, pruner=False, masked=False):
         if pruner and self.pruner is None:
             raise ConfigError("call algo.apply(net) first")
@@ -360,13 +369,11 @@ class PruningAlgorithm:
     def _data_parallel(self):
         """Data parallel (msrun + Model): the rank loss splits its host SVDs over the workers and
         the methods read BatchNorm statistics averaged over them, as under train.py."""
-        import mindspore as ms
         mode = ms.get_auto_parallel_context("parallel_mode")
         if mode not in (ms.ParallelMode.DATA_PARALLEL, ms.ParallelMode.HYBRID_PARALLEL):
             return
-        from mindspore.communication import get_group_size, get_rank
-        from src.training_graph import average_bn_statistics
         self.ctx.rank, self.ctx.group_size = get_rank(), get_group_size()
+        self.ctx.sum_across_workers = all_reduce
         if self.ctx.group_size > 1:
             self.ctx.before_reading_statistics = \
                 lambda: average_bn_statistics(self.net, self.ctx.group_size)

@@ -1,4 +1,6 @@
 """PSAP: protective self-adaptive soft filter pruning of ResNets (the pruner and its config keys).
+Its parts with state are objects with their own ``state_dict``: ``Protection``, ``TaylorImportance``
+and, with ``psap_stream_ratios``, ``StreamPruning``; the pruner owns which filters are zeroed.
 
 What follows the PSAP abstract (arXiv 2303.11881; no full text or code is public):
 iterative prune-train filter pruning; each layer's pruning ratio set by its own weight sparsity
@@ -9,16 +11,16 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
 - soft pruning as in SFP: pruned filters are zeroed (weights and momentum) at each pruning step but
   keep receiving gradients and may regrow; they are removed physically only at the end;
 - global target on an ASFP-shaped curve reaching ``psap_ratio`` at ``psap_end_epoch``, as a
-  fraction of prunable filters or of the dense network's MACs (``psap_allocation``);
+  fraction of prunable filters or of the dense network's MACs (``allocation``, ``plan``);
 - layer ratio proportional to the layer's weight sparsity (measured over the filters it kept at the
   previous step, so that the filters it zeroed itself do not feed back into its own ratio),
   capped by ``max_layer_ratio`` and rescaled so the global target is met exactly; with
   ``psap_width_multiple`` N > 1 the kept widths are then moved to multiples of N with the target
-  still met (``psap_widths``);
-- filter score (``psap_scores``): L2 norm or FPGM distance of the filter, or a BN-aware score
+  still met (``widths``);
+- filter score (``scores``): L2 norm or FPGM distance of the filter, or a BN-aware score
   (bn_l2, bn_energy, taylor_bn) that judges the channel through its BatchNorm; a BN-aware score
   also measures the layer sparsity on the BN-folded weights;
-- protection from gradient energies sum(grad^2) per filter (``psap_protection``): zeroed filters
+- protection from gradient energies sum(grad^2) per filter (``protection``): zeroed filters
   whose energy exceeds ``protect_tau`` times the median energy of the layer's kept filters are
   excluded from the candidates for ``protect_steps`` steps, then compete on their score again;
 - ``protect_energy: normalized`` (default): the energies are taken on the first training step after
@@ -26,44 +28,43 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
   filter's BatchNorm scale (see ``bn_normalized_energy`` for why both are needed: the raw energy of
   a zeroed filter is set by its BN's 1/sqrt(eps) factor, not by what the filter is worth);
   ``raw``: the literal design, sum(grad^2) accumulated over the whole interval, compared as is;
-- only inner convs of residual blocks are pruned (``src.pruning.surgery``); at the last pruning
+- only inner convs of residual blocks are pruned (``surgery``); at the last pruning
   step the BN gamma and beta of the pruned filters are zeroed too, so the pruned channels output
   exactly 0 and the compact network equals the masked one (see ``_select``); the BatchNorm
   statistics are then re-estimated on ``psap_bn_recalibration`` training batches, because the
   constant those channels gave during training is gone (``_recalibrate_bn``);
 - ``psap_stream_ratios`` (off by default; not the paper's design): the residual streams lose
-  channels too, for latency that follows FLOPs (``psap_streams``).
+  channels too, for latency that follows FLOPs (``streams``).
 """
 import numpy as np
 
-from src.config import ConfigError, Key
+from src.errors import ConfigError
 from src.models.flops import layer_records
-from src.pruning.base import Pruner
-from src.pruning.psap_allocation import (  # noqa: F401  (re-exported: the public PSAP functions)
-    adaptive_layer_ratios, asfp_target, count_bounds, filter_costs, flops_layer_counts,
-    removed_macs, weight_sparsity_ratio)
-from src.pruning.psap_energy import GradientEnergy
-from src.pruning.psap_compact import (  # noqa: F401
-    TARGET_TOLERANCE, PruningTargetError, finish_compact)
-from src.pruning.psap_protection import (  # noqa: F401
-    BN_TINY, OUTCOME_COLUMNS, ProtectionMixin, bn_normalized_energy, protected_filters)
-from src.pruning.psap_scores import (  # noqa: F401
-    BN_SCORES, SCORES, filter_scores, folded_weight, taylor_bn_terms)
-from src.pruning.psap_streams import StreamPruning, check_stream_recipe
-from src.pruning.psap_taylor import TaylorMixin
-from src.pruning.psap_widths import allowed_pruned_counts, round_pruned_counts
-from src.pruning.surgery import prunable_layers, zero_filters
-
+from src.pruning.core.base import Pruner
+from src.pruning.filters.allocation import asfp_target, weight_sparsity_ratio
+from src.pruning.filters.compact import finish_compact
+from src.pruning.filters.energy import GradientEnergy
+from src.pruning.filters.layout import FilterLayout
+from src.pruning.filters.plan import LayerPlan
+from src.pruning.filters.protection import Protection
+from src.pruning.filters.scores import BN_SCORES, SCORES, filter_scores, folded_weight
+from src.pruning.filters.streams import StreamPruning, check_stream_recipe
+from src.pruning.filters.surgery import zero_filters
+from src.pruning.filters.taylor import TaylorImportance
+from src.recipe_keys import Key
 
 
 def _compact_ratios(ratios):
     return "[" + " ".join(f"{r:.2f}" for r in ratios) + "]"
 
 
-class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
+class PSAPPruner(Pruner):
     """Soft filter pruning with sparsity-adaptive layer ratios and gradient-energy protection."""
 
     name = "psap"
+    # the input shape counts MACs; training batches re-estimate the BatchNorm statistics after
+    # the final step (without them a warning, and the pruned network may lose accuracy)
+    needs = ("input_shape", "training_batches")
     keys = {
         "psap_target": Key(str, "flops", choices=["filters", "flops"],
                            help_text="psap_ratio is a fraction of prunable filters or of the dense MACs"),
@@ -113,55 +114,49 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def check_recipe(cls, cfg):
         check_stream_recipe(cfg)
 
-    def __init__(self, cfg, net, steps_per_epoch, logger):
+    def __init__(self, cfg, net, steps_per_epoch, logger, input_shape=None, training_batches=None):
+        if input_shape is None:
+            raise ConfigError("method psap needs input_shape (one input's shape with batch 1) to "
+                              "count MACs")
         super().__init__(cfg, net, steps_per_epoch, logger)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.training_batches = training_batches
         self.stream = StreamPruning(cfg, net) if cfg.psap_stream_ratios else None
-        final_streams = self.stream.kept_widths(self.stream.final_counts) if self.stream else None
-        if self.stream and final_streams != self.stream.requested:
-            logger.warning("psap: psap_stream_ratios %s keep stream widths %s, not the %s the ratios "
-                           "alone give (kept widths on multiples of psap_width_multiple %d, at least "
-                           "one channel)", list(cfg.psap_stream_ratios),
-                           "/".join(map(str, final_streams)),
-                           "/".join(map(str, self.stream.requested)), cfg.psap_width_multiple)
-        self.layers = prunable_layers(net)
-        self.conv_names = [layer["conv"] for layer in self.layers]
-        shapes = {p.name: tuple(p.shape) for p in net.get_parameters()}
-        self.filter_counts = np.array([shapes[n][0] for n in self.conv_names], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.filter_counts)])
+        if self.stream:
+            self._warn_stream_rounding()
+        self.layout = FilterLayout(net)
         self.end_epoch = cfg.psap_end_epoch or cfg.epoch_size
         if self.end_epoch > cfg.epoch_size:
             # a shortened run (e.g. --epoch_size 2 on a 6-epoch recipe) reaches the ratio at its end
             logger.info(f"psap: psap_end_epoch {cfg.psap_end_epoch} is past the last epoch; the "
                         f"target is reached at epoch {cfg.epoch_size}")
             self.end_epoch = cfg.epoch_size
-        self._records = None
-        self._records_shape = None
-        self._check_feasible(self._geometry(None))
-        self._init_state(int(self.filter_counts.sum()))
-        self._taylor_cell = None
-        self.energy_piece = None
-
-    def _init_state(self, total):
+        self.plan = LayerPlan(cfg, self.layout, self.stream, logger)
+        self.records = layer_records(net, self.input_shape)   # the dense network's MACs per layer
+        self.plan.check_feasible(self.records)
+        self.protection = Protection(cfg, self.layout, steps_per_epoch, logger)
+        self.taylor = TaylorImportance(cfg, self.layout, steps_per_epoch, self._prunes_after)
         self.steps_done = 0
-        self.zeroed = np.zeros(total, dtype=bool)       # filters zeroed at the last step
-        self.protect = np.zeros(total, dtype=np.int32)  # remaining protected steps
+        self.zeroed = np.zeros(self.layout.total, dtype=bool)  # filters zeroed at the last step
         self.current_target = 0.0
         self.final_done = False
-        self.last_counts = np.zeros(len(self.layers), dtype=np.int64)
-        # protect_energy normalized: per-filter energies measured on the first step after the last
-        # pruning step (see after_step); NaN until measured
-        self.measured = np.full(total, np.nan, dtype=np.float64)
-        self.last_energy = {}   # per layer: the compared energies and zeroed flags of the last step
-        self.protected_before = np.zeros(total, dtype=bool)   # protected at the last step
-        self.regrown = np.zeros(total, dtype=bool)            # zeroed once, later kept again
-        self.outcome = np.full((self.cfg.epoch_size + 1, len(OUTCOME_COLUMNS)), -1, np.int64)
-        self.taylor = np.zeros(total, dtype=np.float64)       # taylor_bn: accumulated importance
-        self.taylor_batches = 0
+        self.last_counts = np.zeros(len(self.layout.layers), dtype=np.int64)
+        self.energy_piece = None
+
+    def _warn_stream_rounding(self):
+        final_streams = self.stream.kept_widths(self.stream.final_counts)
+        if final_streams != self.stream.requested:
+            self.logger.warning("psap: psap_stream_ratios %s keep stream widths %s, not the %s the "
+                                "ratios alone give (kept widths on multiples of psap_width_multiple "
+                                "%d, at least one channel)", list(self.cfg.psap_stream_ratios),
+                                "/".join(map(str, final_streams)),
+                                "/".join(map(str, self.stream.requested)),
+                                self.cfg.psap_width_multiple)
 
     # -- plug-in contract --------------------------------------------------------------
     @property
     def energy_names(self):
-        return list(self.conv_names)
+        return list(self.layout.conv_names)
 
     def graph_pieces(self, optimizer):
         self.energy_piece = GradientEnergy(optimizer, self.energy_names)
@@ -169,6 +164,16 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
 
     def read_energy(self, reset):
         return self.energy_piece.read(reset) if self.energy_piece is not None else {}
+
+    def before_step(self, step, batch, ctx):
+        """taylor_bn: accumulate the Taylor importance on the last batches before a pruning step
+        (an extra forward-backward; the ordinary step still runs: returns None)."""
+        if self.taylor.wanted(step):
+            self.taylor.accumulate(batch, ctx)
+        return None
+
+    def after_step(self, step, ctx):
+        self.protection.after_step(step, self.steps_done, self.zeroed, self.read_energy, ctx)
 
     def on_epoch_end(self, epoch, ctx):
         if self._prunes_after(epoch):
@@ -183,15 +188,9 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def state_dict(self):
         return {"psap_steps_done": np.int64(self.steps_done),
                 "psap_zeroed": self.zeroed.astype(np.int32),
-                "psap_protect": self.protect.astype(np.int32),
                 "psap_current_target": np.float64(self.current_target),
                 "psap_final_done": np.int64(int(self.final_done)),
-                "psap_measured_energy": self.measured.astype(np.float64),
-                "psap_protected_before": self.protected_before.astype(np.int32),
-                "psap_regrown": self.regrown.astype(np.int32),
-                "psap_outcome": self.outcome.copy(),
-                "psap_taylor": self.taylor.copy(),
-                "psap_taylor_batches": np.int64(self.taylor_batches),
+                **self.protection.state_dict(), **self.taylor.state_dict(),
                 **(self.stream.state_dict() if self.stream else {})}
 
     def load_state_dict(self, state):
@@ -202,26 +201,11 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
             raise ValueError(f"psap state holds {zeroed.size} filters, the network has "
                              f"{self.zeroed.size} prunable filters (another network?)")
         self.zeroed = zeroed
-        self.protect = np.asarray(state["psap_protect"]).astype(np.int32).reshape(-1)
         self.steps_done = int(np.asarray(state["psap_steps_done"]))
         self.current_target = float(np.asarray(state["psap_current_target"]))
         self.final_done = bool(int(np.asarray(state["psap_final_done"])))
-        # the keys below are absent in checkpoints of older versions: keep the initial values
-        if state.get("psap_measured_energy") is not None:
-            self.measured = np.asarray(state["psap_measured_energy"], np.float64).reshape(-1)
-        else:
-            self.measured = np.full(self.zeroed.size, np.nan)
-        for key, attr, kind in (("psap_protected_before", "protected_before", bool),
-                                ("psap_regrown", "regrown", bool),
-                                ("psap_taylor", "taylor", np.float64)):
-            if state.get(key) is not None:
-                setattr(self, attr, np.asarray(state[key]).astype(kind).reshape(-1))
-        if state.get("psap_outcome") is not None:
-            outcome = np.asarray(state["psap_outcome"], np.int64)
-            rows = min(len(outcome), len(self.outcome))
-            self.outcome[:rows] = outcome[:rows]
-        if state.get("psap_taylor_batches") is not None:
-            self.taylor_batches = int(np.asarray(state["psap_taylor_batches"]))
+        self.protection.load_state_dict(state)
+        self.taylor.load_state_dict(state)
         if self.stream:
             self.stream.load_state_dict(state)
         elif state.get("psap_stream_zeroed") is not None:
@@ -231,183 +215,92 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         return {"psap_target": round(self.current_target, 4),
                 "filters_zeroed": round(float(self.zeroed.mean()), 4) if self.zeroed.size else 0.0}
 
+    def regrowth_summary(self):
+        """{regrown: filters that regrew at some step, survived: those kept at the last step}."""
+        return self.protection.regrowth_summary(self.zeroed)
+
     # -- internals ---------------------------------------------------------------------
     def _prunes_after(self, epoch):
         last = epoch >= self.cfg.epoch_size - 1
         return last or (epoch + 1) % self.cfg.psap_interval_epochs == 0
 
-    def _geometry(self, input_shape):
-        if input_shape is None:
-            from src.dataset import input_shape as recipe_input_shape
-            input_shape = recipe_input_shape(self.cfg)
-        shape = tuple(int(v) for v in input_shape)
-        if self._records is None or shape != self._records_shape:
-            self._records = layer_records(self.net, shape)
-            self._records_shape = shape
-        return self._records
-
-    def _check_feasible(self, records):
-        caps = np.minimum(np.floor(self.cfg.max_layer_ratio * self.filter_counts + 1e-9),
-                          self.filter_counts - 1).astype(np.int64)
-        best = self._prunable_fraction(records, caps)
-        if self.cfg.psap_ratio > best + 1e-9:
-            raise ConfigError(f"config key 'psap_ratio': got {self.cfg.psap_ratio}, but at most "
-                              f"{best:.4f} of the {self.cfg.psap_target} can be pruned with "
-                              f"max_layer_ratio={self.cfg.max_layer_ratio}")
-        multiple = self.cfg.psap_width_multiple
-        if multiple > 1:  # the largest prune of each layer that leaves a kept width on a multiple
-            rounded = [max(allowed_pruned_counts(int(n), multiple, 0, int(cap)) or [cap])
-                       for n, cap in zip(self.filter_counts, caps)]
-            best = self._prunable_fraction(records, np.array(rounded, dtype=np.int64))
-            if self.cfg.psap_ratio > best + TARGET_TOLERANCE:
-                raise ConfigError(f"config key 'psap_width_multiple': with kept widths on multiples "
-                                  f"of {multiple} at most {best:.4f} of the {self.cfg.psap_target} "
-                                  f"can be pruned, psap_ratio is {self.cfg.psap_ratio}")
-
-    def _prunable_fraction(self, records, pruned):
-        if self.cfg.psap_target == "filters":
-            return pruned.sum() / self.filter_counts.sum()
-        # the streams at their final width, then the inner filters
-        cut = self.stream.records(records, self.stream.final_counts) if self.stream else records
-        return self._removed_fraction(records, cut, pruned)
-
-    def _removed_fraction(self, records, inner_records, counts):
-        """Fraction of the dense MACs (``records``) removed by the stream cut (``inner_records``:
-        the stream-cut network, ``records`` itself without streams) and ``counts`` inner filters."""
-        dense = sum(r["macs"] for r in records)
-        return (dense - sum(r["macs"] for r in inner_records)
-                + removed_macs(inner_records, self.layers, counts)) / dense
-
-    def _layer_counts(self, sparsities, target, records, available, minimum):
-        cfg = self.cfg
-        if cfg.psap_target == "filters":
-            counts = adaptive_layer_ratios(sparsities, self.filter_counts, target,
-                                           cfg.max_layer_ratio, available=available,
-                                           minimum=minimum)
-        else:
-            counts = flops_layer_counts(sparsities, self.filter_counts, target,
-                                        cfg.max_layer_ratio, records, self.layers,
-                                        available=available, minimum=minimum)
-        if cfg.psap_width_multiple > 1:
-            counts = self._round_widths(counts, target, records, available, minimum)
-        return counts
-
-    def _round_widths(self, counts, target, records, available, minimum):
-        """``psap_width_multiple``: kept widths on multiples of N, the target still met."""
-        _, lower, caps = count_bounds(self.filter_counts, self.cfg.max_layer_ratio, available,
-                                      minimum)
-        if self.cfg.psap_target == "filters":
-            total = float(self.filter_counts.sum())
-            removed = np.sum
-        else:
-            total = float(sum(r["macs"] for r in records))
-            removed = lambda c: removed_macs(records, self.layers, c)  # noqa: E731
-        # layers leave the two widths around their allocation only beyond half the tolerance
-        rounded, unrounded = round_pruned_counts(counts, self.filter_counts,
-                                                 self.cfg.psap_width_multiple, lower, caps,
-                                                 removed, target * total,
-                                                 tolerance=0.5 * TARGET_TOLERANCE * total)
-        if unrounded:
-            self.logger.info("psap: %d layer(s) have no kept width on a multiple of %d within "
-                             "their bounds; left unrounded", len(unrounded),
-                             self.cfg.psap_width_multiple)
-        miss = abs(float(removed(rounded)) / total - target)
-        if miss > TARGET_TOLERANCE:
-            if np.any(self.protect > 0):
-                # protected filters narrow the allowed widths: let _plan lift protection
-                raise ValueError(f"rounded widths miss the target by {miss:.4f}")
-            self.logger.warning("psap: no kept widths on multiples of %d meet target %.4f (miss "
-                                "%.4f)", self.cfg.psap_width_multiple, target, miss)
-        return rounded
-
     def _bn_stats(self, ctx):
         """Per layer {gamma, beta, moving_variance, eps} (only for the BN-aware scores)."""
+        layers = self.layout.layers
         if self.cfg.filter_score not in BN_SCORES:
-            return [None] * len(self.layers)
+            return [None] * len(layers)
         fields = ("gamma", "beta", "moving_variance")
-        arrays = ctx.get_weights([layer["bn"][f] for layer in self.layers for f in fields])
+        arrays = ctx.get_weights([layer["bn"][f] for layer in layers for f in fields])
         return [dict({f: arrays[layer["bn"][f]] for f in fields}, eps=layer["bn_eps"])
-                for layer in self.layers]
+                for layer in layers]
 
     def _sparsities(self, weights, bn):
         """Layer weight sparsities (over each layer's kept filters), of the BN-folded weights
         with a BN-aware score; all ones without adaptation (uniform ratios)."""
-        cfg = self.cfg
+        cfg, layout = self.cfg, self.layout
         if not cfg.psap_adaptive:
-            return np.ones(len(self.conv_names))
-        return [weight_sparsity_ratio(weights[n] if bn[i] is None else folded_weight(weights[n],
-                                                                                      bn[i]),
-                                      cfg.psap_eps, exclude=self.zeroed[self._slice(i)])
-                for i, n in enumerate(self.conv_names)]
+            return np.ones(len(layout.conv_names))
+        return [weight_sparsity_ratio(weights[n] if bn[i] is None else folded_weight(weights[n], bn[i]),
+                                      cfg.psap_eps, exclude=self.zeroed[layout.part(i)])
+                for i, n in enumerate(layout.conv_names)]
 
-    def _slice(self, layer_index):
-        return slice(self.offsets[layer_index], self.offsets[layer_index + 1])
-
-    def _plan(self, sparsities, target, records, dead):
-        """Per-layer counts; protected filters are not candidates unless they leave too few."""
-        def plan():
-            candidates = ~(self.protect > 0)
-            available = [int(np.sum(candidates[self._slice(i)])) for i in range(len(self.layers))]
-            minimum = [int(np.sum((dead & candidates)[self._slice(i)]))
-                       for i in range(len(self.layers))]
-            return self._layer_counts(sparsities, target, records, available, minimum)
-
-        try:
-            return plan()
-        except ValueError:
-            # the protected filters leave too few candidates (or, with width rounding, no
-            # allowed widths that meet the target): the global target wins
-            self.logger.warning("psap: protection leaves too few candidates for target %.4f; "
-                                "protection lifted for this step", target)
-            self.protect[:] = 0
-            return plan()
+    def _scores(self, i, weight, bn):
+        """Filter scores of layer ``i`` (``filter_score``; taylor_bn: the accumulated importance)."""
+        if self.cfg.filter_score != "taylor_bn":
+            return filter_scores(weight, self.cfg.filter_score, bn=bn)
+        if self.taylor.batches == 0:
+            self.logger.warning("psap: no Taylor importance was accumulated before this "
+                                "step (resumed mid-interval?); using bn_l2 for it")
+            return filter_scores(weight, "bn_l2", bn=bn)
+        return filter_scores(weight, "taylor_bn", bn=bn, taylor=self.taylor.mean(i))
 
     def _select(self, weights, bn, counts, dead, protected, final):
         """Masks zeroing, per layer, the ``counts[i]`` unprotected filters to prune: exactly-zero
         filters first, then the lowest scores. Returns (masks, zeroed flags)."""
+        layout = self.layout
         masks, new_zeroed = {}, np.zeros_like(self.zeroed)
-        for i, name in enumerate(self.conv_names):
-            part = self._slice(i)
+        for i, name in enumerate(layout.conv_names):
+            part = layout.part(i)
             scores = self._scores(i, weights[name], bn[i])
             candidates = np.flatnonzero(~protected[part])
             order = np.lexsort((scores[candidates], ~dead[part][candidates]))
             chosen = candidates[order[:counts[i]]]
             new_zeroed[part][chosen] = True
-            mask = np.ones(self.filter_counts[i], dtype=np.float32)
+            mask = np.ones(layout.counts[i], dtype=np.float32)
             mask[chosen] = 0.0
             masks[name] = mask.reshape(-1, 1, 1, 1)
             if final:
                 # zero BN gamma and beta too, so the channel outputs exactly 0 (not the constant
                 # relu(BN(0))) and the compact network equals the masked one. Only at the end:
                 # with gamma = 0 the filter would get no gradient and could never regrow.
-                masks[self.layers[i]["bn"]["gamma"]] = mask
-                masks[self.layers[i]["bn"]["beta"]] = mask
+                masks[layout.layers[i]["bn"]["gamma"]] = mask
+                masks[layout.layers[i]["bn"]["beta"]] = mask
         return masks, new_zeroed
 
     def _prune_step(self, epoch, ctx, final):
         cfg = self.cfg
         target = asfp_target(epoch + 1, cfg.psap_ratio, self.end_epoch, cfg.psap_curve_k)
-        weights = ctx.get_weights(self.conv_names)
+        weights = ctx.get_weights(self.layout.conv_names)
         energy = self.read_energy(reset=True)
-        newly_protected = self._update_protection(energy)
+        newly_protected = self.protection.update(energy, self.zeroed, self.steps_done)
         bn = self._bn_stats(ctx)
         sparsities = self._sparsities(weights, bn)
         # Filters that are exactly zero now (typically zeroed ones whose BN shift is <= 0: their
         # ReLU is dead, they get no gradient and cannot regrow) are pruned in any case: they
         # count toward the target and are selected first, so the compact network ends exactly
         # at the target instead of silently dropping them on top of it.
-        dead = np.concatenate([zero_filters(weights[n]) for n in self.conv_names])
-        records = self._geometry(getattr(ctx, "input_shape", None))
+        dead = np.concatenate([zero_filters(weights[n]) for n in self.layout.conv_names])
+        records = self.records
         stream_masks, inner_records, inner_target = self._prune_streams(ctx, target, records, final)
-        counts = self._plan(sparsities, inner_target, inner_records, dead)
-        protected = self.protect > 0
+        counts = self.plan.counts(sparsities, inner_target, inner_records, dead, self.protection)
+        protected = self.protection.protected
         masks, new_zeroed = self._select(weights, bn, counts, dead, protected, final)
         ctx.zero_outside({**masks, **stream_masks})
         if final:
             self._recalibrate_bn(ctx)
-        self._reset_taylor()
+        self.taylor.reset()
 
-        outcome = self._record_outcome(protected, new_zeroed)
+        outcome = self.protection.record_outcome(protected, self.zeroed, new_zeroed, self.steps_done)
         self.zeroed = new_zeroed
         self.steps_done += 1
         self.current_target = target
@@ -424,7 +317,7 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         wanted = self.cfg.psap_bn_recalibration
         if not wanted:
             return
-        used = ctx.recalibrate_bn(wanted)
+        used = ctx.recalibrate_bn(self.training_batches() if self.training_batches else None, wanted)
         ctx.record({"event": "bn_recalibration", "batches": int(used), "asked": int(wanted)})
         if used:
             self.logger.info("psap: BatchNorm statistics re-estimated on %d training batches after "
@@ -433,7 +326,8 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
         else:
             self.logger.warning("psap: no training batches to re-estimate the BatchNorm statistics "
                                 "after the final pruning step; the pruned network may lose accuracy "
-                                "(SparseTraining: pass recalibration_batches to end_epoch)")
+                                "(SparseTraining: give it training_batches, or recalibration_batches "
+                                "to end_epoch)")
 
     def _prune_streams(self, ctx, target, records, final):
         """``psap_stream_ratios``: zero the streams' share of this step first; the inner filters
@@ -451,17 +345,17 @@ class PSAPPruner(ProtectionMixin, TaylorMixin, Pruner):
     def _log_step(self, epoch, final, target, counts, records, inner_records, newly_protected,
                   outcome):
         """Log the pruning step; returns it as a metrics.jsonl event."""
-        removed = self._removed_fraction(records, inner_records, counts)
+        removed = self.plan.removed_fraction(records, inner_records, counts)
         regrowth = self.regrowth_summary()
-        zeroed, total = int(counts.sum()), int(self.filter_counts.sum())
-        protected = int(np.sum(self.protect > 0))
+        zeroed, total = int(counts.sum()), self.layout.total
+        protected = int(np.sum(self.protection.protected))
         self.logger.info(
             "psap step %d (epoch %d%s): target %s %.4f, filters zeroed %d/%d (%.2f%%), MACs -%.2f%%,"
             " protected %d (new %d), regrew %d, layer ratios %s; protected at the previous step %d:"
             " kept %d (still protected %d, won on score %d of %d); regrown so far %d, kept now %d",
             self.steps_done, epoch + 1, ", final" if final else "", self.cfg.psap_target, target,
             zeroed, total, 100 * zeroed / total, 100 * removed, protected, newly_protected,
-            outcome["regrew"], _compact_ratios(counts / self.filter_counts),
+            outcome["regrew"], _compact_ratios(counts / self.layout.counts),
             outcome["protected_before"], outcome["kept"], outcome["still_protected"],
             outcome["won"], outcome["competed"], regrowth["regrown"], regrowth["survived"])
         streams = {}

@@ -4,9 +4,10 @@ Sparsity follows the cubic schedule between ``gmp_begin_step`` and ``gmp_end_ste
 update every ``gmp_frequency`` iterations; magnitude only (``density_distribution``: one global
 threshold, or per layer at uniform / ERK counts), no regrowth, no rank loss.
 """
-from src.config import ConfigError, Key
-from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.schedules import CubicSchedule, t_end_step
+from src.errors import ConfigError
+from src.pruning.masks.hard_mask import HardMaskPruner
+from src.pruning.masks.schedules import CubicSchedule, t_end_step
+from src.recipe_keys import Key
 
 
 class GMPPruner(HardMaskPruner):

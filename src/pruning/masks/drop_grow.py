@@ -5,10 +5,10 @@ rank loss to it).
 """
 import numpy as np
 
-from src.config import ConfigError, Key
-from src.errors import TrainingError, require_finite_loss
-from src.pruning.hard_mask import HardMaskPruner
-from src.pruning.schedules import ExponentialSchedule
+from src.errors import ConfigError, TrainingError, require_finite_loss
+from src.pruning.masks.hard_mask import HardMaskPruner
+from src.pruning.masks.schedules import ExponentialSchedule
+from src.recipe_keys import Key
 
 
 class DropAndGrowPruner(HardMaskPruner):

@@ -6,9 +6,9 @@ Three choices, each a recipe key:
 
 - ``density_distribution`` (the key every unstructured method shares, declared on
   ``HardMaskPruner``; RigL's default ``erk``): how the density is shared among layers, ``uniform``
-  or ``erk`` (src/pruning/distributions.py; ``dense_first_layer``, ``erk_power_scale``), exact
-  per-layer counts that add up to the target; ``global`` (one magnitude threshold) only with the
-  exponential schedule.
+  or ``erk`` (src/pruning/masks/distributions.py; ``dense_first_layer``, ``erk_power_scale``),
+  exact per-layer counts that add up to the target; ``global`` (one magnitude threshold) only with
+  the exponential schedule.
 - ``grow_rule``: ``gradient`` (RigL: |dense gradient of the task loss| on the update iteration's
   batch; that iteration's optimizer step is skipped, as in RigL's SparseRigLOptimizer),
   ``random`` (SET: uniform random scores; the iteration's optimizer step runs, as in RigL's
@@ -22,10 +22,11 @@ Differences to RigL's code: docs/RPG.md ("The RigL family").
 """
 import numpy as np
 
-from src.config import ConfigError, Key
-from src.pruning.drop_grow import DropAndGrowPruner
-from src.pruning.mask_ops import random_layer_masks
-from src.pruning.schedules import ConstantSchedule
+from src.errors import ConfigError
+from src.pruning.masks.drop_grow import DropAndGrowPruner
+from src.pruning.masks.mask_ops import random_layer_masks
+from src.pruning.masks.schedules import ConstantSchedule
+from src.recipe_keys import Key
 
 GROW_RULES = ("gradient", "random", "none")
 DENSITY_SCHEDULES = ("constant", "exponential")

@@ -12,7 +12,7 @@ is the caller's (``HardMasks.install``), once per tensor.
 """
 import numpy as np
 
-from src.pruning.mask_ops import drop_and_grow
+from src.pruning.masks.mask_ops import drop_and_grow
 
 
 def mask_update(weights, target_masks, grow_scores=None, fraction=0.0):

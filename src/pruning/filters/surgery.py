@@ -242,6 +242,13 @@ def compact_network(net, cfg, plans=None, stream_plans=None):
         widths[layer["block"]][layer["inner"]] = int(len(plan["keep"]))
 
     compact = build_network(cfg, widths, stage_widths)
+    _copy_kept(compact, arrays, out_keep, in_keep)
+    return compact, widths, stage_widths
+
+
+def _copy_kept(compact, arrays, out_keep, in_keep):
+    """Every parameter of ``compact`` from the pruned network's ``arrays``, narrowed to the kept
+    output (``out_keep``) and input (``in_keep``) channels."""
     for param in compact.get_parameters():
         if param.name not in arrays:
             raise RuntimeError(f"compact network parameter '{param.name}' has no source in the "
@@ -255,7 +262,6 @@ def compact_network(net, cfg, plans=None, stream_plans=None):
             raise RuntimeError(f"surgery shape mismatch for '{param.name}': {tuple(value.shape)} "
                                f"from the pruned network, {tuple(param.shape)} in the compact one")
         param.set_data(ms.Tensor(np.ascontiguousarray(value), param.dtype))
-    return compact, widths, stage_widths
 
 
 def _current_widths(net, layers):

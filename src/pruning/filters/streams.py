@@ -5,7 +5,7 @@ default, because on CPUs the inner convs alone cannot make latency follow FLOPs 
 
 A stream is the channels a stage's blocks add into: written by the stem (first stage), an option-B
 projection and every block's conv2, read by every conv1 it feeds, the next stage's first block
-and the FC (``src.pruning.surgery.residual_streams``). Here:
+and the FC (``surgery.residual_streams``). Here:
 - each stage keeps ``channels - round(ratio * channels)`` stream channels at the end, rounded to
   ``psap_width_multiple``; on the way there the pruned count follows the global schedule (the
   fraction of ``psap_ratio`` reached at that step);
@@ -22,11 +22,11 @@ The inner allocation then meets the rest of the MACs target on the network with 
 """
 import numpy as np
 
-from src.config import ConfigError
+from src.errors import ConfigError
 from src.models.resnet import checked_stage_widths, cifar_stage_widths, is_cifar_style
-from src.pruning.psap_allocation import cut_records
-from src.pruning.psap_scores import filter_scores
-from src.pruning.surgery import residual_streams
+from src.pruning.filters.allocation import cut_records
+from src.pruning.filters.scores import filter_scores
+from src.pruning.filters.surgery import residual_streams
 
 BN_FIELDS = ("gamma", "beta", "moving_variance")
 

@@ -4,7 +4,7 @@ A refactor of the pruning engine must not change what it computes: run this befo
 the digests must be identical (issue 9's acceptance). Each run trains ResNet-20 on 512
 Fashion-MNIST images for one epoch (16 iterations) with a mask update every 2 iterations.
 
-    python benchmarks/mask_digest.py --data_path data/fashion_mnist [--methods rpg gmp]
+    python -m tools.mask_digest --data_path data/fashion_mnist [--methods rpg gmp]
 """
 import argparse
 import hashlib
@@ -14,6 +14,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from src import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
@@ -31,8 +33,6 @@ def digest_checkpoint(path):
     """(mask digest, weight digest, count): sha256 over the masks, and over the masked weights'
     values, by name. The masks are what the acceptance asks to be bit-identical; the weights
     are a stricter check (any change in the order of floating-point work shows there)."""
-    sys.path.insert(0, ROOT)
-    from src import checkpoint
     params, _, _ = checkpoint.load(path)
     masks, weights = hashlib.sha256(), hashlib.sha256()
     names = sorted(n for n in params if n.startswith("pruning_mask."))

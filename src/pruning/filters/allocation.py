@@ -2,7 +2,7 @@
 
 Pure functions (numpy only): how many filters each prunable layer loses at a pruning step so the
 global target (a fraction of the prunable filters or of the dense MACs) is met, with per-layer
-ratios proportional to the layers' weight sparsity (see ``src.pruning.psap``).
+ratios proportional to the layers' weight sparsity (see ``pruner``).
 """
 import math
 

@@ -1,9 +1,9 @@
 """The pruning-method contract. The training loop (``src/trainer.py``, through the public
-``src.pruning.api.SparseTraining``) never tells methods apart; a method is one class:
+``src.sparse_training.SparseTraining``) never tells methods apart; a method is one class:
 
-- ``name`` and ``keys`` (its recipe keys, ``src.config.Key``; the schema is built from the
+- ``name`` and ``keys`` (its recipe keys, ``src.recipe_keys.Key``; the schema is built from the
   registry), ``check_recipe(cfg)`` (constraints the yaml alone decides, checked at parse time).
-- ``graph_pieces(optimizer)``: the cells its train step needs (``src.pruning.train_cell``): hard
+- ``graph_pieces(optimizer)``: the cells its train step needs (``src.pruning.core.train_cell``): hard
   masks (``HardMasks``), gradient energy (PSAP's ``GradientEnergy``) or nothing.
 - ``before_step(step, batch, ctx)``: called before iteration ``step`` (0-based count of finished
   iterations). Returning a float (the iteration's loss) means "this iteration is mine": the method
@@ -14,13 +14,25 @@
 - ``state_dict()`` / ``load_state_dict(state)``: everything needed to resume the schedule exactly.
   Values are numpy arrays, ints, floats or strings; they are stored in every checkpoint.
 - ``report()``: a short dict for the log line (e.g. {"sparsity": 0.9}).
+- ``needs``: what the method needs from the training loop besides each step's batch (names of
+  ``SUPPLIES``); the loop gives each to the constructor as a keyword argument (None when it has
+  none), so the loop never asks which method it runs.
 
-``ctx`` is a ``src.pruning.context.TrainContext``: the network, host copies of weights, dense
+``ctx`` is a ``src.pruning.core.context.TrainContext``: the network, host copies of weights, dense
 gradients on a batch, train-step variants with an extra loss, a logger and ``record(event)``.
 """
 import fnmatch
 
 import numpy as np
+
+
+# What the training loop can give a method that declares it in ``Pruner.needs``
+SUPPLIES = {
+    "input_shape": "one input's shape with batch 1, e.g. (1, 3, 224, 224)",
+    "training_batches": "a callable returning an iterable of (image, label) training batches, or "
+                        "None when the loop has none (e.g. for forward passes that re-estimate "
+                        "BatchNorm statistics)",
+}
 
 
 def prunable_weight_names(net, include=(), exclude=(), convs_only=False):
@@ -64,6 +76,7 @@ class Pruner:
 
     name = "none"
     keys = {}
+    needs = ()
 
     @classmethod
     def check_recipe(cls, cfg):

@@ -14,13 +14,13 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
-from src.config import ConfigError, Key
-from src.errors import TrainingError
-from src.pruning.base import Pruner, prunable_weight_names, sparsity_of, unmatched_patterns
-from src.pruning.distributions import ALLOCATIONS, layer_counts
-from src.pruning.mask_ops import global_magnitude_masks, layer_magnitude_masks
-from src.pruning.train_cell import optimizer_state
-from src.pruning.update import mask_update
+from src.errors import ConfigError, TrainingError
+from src.pruning.core.base import Pruner, prunable_weight_names, sparsity_of, unmatched_patterns
+from src.pruning.core.train_cell import optimizer_state
+from src.pruning.masks.distributions import ALLOCATIONS, layer_counts
+from src.pruning.masks.mask_ops import global_magnitude_masks, layer_magnitude_masks
+from src.pruning.masks.update import mask_update
+from src.recipe_keys import Key
 
 MASK_PREFIX = "pruning_mask."
 # The final sparsity may differ from the target by at most this much (0.1 percentage point).

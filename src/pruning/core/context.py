@@ -12,29 +12,27 @@ import logging
 import numpy as np
 from mindspore import Tensor
 
-from src.pruning.train_cell import DenseGradient, TrainStep, optimizer_state
+from src.pruning.core.train_cell import DenseGradient, TrainStep, optimizer_state
 
 BN_STATISTICS = ("moving_mean", "moving_variance")
 
 
 class TrainContext:
-    def __init__(self, net, loss_cell, optimizer, train_step, logger=None, train_loss_cell=None,
-                 input_shape=None):
+    def __init__(self, net, loss_cell, optimizer, train_step, logger=None, train_loss_cell=None):
         self.net = net
         self.loss_cell = loss_cell  # float32 (dense gradients)
         self.train_loss_cell = train_loss_cell or loss_cell  # amp_level's precision (optimizer steps)
         self.optimizer = optimizer
         self.train_step = train_step
         self.logger = logger or logging.getLogger("prune")
-        self.input_shape = input_shape
         self.epoch = 0
         self.step = 0
+        # data parallel (set by the loop): this worker's rank, the number of workers and a
+        # collective float32 sum of a host array over them (every worker must call it)
         self.rank = 0
         self.group_size = 1
+        self.sum_across_workers = None
         self.before_reading_statistics = None  # data parallel: averages BN statistics (trainer)
-        # a callable returning an iterable of (image, label) training batches, for
-        # recalibrate_bn (train.py: a fresh pass over the training set; SparseTraining: end_epoch)
-        self.recalibration_data = None
         self.recorders = []
         self._params = {p.name: p for p in net.get_parameters()}
         self._variants = {}
@@ -47,15 +45,15 @@ class TrainContext:
             self.before_reading_statistics()
         return {name: self._params[name].asnumpy() for name in names}
 
-    def recalibrate_bn(self, num_batches):
+    def recalibrate_bn(self, batches, num_batches):
         """Re-estimate the BatchNorm moving statistics with up to ``num_batches`` forward passes
-        in training mode over ``recalibration_data`` (no weight changes: the optimizer does not
-        run). Returns the number of batches used (0 without data)."""
-        if self.recalibration_data is None or num_batches <= 0:
+        in training mode over ``batches`` (an iterable of (image, label); None: no data). No
+        weight changes: the optimizer does not run. Returns the number of batches used."""
+        if batches is None or num_batches <= 0:
             return 0
         self.net.set_train(True)
         used = 0
-        for image, _ in self.recalibration_data():
+        for image, _ in batches:
             if used >= num_batches:
                 break
             self.net(image)

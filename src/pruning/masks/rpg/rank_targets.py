@@ -3,7 +3,7 @@
 For a conv weight W of shape (C_out, C_in, kh, kw) (or a Dense one, (C_out, C_in), with
 ``rank_loss_layers: all``), Wn = W.reshape(C_out, -1) / ||W||_F, and the
 target is A_k, the best rank-k approximation of Wn (Eckart-Young: its truncated SVD), k from the
-energy rule. src/pruning/rank_loss.py differentiates -||Wn - A_k||_F^2 with A_k held constant;
+energy rule. rank_loss.py differentiates -||Wn - A_k||_F^2 with A_k held constant;
 this module computes the A_k before the train step (``rank_targets_numpy``), so the SVD stays
 out of the differentiated graph and works on every backend.
 
@@ -212,6 +212,26 @@ def _gather_bases(matrices, ks, oks, bases, sum_across_workers):
     return ks, oks, gathered
 
 
+def unit_matrices(weight_arrays):
+    """Phase 0: each weight as the unit-norm float64 (C_out, C_in*kh*kw) matrix the targets are
+    computed from (None for an all-zero weight, a LinAlgError instance for one that is not
+    finite), for :func:`own_bases` and :func:`project_targets`."""
+    matrices = []
+    for w in weight_arrays:
+        try:
+            matrices.append(_unit(_as_2d(w)))
+        except np.linalg.LinAlgError as err:
+            matrices.append(err)
+    return matrices
+
+
+def project_targets(matrices, bases, ks, oks, shapes, dtype=np.float32):
+    """Phase 3: A_k of every usable layer from its (gathered) basis, as ``dtype``; zeros of the
+    layer's 2-D ``shapes`` for the others."""
+    return [_project(wn, basis, k).astype(dtype) if good else np.zeros(shape, dtype)
+            for wn, basis, k, good, shape in zip(matrices, bases, ks, oks, shapes)]
+
+
 def rank_targets_numpy(weight_arrays, partial_k, dtype=np.float32, rank=0, group_size=1,
                        sum_across_workers=None):
     """Host targets of every layer, for the "SVD on the host, cheap part in the graph" path.
@@ -229,16 +249,9 @@ def rank_targets_numpy(weight_arrays, partial_k, dtype=np.float32, rank=0, group
     p = _check_partial_k(partial_k)
     if group_size > 1 and sum_across_workers is None:
         raise ValueError("several workers need a sum_across_workers function")
-    matrices = []
-    for w in weight_arrays:
-        try:
-            matrices.append(_unit(_as_2d(w)))
-        except np.linalg.LinAlgError as err:
-            matrices.append(err)
+    matrices = unit_matrices(weight_arrays)
     shapes = [_as_2d(w).shape for w in weight_arrays]
     ks, oks, bases = own_bases(matrices, p, layers_for_worker(shapes, rank, group_size))
     if group_size > 1:
         ks, oks, bases = _gather_bases(matrices, ks, oks, bases, sum_across_workers)
-    targets = [_project(wn, basis, k).astype(dtype) if good else np.zeros(shape, dtype)
-               for wn, basis, k, good, shape in zip(matrices, bases, ks, oks, shapes)]
-    return targets, [int(k) for k in ks], oks
+    return project_targets(matrices, bases, ks, oks, shapes, dtype), [int(k) for k in ks], oks
