@@ -1,7 +1,7 @@
 """Why a pruned run ends at chance: the masks and losses of a run, update by update, from its own
 records (no re-training).
 
-    python benchmarks/collapse_analysis.py RUN_DIR [RUN_DIR ...] [--data_path DIR]
+    python -m benchmarks.collapse_analysis RUN_DIR [RUN_DIR ...] [--data_path DIR]
         [--eval_samples 1000] [--name collapse_analysis]
 
 RUN_DIR is a train.py output folder of a hard-mask method (RPG, GMP, RigL), best one of
@@ -23,8 +23,15 @@ import re
 
 import numpy as np
 
-from common import ROOT, write_results
-from runs import BenchmarkError, main_guard
+from benchmarks.common import ROOT, write_results
+from benchmarks.runs import BenchmarkError, main_guard
+from src import checkpoint
+from src.config import parse_args
+from src.dataset import batches, create_dataset, split_path
+from src.errors import ConfigError
+from src.logs import read_metrics
+from src.models import network_from_checkpoint
+from src.run_record import read_run
 
 MASK_PREFIX = "pruning_mask."
 STEP = re.compile(r"_step(\d+)\.ckpt$")
@@ -65,7 +72,6 @@ def mask_state(params):
 
 def events(run_dir):
     """(mask_update events, train events) of the run's metrics.jsonl."""
-    from src.logs import read_metrics
     if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
         raise BenchmarkError(f"{run_dir}: no metrics.jsonl (not a train.py output folder)")
     return read_metrics(run_dir, "mask_update"), read_metrics(run_dir, "train")
@@ -73,8 +79,6 @@ def events(run_dir):
 
 def network_config(run_dir, data_path):
     """The config eval.py would build this run's network with (from its run.json recipe)."""
-    from src.config import ConfigError, parse_args
-    from src.run_record import read_run
     record = read_run(run_dir)
     if record is None:
         raise BenchmarkError(f"{run_dir}: no run.json (not a train.py output folder)")
@@ -93,7 +97,6 @@ def network_config(run_dir, data_path):
 
 def test_batches(cfg, samples):
     """The first ``samples`` test images and labels, as arrays (read once, used per checkpoint)."""
-    from src.dataset import batches, create_dataset, split_path
     path, key = split_path(cfg, training=False)
     data = create_dataset(cfg.dataset, path, False, 250, path_key=key,
                           image_size=cfg.image_size or None, num_samples=samples)
@@ -102,7 +105,6 @@ def test_batches(cfg, samples):
 
 def behaviour(cfg, ckpt, data):
     """top-1, share of the most predicted class, mean over classes of the logits' std over images."""
-    from src.models import network_from_checkpoint
     net, _ = network_from_checkpoint(cfg, ckpt)
     logits = np.concatenate([net(image).asnumpy() for image, _ in data])
     labels = np.concatenate([label for _, label in data])
@@ -128,7 +130,6 @@ def loss_near(step, train_events):
 
 def analyse_run(run_dir, cfg=None, data=None):
     """One row per checkpoint: its step, the update it holds, mask state, losses, behaviour."""
-    from src import checkpoint
     updates, train_events = events(run_dir)
     found = checkpoints(run_dir)
     if not found:

@@ -1,7 +1,7 @@
 """RPG through ms.Model.train (PruningAlgorithm) against the exact loop (train.py, SparseTraining):
 Fashion-MNIST ResNet-20 at 90 % and 98 % sparsity, several seeds.
 
-    python benchmarks/model_train_vs_loop.py --data_path DIR [--sparsities 90 98] [--seeds 1 2 3]
+    python -m benchmarks.model_train_vs_loop --data_path DIR [--sparsities 90 98] [--seeds 1 2 3]
         [--train_samples 8000 --epochs 4 --delta 16] [--eval_samples 0]
         [--work_dir output/bench_model_train] [--results_dir benchmarks/results]
 
@@ -28,10 +28,23 @@ import sys
 import time
 
 import numpy as np
+import mindspore as ms
+from mindspore import nn, Tensor
+from mindspore.train import LossMonitor
 
-from common import ROOT, machine_info
-from runs import OneLineParser, call, check_same_recipe, main_guard, train
+from benchmarks.common import ROOT, machine_info
+from benchmarks.runs import OneLineParser, call, check_same_recipe, main_guard, train
+from src.config import parse_args
+from src.dataset import create_dataset, input_shape, split_path
+from src.lr_schedule import learning_rates
+from src.metrics import evaluate
+from src.models import build_network
 from src.outputs import write_json_atomic, write_text_atomic
+from src.pruning.api import PruningAlgorithm
+from src.pruning.core.base import sparsity_of
+from src.run_record import new_run_id, recipe_of, write_run
+from src.trainer import init_context
+from src.training_graph import weight_decay_groups
 
 PATHS = ("loop", "model")
 NAME = "model_train_vs_loop"
@@ -63,7 +76,7 @@ def run(args, path, sparsity, seed):
         evaluation = loop_evaluation(args, sparsity, out)
     else:
         os.makedirs(out, exist_ok=True)
-        call([sys.executable, os.path.join("benchmarks", f"{NAME}.py"), "--model_run", out, *targs],
+        call([sys.executable, "-m", f"benchmarks.{NAME}", "--model_run", out, *targs],
              os.path.join(out, "model_train.log"))
         with open(os.path.join(out, "model_eval.json"), encoding="utf-8") as handle:
             evaluation = json.load(handle)
@@ -89,19 +102,6 @@ def loop_evaluation(args, sparsity, out):
 def model_run(out, targs):
     """Train the recipe of ``targs`` with ms.Model.train + PruningAlgorithm; write
     OUT/model_eval.json (top-1, top-5, sparsity of the pruned weights)."""
-    import mindspore as ms
-    from mindspore import nn, Tensor
-    from mindspore.train import LossMonitor
-    from src.config import parse_args
-    from src.dataset import input_shape
-    from src.lr_schedule import learning_rates
-    from src.metrics import evaluate
-    from src.models import build_network
-    from src.pruning.api import PruningAlgorithm
-    from src.pruning.base import sparsity_of
-    from src.run_record import new_run_id, recipe_of, write_run
-    from src.trainer import init_context
-    from src.training_graph import weight_decay_groups
 
     cfg, _ = parse_args(targs)
     write_run(out, new_run_id(), recipe_of(cfg))
@@ -132,7 +132,6 @@ def model_run(out, targs):
 def recipe_dataset(cfg, training):
     """The recipe's training or test pipeline, as the Trainer builds it (one pipeline for all
     epochs: Model.train reshuffles it every epoch)."""
-    from src.dataset import create_dataset, split_path
     path, key = split_path(cfg, training)
     batch = cfg.batch_size if training else (cfg.eval_batch_size or cfg.batch_size)
     return create_dataset(cfg.dataset, path, training, batch, path_key=key,

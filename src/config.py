@@ -166,7 +166,6 @@ def build_config(values_from_file, overrides, config_path="<defaults>"):
 
 def _method_defaults(cfg, given):
     """A shared key the recipe leaves out takes its method's own default (e.g. RigL's erk)."""
-    from src.pruning import registry
     if cfg.prune_method in registry.METHODS:
         for name, value in registry.key_defaults(cfg.prune_method).items():
             if name not in given:
@@ -358,7 +357,6 @@ def _print_help(description, extra_flags):
 
 def _defaults_by_method(name):
     """' (rigl: 'erk')' for a key whose default a method sets for itself."""
-    from src.pruning import registry
     own = [f"{method}: {registry.key_defaults(method)[name]!r}" for method in registry.METHODS
            if name in registry.key_defaults(method)]
     return f" ({', '.join(own)})" if own else ""

@@ -162,7 +162,6 @@ def _check_labels(labels, path, num_classes):
 def _check_num_classes(num_classes, needed, where):
     """A network with fewer outputs than the data set's labels fails deep in the loss (a traceback)."""
     if num_classes < needed:
-        from src.config import ConfigError
         raise ConfigError(f"config key 'num_classes': got {num_classes}, but {where} ({needed} "
                           f"classes): set --num_classes {needed}")
 

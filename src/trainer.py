@@ -76,6 +76,23 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epoch_size
         self.eval_data = self._dataset(training=False, epoch=0) if self.is_main or cfg.run_distribute else None
 
+        self._build_training()
+        self.start_step = 0
+        self.continues_run = False  # set by a resume of the run metrics.jsonl belongs to
+        self.best = {"top1": None, "epoch": None}
+        self.last_periodic = (None, None)
+        if cfg.resume_ckpt:
+            self._resume(cfg.resume_ckpt)
+        # the run is accepted: metrics.jsonl and train.log hold this attempt's history only
+        for old, new in self.metrics.start(self.start_step, self.continues_run):
+            self.logger.info(f"kept an earlier attempt's {old} as {new}")
+        open_log_file(self.logger)
+        self.stop.check("during start-up, before the first step; nothing to resume from yet")
+
+    def _build_training(self):
+        """The network (+ pre_trained), the method and its train step (build_training_graph),
+        the context's data-parallel collectives, metrics.jsonl."""
+        cfg = self.cfg
         self.net = build_network(cfg)
         if cfg.pre_trained:
             load_pretrained(self.net, cfg.pre_trained, self.logger)
@@ -94,17 +111,6 @@ class Trainer:
             self.ctx.before_reading_statistics = lambda: average_bn_statistics(self.net, self.group_size)
         self.metrics = MetricsFile(self.output_dir, enabled=self.is_main)
         self.ctx.recorders.append(self.metrics)
-        self.start_step = 0
-        self.continues_run = False  # set by a resume of the run metrics.jsonl belongs to
-        self.best = {"top1": None, "epoch": None}
-        self.last_periodic = (None, None)
-        if cfg.resume_ckpt:
-            self._resume(cfg.resume_ckpt)
-        # the run is accepted: metrics.jsonl and train.log hold this attempt's history only
-        for old, new in self.metrics.start(self.start_step, self.continues_run):
-            self.logger.info(f"kept an earlier attempt's {old} as {new}")
-        open_log_file(self.logger)
-        self.stop.check("during start-up, before the first step; nothing to resume from yet")
 
     # --- data -------------------------------------------------------------------------------
     def _dataset(self, training, epoch):

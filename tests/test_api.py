@@ -192,7 +192,7 @@ def test_finish_refuses_a_network_whose_output_no_longer_depends_on_its_input():
 
 def test_emptied_layers_are_named_by_patterns_that_match_only_them():
     import fnmatch
-    from src.pruning.liveness import describe_layers
+    from src.pruning.core.liveness import describe_layers
     names = ["conv1.weight"] + [f"layer{s}.{b}.conv{c}.weight" for s in (1, 2, 3) for b in range(3)
                                 for c in (1, 2)] + ["fc.weight"]
     shapes = {n: (10, 64) if n == "fc.weight" else (16, 16, 3, 3) for n in names}

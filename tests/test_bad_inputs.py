@@ -27,7 +27,7 @@ def run(args, cwd=ROOT, env_extra=None):
     for name in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
         env.pop(name, None)
     env.update(env_extra or {})
-    command = [sys.executable, *args] if args[0].endswith(".py") else ["bash", *args]
+    command = [sys.executable, *args] if args[0].endswith(".py") or args[0] == "-m" else ["bash", *args]
     return subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
 
 
@@ -216,14 +216,14 @@ RUN_CASES = [
      2, "--overwrite true"),
     ("convert-zoo-output-exists", ["scripts/convert_zoo_resnet50.py", "--input", "{run}/last.ckpt",
                                    "--output", "{tmp}/existing.ckpt"], 2, "--overwrite true"),
-    ("plot-run-out-exists", ["benchmarks/plot_run.py", "{run}", "--out", "{tmp}/existing.png"], 2,
+    ("plot-run-out-exists", ["-m", "benchmarks.plot_run", "{run}", "--out", "{tmp}/existing.png"], 2,
      "--overwrite true"),
-    ("plot-run-default-out-exists", ["benchmarks/plot_run.py", "{tmp}/plotted"], 2, "run.png exists"),
-    ("plot-run-overwrite-not-bool", ["benchmarks/plot_run.py", "{tmp}/plotted", "--overwrite", "maybe"], 2,
+    ("plot-run-default-out-exists", ["-m", "benchmarks.plot_run", "{tmp}/plotted"], 2, "run.png exists"),
+    ("plot-run-overwrite-not-bool", ["-m", "benchmarks.plot_run", "{tmp}/plotted", "--overwrite", "maybe"], 2,
      "--overwrite"),
-    ("layer-ranks-csv-out-exists", ["benchmarks/layer_ranks_csv.py", "{run}", "--out", "{tmp}/existing.csv"],
+    ("layer-ranks-csv-out-exists", ["-m", "benchmarks.layer_ranks_csv", "{run}", "--out", "{tmp}/existing.csv"],
      2, "--overwrite true"),
-    ("layer-ranks-csv-default-out-exists", ["benchmarks/layer_ranks_csv.py", "{tmp}/plotted"], 2,
+    ("layer-ranks-csv-default-out-exists", ["-m", "benchmarks.layer_ranks_csv", "{tmp}/plotted"], 2,
      "layerwise_ranks.csv exists"),
     ("psap-width-multiple-unreachable", train("--psap_width_multiple", "32",
                                               config=os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml")),
@@ -386,8 +386,9 @@ def test_a_pruning_run_that_empties_layers_ends_with_exit_1(fashion_dir, tmp_pat
     assert "7 layer(s) have no weight left" in proc.stdout
 
 
-LIBRARY_MODULES = {"common.py", "runs.py"}   # imported by the benchmarks, not run
-HELPERS = sorted(f"{folder}/{name}" for folder in ("benchmarks", "scripts")
+# imported by the benchmarks, not run
+LIBRARY_MODULES = {"common.py", "runs.py", "latency.py", "psap_report.py", "__init__.py"}
+HELPERS = sorted(f"{folder}/{name}" for folder in ("benchmarks", "scripts", "tools")
                  for name in os.listdir(os.path.join(ROOT, folder)) if name.endswith(".py"))
 
 
@@ -401,7 +402,9 @@ def test_every_helper_answers_help(script, tmp_path):
         return
     results = os.path.join(ROOT, "benchmarks", "results")
     before = snapshot(results)
-    proc = run([script, "--help"], cwd=ROOT)
+    # benchmarks and tools run as modules (python -m benchmarks.NAME), the scripts by path
+    command = [script] if script.startswith("scripts/") else ["-m", script[:-3].replace("/", ".")]
+    proc = run([*command, "--help"], cwd=ROOT)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "usage" in proc.stdout.lower(), proc.stdout[-2000:]
     assert snapshot(results) == before

@@ -3,11 +3,12 @@ one line when a step fails or is interrupted (benchmarks/runs.py)."""
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-
-from benchmarks import psap_benchmark
+from benchmarks import extreme_sparsity, psap_benchmark, psap_report
+from benchmarks.collapse_analysis import first_empty, mask_state, update_of
 from benchmarks.runs import BenchmarkError, call, check_same_recipe
 from src.config import parse_args
 from src.run_record import recipe_of, write_run
@@ -65,7 +66,6 @@ def test_the_stream_method_of_the_psap_benchmark_trains_the_recipe_it_names():
 
 
 def test_the_psap_ablations_train_the_recipe_they_name():
-    import psap_benchmark
     base = ["--config_path", os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml"),
             "--data_path", "somewhere"]
     no_protect, _ = parse_args(base + psap_benchmark.method_overrides("PSAP-BN-NP", "bn_l2"))
@@ -86,7 +86,6 @@ def _psap_args(tmp_path, **changes):
 
 
 def test_committed_psap_rows_are_reused_without_their_run_folders_and_marked(tmp_path):
-    import psap_benchmark
     committed = psap_benchmark.committed_records(_psap_args(tmp_path))
     setting = {"net": "resnet56", "seed": 43, "start": "scratch", "cut": 0.6, "method": "SFP",
                "multiple": 1}
@@ -94,13 +93,12 @@ def test_committed_psap_rows_are_reused_without_their_run_folders_and_marked(tmp
     assert record["committed"] == "psap_resnet56_cut60" and record["top1"] == 0.7617
     assert record["mindir"] == {}                       # its exports are gone: not timed
     rows = psap_benchmark.aggregate([record], {})
-    assert "(committed)" in psap_benchmark._row_line(rows[0])
+    assert "(committed)" in psap_report._row_line(rows[0])
     with pytest.raises(BenchmarkError, match=r"made with epochs 6, this command has 5"):
         psap_benchmark.committed_records(_psap_args(tmp_path, epochs=5))
 
 
 def test_the_extreme_sparsity_benchmark_trains_the_shipped_resnet32x2_recipe_when_asked():
-    import extreme_sparsity
     shipped = extreme_sparsity.recipe_for("rpg", "resnet32x2", 99.5, "shipped")
     assert shipped.endswith("config/rpg_resnet32x2_fashion_mnist_s995.yaml")
     assert extreme_sparsity.recipe_for("rpg", "resnet32x2", 99.5).endswith("rpg_resnet20_fashion_mnist_s98.yaml")
@@ -109,8 +107,6 @@ def test_the_extreme_sparsity_benchmark_trains_the_shipped_resnet32x2_recipe_whe
 
 
 def test_the_collapse_analysis_names_emptied_layers_and_the_fc_classes_left_without_weight():
-    import numpy as np
-    from collapse_analysis import first_empty, mask_state, update_of
     fc = np.zeros((10, 64), np.float32)
     fc[0, 3] = fc[1, 3] = fc[2, 5] = 1
     params = {"pruning_mask.conv1.weight": np.zeros((16, 1, 3, 3), np.float32),
@@ -131,8 +127,7 @@ def test_the_collapse_analysis_names_emptied_layers_and_the_fc_classes_left_with
 
 
 def test_an_erk_label_of_the_extreme_benchmark_is_refused_while_rpg_ignores_the_key():
-    import extreme_sparsity
-    from src.pruning.rpg import RPGPruner
+    from src.pruning.masks.rpg.pruner import RPGPruner
     reads = any("density_distribution" in getattr(c, "keys", {}) for c in RPGPruner.__mro__)
     extreme_sparsity.check_density_distribution("RPG", [])            # no ERK: nothing to check
     if reads:   # after the density merge the label trains what it names

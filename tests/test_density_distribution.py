@@ -17,7 +17,7 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from src.config import ConfigError
 from src.pruning.api import SparseTraining, method_settings
-from src.pruning.registry import build_pruner
+from src.pruning.core.registry import build_pruner
 from tests.test_api import make_batches
 from tests.test_rigl import erk_by_rigl_formula
 
@@ -203,7 +203,7 @@ def test_layer_counts_follow_the_distribution_and_add_up(method, distribution, d
 
 
 def test_global_is_the_default_of_rpg_and_gmp_and_erk_stays_rigls():
-    from src.pruning.mask_ops import global_magnitude_masks
+    from src.pruning.masks.mask_ops import global_magnitude_masks
     for method in ("rpg", "gmp"):
         pruner = _pruner(method, MobileNetV2())
         assert pruner.cfg.density_distribution == "global"
@@ -217,8 +217,8 @@ def test_global_is_the_default_of_rpg_and_gmp_and_erk_stays_rigls():
 
 
 def test_register_refuses_a_default_the_key_does_not_accept():
-    from src.pruning.hard_mask import HardMaskPruner
-    from src.pruning.registry import METHODS, register
+    from src.pruning.masks.hard_mask import HardMaskPruner
+    from src.pruning.core.registry import METHODS, register
 
     class WrongDefault(HardMaskPruner):
         name = "wrong_default"

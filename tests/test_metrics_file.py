@@ -166,11 +166,11 @@ def test_read_errors_name_the_line_of_the_file(tmp_path):
         read_metrics(str(tmp_path))
 
 
-@pytest.mark.parametrize("script", ["benchmarks/plot_run.py", "benchmarks/layer_ranks_csv.py"])
+@pytest.mark.parametrize("script", ["benchmarks.plot_run", "benchmarks.layer_ranks_csv"])
 def test_the_scripts_name_the_damaged_line(tmp_path, script):
     damaged(tmp_path)
     before = sorted(os.listdir(tmp_path))
-    proc = run_script(script, tmp_path, check=False, timeout=120)
+    proc = run_script("-m", script, tmp_path, check=False, timeout=120)
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{tmp_path / 'metrics.jsonl'}" in lines[0] and ": line 4, column 23" in lines[0], lines[0]

@@ -1,4 +1,4 @@
-"""``PruningAlgorithm``: the methods inside ``ms.Model.train`` (src/pruning/model_train.py).
+"""``PruningAlgorithm``: the methods inside ``ms.Model.train`` (src/model_train.py).
 
 The README's Model.train example, executed as written; every method's promises (exact final
 sparsity, pruned weights and their momentum +0.0, mask updates after exactly the scheduled number
@@ -24,7 +24,7 @@ from src.errors import TrainingError
 from src.models.resnet import build_resnet
 from src.pruning import api
 from src.pruning.api import PruningAlgorithm, SparseTraining
-from src.pruning.train_cell import optimizer_state
+from src.pruning.core.train_cell import optimizer_state
 from tests.conftest import ROOT
 from tests.model_train_worker import toy_data
 from tests.test_api import SIZE, PlainConvNet
@@ -317,9 +317,8 @@ def test_two_data_parallel_workers_end_with_the_same_masks(tmp_path):
 def test_the_benchmark_reuses_finished_runs_and_refuses_another_recipe(tmp_path, monkeypatch):
     """benchmarks/model_train_vs_loop.py: finished runs (run.json + result.json) are reported
     without training again; a folder of another budget is one BenchmarkError line."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import model_train_vs_loop as bench
-    from runs import BenchmarkError
+    from benchmarks import model_train_vs_loop as bench
+    from benchmarks.runs import BenchmarkError
     from src.config import parse_args
     from src.outputs import write_json_atomic
     from src.run_record import recipe_of, write_run
