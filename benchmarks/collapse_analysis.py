@@ -224,7 +224,7 @@ def main():
         cfg = network_config(run_dir, args.data_path) if args.data_path else None
         data = test_batches(cfg, args.eval_samples) if cfg is not None else None
         results.append(analyse_run(run_dir, cfg, data))
-    command = ("python benchmarks/collapse_analysis.py " + " ".join(args.run_dirs)
+    command = ("python -m benchmarks.collapse_analysis " + " ".join(args.run_dirs)
                + (f" --data_path DIR --eval_samples {args.eval_samples}" if args.data_path else ""))
     lines = ["# Collapse analysis: masks, losses and behaviour per mask update", "",
              f"Command: `{command}`", "",

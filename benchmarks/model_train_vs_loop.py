@@ -221,7 +221,7 @@ def main():
     results = [run(args, path, sparsity, seed) for sparsity in args.sparsities
                for seed in args.seeds for path in PATHS]
     rows = aggregate(results)
-    command = (f"python benchmarks/{NAME}.py --data_path DIR --sparsities "
+    command = (f"python -m benchmarks.{NAME} --data_path DIR --sparsities "
                f"{' '.join(f'{s:g}' for s in args.sparsities)} --seeds {' '.join(map(str, args.seeds))} "
                f"--train_samples {args.train_samples} --epochs {args.epochs} --delta {args.delta} "
                f"--eval_samples {args.eval_samples}")
