@@ -255,14 +255,14 @@ RUN_CASES = [
 ]
 
 
-def in_process(args, capsys, monkeypatch, extra_errors=()):
+def in_process(args, capsys, monkeypatch):
     """Run an entry script's main() as its ``__main__`` does; returns (exit code, stderr)."""
     import importlib
     module = importlib.import_module(args[0][:-len(".py")])
     monkeypatch.setattr(sys, "argv", args)
     from src.cli import run as run_entry
     with pytest.raises(SystemExit) as stop:
-        run_entry(module.main, extra_errors)
+        run_entry(module.main)
     return stop.value.code, capsys.readouterr().err
 
 
@@ -347,11 +347,10 @@ def test_deliberate_recipe_change_and_complete_run(places, tmp_path):
 def test_sparse_export_replaces_only_after_its_read_back(places, capsys, monkeypatch):
     """--overwrite true replaces an earlier SPARSE file only with one that read back bit-exact: a
     failing read-back leaves the earlier file byte for byte and no temporary behind."""
-    from src import sparse_format
-    from src.export_model import ExportError
+    from src import export_model   # imports read_sparse at its top: patched where it is called
     args = ["export.py", "--config_path", DENSE, "--ckpt", str(places["run"] / "last.ckpt"), "--file_format",
             "SPARSE", "--file_name", str(places["tmp"] / "existing"), "--overwrite", "true"]
-    real_read = sparse_format.read_sparse
+    real_read = export_model.read_sparse
 
     def one_bit_off(path):
         arrays, meta = real_read(path)
@@ -359,10 +358,10 @@ def test_sparse_export_replaces_only_after_its_read_back(places, capsys, monkeyp
         arrays[name] = (arrays[name].view(np.uint32) ^ np.uint32(1)).view(np.float32)
         return arrays, meta
     before, listing = snapshot(places["tmp"], places["run"]), sorted(os.listdir(places["tmp"]))
-    monkeypatch.setattr(sparse_format, "read_sparse", one_bit_off)
-    check_one_line(*in_process(args, capsys, monkeypatch, (ExportError,)), 1, "does not read back bit-exact")
+    monkeypatch.setattr(export_model, "read_sparse", one_bit_off)
+    check_one_line(*in_process(args, capsys, monkeypatch), 1, "does not read back bit-exact")
     assert unchanged(places, before) and sorted(os.listdir(places["tmp"])) == listing
-    monkeypatch.setattr(sparse_format, "read_sparse", real_read)
+    monkeypatch.setattr(export_model, "read_sparse", real_read)
     import export   # the same command with a sound read-back replaces it
     export.main()
     assert real_read(str(places["tmp"] / "existing.sparse.npz"))[1]["net"] == "resnet20"
