@@ -1,8 +1,9 @@
 """Mutation check: does the suite notice when the algorithm breaks?
 
 Each mutant is a named breakage (one exact search/replace in one file). For each, the repository
-(src/, tests/, config/, scripts/ and the entry scripts) is copied to a scratch directory, the
-breakage applied there, and only the tests that guard it are run (``pytest -x -q``). A mutant is
+(src/, tests/, config/, scripts/, benchmarks/, tools/ and the entry scripts: tests run the
+benchmarks and tools as modules) is copied to a scratch directory, the breakage applied there,
+and only the tests that guard it are run (``pytest -x -q``). A mutant is
 KILLED when those tests fail, SURVIVED when they pass. The unmutated copy is run first on the
 union of the selections (a failing baseline makes every kill meaningless).
 
@@ -22,7 +23,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COPIED = ("src", "tests", "config", "scripts", "train.py", "eval.py", "export.py")
+COPIED = ("src", "tests", "config", "scripts", "benchmarks", "tools", "train.py", "eval.py",
+          "export.py")
 
 RPG_T = "tests/test_method_rpg.py"
 PSAP_T = "tests/test_method_psap.py"
