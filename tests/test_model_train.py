@@ -137,9 +137,8 @@ def test_hard_mask_methods_under_model_train(method, keys, same_as_loop, tmp_pat
     assert algo.convert(net) is net
     if method == "gmp":
         kept = round(0.1 * sum(m.size for m in algo.masks().values()))
-    else:   # RigL: each layer keeps round(density_l * size_l) of its ERK density
-        densities = algo.pruner.layer_densities(algo.pruner.final_density)
-        kept = sum(round(densities[n] * m.size) for n, m in algo.masks().items())
+    else:   # RigL: each layer keeps its ERK count (they add up to round(0.1 * N))
+        kept = sum(algo.pruner.layer_counts(algo.pruner.final_density).values())
     check_hard_masks(algo, net, opt, kept)
     check_mindir(net, next(ds.create_tuple_iterator())[0], tmp_path / method)
     if same_as_loop:   # no step is skipped: the exact loop computes the same, bit for bit
