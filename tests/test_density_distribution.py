@@ -16,6 +16,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from src.config import ConfigError
+from src.errors import DeadNetworkError
 from src.pruning.api import SparseTraining, method_settings
 from src.pruning.core.registry import build_pruner
 from tests.test_api import make_batches
@@ -290,8 +291,10 @@ def test_rpg_global_empties_the_classifier_of_the_same_network():
     logits = net(image).asnumpy()
     np.testing.assert_array_equal(logits, np.broadcast_to(logits[:1], logits.shape))
     assert np.mean(losses[-12:]) > 0.9 * math.log(10)
-    # sparse.finish() is where a check for a dead network belongs: when it refuses this run,
-    # assert that here (pytest.raises) instead of leaving the run unfinished
+    # not a silent dead run: finish() refuses it, naming the classifier and what avoids it
+    with pytest.raises(DeadNetworkError, match=r"no longer depends on its input.*head\.1\.weight.*"
+                                               r"density_distribution: erk"):
+        sparse.finish()
 
 
 # --- a Dense-heavy attention block ---------------------------------------------------------------
