@@ -17,6 +17,7 @@ if [ $# -eq 0 ]; then  # never replace an earlier quick start: number a new fold
     while [ -e "$OUT" ]; do N=$((N + 1)); OUT="${BASE}_$N"; done
 fi
 source scripts/setup_env.sh
+set -euo pipefail   # setup_env.sh leaves the calling shell lenient (set +e): a failing step must fail the quick start
 DATA="$(bash scripts/get_fashion_mnist.sh "$ROOT/data/fashion_mnist" | tail -n 1)"
 CONFIG=config/rpg_resnet20_fashion_mnist_s90.yaml
 EPOCHS=3; SAMPLES=8192; EVAL_SAMPLES=2000; DELTA=16

@@ -5,6 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup_env.sh
+set -euo pipefail   # setup_env.sh leaves the calling shell lenient (set +e)
 # The real Fashion-MNIST subset tests use the data when it can be had; they skip otherwise.
 bash scripts/get_fashion_mnist.sh "$ROOT/data/fashion_mnist" >/dev/null 2>&1 \
     || echo "[tests] Fashion-MNIST not available: its tests will be skipped"
