@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from benchmarks.common import ROOT, machine_info, save_figure, write_results
-from benchmarks.runs import BenchmarkError, call, check_same_recipe, main_guard, train
+from benchmarks.runs import BenchmarkError, call, cached_result, main_guard, train
 from src import checkpoint
 from src.outputs import write_json_atomic
 from src.pruning.masks.rpg.pruner import RPGPruner
@@ -94,11 +94,10 @@ def run(args, net, sparsity, label, seed):
     if args.checkpoint_every:   # operational keys: the same recipe, more checkpoints kept
         train_args += ["--save_checkpoint_steps", str(args.checkpoint_every),
                        "--keep_checkpoint_max", "100000"]
-    check_same_recipe(out, train_args)
+    cached = cached_result(out, train_args)
+    if cached is not None:
+        return cached
     result_path = os.path.join(out, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path, encoding="utf-8") as handle:
-            return json.load(handle)
     start = time.time()
     train(train_args)
     seconds = time.time() - start

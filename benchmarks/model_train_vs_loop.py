@@ -33,7 +33,7 @@ from mindspore import nn, Tensor
 from mindspore.train import LossMonitor
 
 from benchmarks.common import ROOT, machine_info
-from benchmarks.runs import OneLineParser, call, check_same_recipe, main_guard, train
+from benchmarks.runs import OneLineParser, call, cached_result, main_guard, train
 from src.config import parse_args
 from src.dataset import create_dataset, input_shape, split_path
 from src.lr_schedule import learning_rates
@@ -65,11 +65,10 @@ def run(args, path, sparsity, seed):
     """One run (cached in result.json, reused only for a folder of the same recipe)."""
     out = os.path.join(args.work_dir, f"s{sparsity:g}_{path}_seed{seed}")
     targs = train_args(args, sparsity, seed, out)
-    check_same_recipe(out, targs)
+    cached = cached_result(out, targs)
+    if cached is not None:
+        return cached
     result_path = os.path.join(out, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path, encoding="utf-8") as handle:
-            return json.load(handle)
     start = time.time()
     if path == "loop":
         train(targs)

@@ -7,6 +7,7 @@
   stay in the work folder and the same command continues.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,17 @@ def check_same_recipe(out, train_args):
         raise BenchmarkError(f"{out} holds a run with other settings "
                              f"({describe_changes(record['recipe'], cfg, changed)}): use another "
                              "--work_dir, or delete that folder to run it again")
+
+
+def cached_result(out, train_args):
+    """The result.json of the finished run in ``out`` (None if there is none yet); BenchmarkError
+    if ``out`` holds a run of other settings (``check_same_recipe``)."""
+    check_same_recipe(out, train_args)
+    result_path = os.path.join(out, "result.json")
+    if not os.path.exists(result_path):
+        return None
+    with open(result_path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def train(train_args, log_path=None):
