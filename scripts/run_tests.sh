@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment if needed and run the whole test suite.
-# Usage: bash scripts/run_tests.sh [pytest args]
+# Usage: bash scripts/run_tests.sh [pytest args]   (e.g. tests/test_api.py -k dead: one file, some
+# tests; with no file or folder named, pytest.ini's testpaths run the whole suite)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -10,4 +11,4 @@ set -euo pipefail   # setup_env.sh leaves the calling shell lenient (set +e)
 bash scripts/get_fashion_mnist.sh "$ROOT/data/fashion_mnist" >/dev/null 2>&1 \
     || echo "[tests] Fashion-MNIST not available: its tests will be skipped"
 export FASHION_MNIST_DIR="$ROOT/data/fashion_mnist"
-python -m pytest tests -q "$@"
+python -m pytest -q "$@"

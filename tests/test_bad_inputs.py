@@ -466,3 +466,13 @@ def test_launcher_never_says_done_without_last_ckpt(places):
     assert "already complete" in (out / "train_stdout.log").read_text()
     check_one_line(proc.returncode, proc.stderr, 1, f"without writing {out / 'last.ckpt'}")
     assert "done:" not in proc.stdout
+
+
+def test_run_tests_runs_the_file_it_is_given():
+    """`bash scripts/run_tests.sh tests/test_layout.py` runs that file alone (pytest.ini's
+    testpaths give the whole suite only when no file or folder is named)."""
+    proc = subprocess.run(["bash", "scripts/run_tests.sh", "tests/test_layout.py", "--collect-only",
+                           "-q"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    files = [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("tests/")]
+    assert files == ["tests/test_layout.py"], proc.stdout
