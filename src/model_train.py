@@ -46,7 +46,8 @@ from src.pruning.core.registry import METHODS, build_pruner
 from src.pruning.core.train_cell import LossCell
 from src.pruning.filters.pruner import PSAPPruner
 from src.pruning.masks.hard_mask import HardMaskPruner
-from src.sparse_training import method_settings
+from src.pruning.core.liveness import probe_from_batch
+from src.sparse_training import method_settings, require_live_network
 from src.training_graph import average_bn_statistics
 
 
@@ -257,7 +258,8 @@ class PruningAlgorithm:
         return [callback]
 
     def convert(self, network):
-        """After training: the method's final check (exact sparsity) and the network to export,
+        """After training: the method's final checks (exact sparsity; DeadNetworkError if the output
+        no longer depends on the input) and the network to export,
         in inference mode: ``network`` itself (pruned weights +0.0, no mask op in it) or what the
         method builds at the end (PSAP: the compact network; its metadata in ``outputs``)."""
         self._require(pruner=True, masked=True)
@@ -273,7 +275,12 @@ class PruningAlgorithm:
             self.ctx.before_reading_statistics()
         self.outputs = self.pruner.on_train_end(self.ctx)
         cells = [cell for cell, _ in self.outputs.values()]
-        return (cells[0] if len(cells) == 1 else network).set_train(False)
+        converted = cells[0] if len(cells) == 1 else network
+        # as the exact loop's finish(): a network whose output no longer follows its input is an
+        # error, not a result (inputs: random of a real batch's shape, or its rows if integer)
+        batch = next(self.dataset.create_tuple_iterator(num_epochs=1))[0]
+        require_live_network(converted, probe_from_batch(batch), self.ctx)
+        return converted.set_train(False)
 
     # --- what the callback calls ------------------------------------------------------------------
     def begin_training(self, params):

@@ -32,7 +32,8 @@ from src.config import build_config, keys_of_other_methods
 from src.errors import ConfigError, DeadNetworkError, TrainingError, require_finite_loss
 from src.pruning.core.base import prunable_weight_names, sparsity_of
 from src.pruning.core.context import TrainContext
-from src.pruning.core.liveness import dead_network_message, depends_on_input, probe_inputs
+from src.pruning.core.liveness import (dead_network_message, depends_on_input, probe_from_batch,
+                                       probe_inputs)
 from src.pruning.core.registry import build_pruner
 from src.pruning.core.train_cell import LossCell, TrainStep
 from src.recipe_keys import ALIASES, BASE_KEYS
@@ -84,7 +85,10 @@ class SparseTraining:
         # float16 steps: a non-finite loss may be the scaled loss overflowing (see require_finite_loss)
         self.float16_loss_scale = None if amp_network is None else float(optimizer.loss_scale)
         self.last_loss = None
-        # (shape, dtype) of the inputs, for the end-of-run check that the output still depends on them
+        # for the end-of-run check that the output still depends on the input: the last batch's
+        # input (a reference, no copy), or, set later than that batch, the (shape, dtype) of float
+        # inputs to probe with
+        self.last_input = None
         self.input_spec = None if input_shape is None else (tuple(input_shape), np.float32)
 
     # --- the loop ----------------------------------------------------------------------------
@@ -105,8 +109,7 @@ class SparseTraining:
                             self.float16_loss_scale, self.last_loss)
         self.pruner.after_step(step, self.ctx)
         self.iterations, self.last_loss = step + 1, loss
-        if self.input_spec is None or self.input_spec[0] != tuple(image.shape):
-            self.input_spec = _input_spec(image)
+        self.last_input, self.input_spec = image, None   # the batch now says what inputs look like
         return loss
 
     def advance_schedule(self, iterations):
@@ -146,17 +149,19 @@ class SparseTraining:
         return outputs
 
     def check_output_depends_on_input(self):
-        """DeadNetworkError if two different random inputs (the last batch's shape and dtype, or
-        ``input_shape``) give the same output in eval mode. Skipped without pruning and for
-        integer inputs (no random probe fits them)."""
-        if self.cfg.prune_method == "none" or self.input_spec is None:
+        """DeadNetworkError if different inputs give the same output in eval mode: random ones of
+        the shape of ``input_spec`` (when set after the last batch) or of the last batch, or, for
+        integer inputs, the last batch's rows (``liveness.probe_from_batch``). Skipped without
+        pruning."""
+        if self.cfg.prune_method == "none":
             return
-        shape, dtype = self.input_spec
-        if not np.issubdtype(dtype, np.floating) or depends_on_input(self.network,
-                                                                     probe_inputs(shape, dtype)):
+        if self.input_spec is not None:
+            inputs = probe_inputs(*self.input_spec)
+        elif self.last_input is not None:
+            inputs = probe_from_batch(self.last_input)
+        else:
             return
-        names = prunable_weight_names(self.network)
-        raise DeadNetworkError(dead_network_message(self.ctx.get_weights(names)))
+        require_live_network(self.network, inputs, self.ctx)
 
     # --- what pruning did ------------------------------------------------------------------------
     def masks(self):
@@ -212,10 +217,13 @@ def _short_repr(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _input_spec(image):
-    """(shape, numpy dtype) of a batch (a Tensor or a numpy array)."""
-    dtype = ms.dtype_to_nptype(image.dtype) if isinstance(image, Tensor) else np.asarray(image).dtype
-    return tuple(int(s) for s in image.shape), dtype
+def require_live_network(network, inputs, ctx):
+    """DeadNetworkError (naming the emptied prunable layers) if ``network`` gives the same output
+    for the rows of ``inputs``; nothing if ``inputs`` is None (no probe)."""
+    if inputs is None or depends_on_input(network, inputs):
+        return
+    names = prunable_weight_names(network)
+    raise DeadNetworkError(dead_network_message(ctx.get_weights(names)))
 
 
 # base recipe keys SparseTraining takes as keywords; the others are train.py's (data, optimizer,

@@ -190,6 +190,59 @@ def test_finish_refuses_a_network_whose_output_no_longer_depends_on_its_input():
     assert np.count_nonzero(net.classifier.weight.asnumpy()) == 0
 
 
+class TokenNet(nn.Cell):
+    """Integer inputs (token ids): an embedding, mean over the tokens, two Dense layers; the
+    classifier initialised at a small scale, as in the test above."""
+
+    def __init__(self, vocab=50):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 16)
+        self.fc1 = nn.Dense(16, 32)
+        self.relu = nn.ReLU()
+        self.classifier = nn.Dense(32, 10, weight_init=Tensor(np.full((10, 32), 1e-4, np.float32)))
+
+    def construct(self, tokens):
+        return self.classifier(self.relu(self.fc1(ops.mean(self.embed(tokens), 1))))
+
+
+def token_batches(count=12, batch=16, length=8, seed=0):
+    """Token batches whose label is the most frequent token's class (learnable)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        tokens = rng.integers(0, 50, (batch, length)).astype(np.int32)
+        out.append((Tensor(tokens), Tensor((tokens[:, 0] % 10).astype(np.int32))))
+    return out
+
+
+def test_the_dead_network_check_covers_integer_inputs():
+    """Token ids cannot be probed with random normal values: the last batch's own rows are the
+    probe. The same emptied classifier as above ends with DeadNetworkError, not a silent run."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(3)
+    net = TokenNet()
+    optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)
+    batches = token_batches()
+    sparse = SparseTraining(net, nn.CrossEntropyLoss(), optimizer, method="rpg", sparsity=0.9,
+                            steps_per_epoch=len(batches), epochs=1, delta=4)
+    for tokens, label in batches:
+        sparse.step(tokens, label)
+    with pytest.raises(DeadNetworkError, match=r"no longer depends on its input.*"
+                                               r"1 of 2 prunable layers have no weight left: "
+                                               r"classifier\.weight\)"):
+        sparse.finish()
+
+
+def test_probe_inputs_from_a_batch():
+    from src.pruning.core.liveness import probe_from_batch
+    floats = probe_from_batch(np.zeros((1, 3, 4, 4), np.float16))
+    assert floats.shape == (2, 3, 4, 4) and floats.dtype == np.float16 and np.any(floats[0] != floats[1])
+    tokens = np.array([[1, 2], [3, 4]], np.int32)
+    np.testing.assert_array_equal(probe_from_batch(Tensor(tokens)), tokens)
+    assert probe_from_batch(np.array([[5, 6], [5, 6]], np.int64)) is None    # nothing to compare
+    assert probe_from_batch(np.array([[5, 6]], np.int64)) is None
+
+
 def test_emptied_layers_are_named_by_patterns_that_match_only_them():
     import fnmatch
     from src.pruning.core.liveness import describe_layers

@@ -245,6 +245,22 @@ def _refusals():
     ]
 
 
+def test_convert_refuses_a_network_whose_output_no_longer_depends_on_its_input():
+    """As the exact loop's finish(): an integer-input network whose small classifier the global
+    threshold removes is a DeadNetworkError in convert, not a network to export."""
+    from src.errors import DeadNetworkError
+    from tests.test_api import TokenNet, token_batches
+    ms.set_seed(3)
+    batches = token_batches()
+    ds = de.NumpySlicesDataset((np.concatenate([t.asnumpy() for t, _ in batches]),
+                                np.concatenate([l.asnumpy() for _, l in batches])),
+                               column_names=["tokens", "label"], shuffle=False).batch(16)
+    algo, net, _, model = build("rpg", TokenNet(), ds, epochs=1, sparsity=0.9, delta=4)
+    model.train(1, ds, callbacks=algo.callbacks(ds), dataset_sink_mode=False)
+    with pytest.raises(DeadNetworkError, match=r"no longer depends on its input.*classifier\.weight"):
+        algo.convert(net)
+
+
 def test_mistakes_are_one_line_errors():
     for make, kind, pattern in _refusals():
         with pytest.raises(kind, match=pattern) as err:

@@ -3,9 +3,12 @@
 At extreme sparsity a global magnitude threshold can remove whole layers (every conv of a stage,
 or the classifier whose initial weights are small): the network then answers every input with the
 same output, and a run that "reached its target sparsity" produced a constant. ``finish`` of
-``SparseTraining`` asks the network itself: two different random inputs of the training batch's
-shape, in eval mode, must give different outputs (beyond float rounding). A low accuracy is not
-checked: a healthy network after a few steps may be poor, but its output still follows its input.
+``SparseTraining`` (and ``convert`` of ``PruningAlgorithm``) asks the network itself: different
+inputs, in eval mode, must give different outputs (beyond float rounding). The inputs are
+standard-normal ones of the training batch's shape for float inputs (images); for integer inputs
+(token ids, indices, where a random value could be out of range) the rows of a real batch. A low
+accuracy is not checked: a healthy network after a few steps may be poor, but its output still
+follows its input.
 """
 import fnmatch
 import itertools
@@ -23,6 +26,17 @@ def probe_inputs(shape, dtype, seed=0):
     """A batch of at least two different standard-normal inputs of ``shape`` (batch first)."""
     shape = (max(2, int(shape[0])),) + tuple(int(s) for s in shape[1:])
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def probe_from_batch(batch, seed=0):
+    """The inputs ``depends_on_input`` compares, from a real batch (a Tensor or an array): random
+    standard-normal ones of its shape for float inputs, the batch itself for integer inputs; None
+    when an integer batch has no two different rows (nothing to compare)."""
+    values = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+    if np.issubdtype(values.dtype, np.floating):
+        return probe_inputs(values.shape, values.dtype, seed)
+    rows = values.reshape(values.shape[0], -1)
+    return values if len(rows) > 1 and np.any(rows != rows[:1]) else None
 
 
 def _flat_outputs(output):
