@@ -210,11 +210,17 @@ LAUNCHER_VARIABLES = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_
 CIFAR_BASE_WIDTHS = (16, 32, 64)
 
 
+# base recipe keys only some methods read (Pruner.base_keys_read)
+PRUNING_BASE_KEYS = ("sparsity", "prune_include", "prune_exclude")
+
+
 def keys_of_other_methods(cfg):
-    """Keys the recipe or command line set that only other pruning methods read (ignored under
-    cfg.prune_method), e.g. lamb on a GMP run."""
-    own = registry.keys_of(cfg.prune_method)
-    foreign = set(registry.method_keys()) - set(own)
+    """Keys the recipe or command line set that cfg.prune_method does not read (ignored under it):
+    other methods' keys, e.g. lamb on a GMP run, and base pruning keys it has no use for, e.g.
+    sparsity on a PSAP run (its target is the MACs cut)."""
+    own = set(registry.keys_of(cfg.prune_method))
+    own |= set(registry.METHODS[cfg.prune_method].base_keys_read)
+    foreign = (set(registry.method_keys()) | set(PRUNING_BASE_KEYS)) - own
     return sorted(k for k in getattr(cfg, "given", ()) if k in foreign)
 
 

@@ -65,8 +65,8 @@ class Trainer:
         self.logger = setup_logger(self.output_dir, self.rank)
         ignored = keys_of_other_methods(cfg)
         if ignored:  # e.g. --prune_method gmp on an RPG recipe: its RPG keys do nothing
-            self.logger.warning(f"warning: config key(s) {', '.join(ignored)} belong to other pruning "
-                                f"methods and are ignored under prune_method {cfg.prune_method}")
+            self.logger.warning(f"warning: config key(s) {', '.join(ignored)} are not read by "
+                                f"prune_method {cfg.prune_method} and are ignored")
 
         self.train_data = self._dataset(training=True, epoch=0)
         self.steps_per_epoch = self.train_data.get_dataset_size()

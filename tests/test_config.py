@@ -71,3 +71,20 @@ def test_keys_of_other_methods_are_named():
     assert keys_of_other_methods(cfg) == ["delta", "lamb"]
     assert keys_of_other_methods(build_config({"prune_method": "rpg", "lamb": 2.0}, {})) == []
     assert keys_of_other_methods(build_config({"prune_method": "gmp", "T_end_percent": 0.8}, {})) == []
+    # base pruning keys a method does not read: PSAP's target is its MACs cut, not a sparsity
+    psap = build_config({"prune_method": "psap", "sparsity": 0.9, "prune_exclude": ["fc*"]}, {})
+    assert keys_of_other_methods(psap) == ["prune_exclude", "sparsity"]
+    assert keys_of_other_methods(build_config({"prune_method": "gmp", "sparsity": 0.9,
+                                               "prune_exclude": ["fc*"]}, {})) == []
+
+
+def test_sparsity_on_a_psap_run_is_not_silently_ignored(fashion_dir, tmp_path):
+    """train.py warns naming it; SparseTraining and PruningAlgorithm refuse it in one line."""
+    from src.pruning.api import PruningAlgorithm
+    # (8 images give no batch of 128: the run ends right after the warning, before any training)
+    proc = run_script("train.py", "--config_path", os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml"),
+                      "--sparsity", "0.9", "--data_path", fashion_dir, "--train_samples", "8",
+                      "--output_dir", str(tmp_path / "run"), check=False)
+    assert "sparsity are not read by prune_method psap and are ignored" in proc.stdout + proc.stderr
+    with pytest.raises(ConfigError, match="^'sparsity' is not a key of method psap$"):
+        PruningAlgorithm("psap", steps_per_epoch=4, sparsity=0.9)

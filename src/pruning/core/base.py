@@ -77,6 +77,9 @@ class Pruner:
     name = "none"
     keys = {}
     needs = ()
+    # the base recipe's pruning keys (sparsity, prune_include, prune_exclude) the method reads: a
+    # run that sets one it does not read is told so (PSAP's target is its MACs cut)
+    base_keys_read = ()
 
     @classmethod
     def check_recipe(cls, cfg):

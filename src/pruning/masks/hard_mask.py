@@ -109,6 +109,7 @@ class HardMaskPruner(Pruner):
     the method consumed the batch). ``key_defaults`` on a subclass gives a shared key another
     default for that method (RigL: erk)."""
 
+    base_keys_read = ("sparsity", "prune_include", "prune_exclude")
     keys = {
         "T_end_percent": Key(float, 0.901, 0.0, 1.0, low_open=True,
                              help_text="mask updates stop at this fraction of training"),
