@@ -7,6 +7,7 @@ from src.models import build_network, default_inner_widths
 from src.models.flops import count_macs_params
 from src.models.resnet import cifar_stage_widths
 from src.pruning.core.base import prunable_weight_names, sparsity_of
+from src.pruning.core.registry import METHODS
 from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
 
 
@@ -15,14 +16,22 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
     summary lines as they are known, plot to ``report_png`` if given; returns the result dict."""
     result = evaluate(net, data, cfg.label_smoothing)
     params = {p.name: p.asnumpy() for p in net.trainable_params()}
-    result["sparsity"] = sparsity_of([params[n] for n in prunable_weight_names(net)])
+    # sparsity as train.py reports it (and the target means it): over the weights the recipe
+    # prunes (its prune_include / prune_exclude); over every conv/FC weight beside it if different
+    selected = pruned_weight_names(cfg, net)
+    result["sparsity"] = sparsity_of([params[n] for n in selected])
+    everything = prunable_weight_names(net)
+    if selected != everything:
+        result["sparsity_all_conv_fc"] = sparsity_of([params[n] for n in everything])
     shape = input_shape(cfg)
     result["flops"], result["params"] = count_macs_params(net, shape)
     result["dense_flops"], result["dense_params"] = count_macs_params(build_network(cfg), shape)
 
     log(f"checkpoint {ckpt}  ({cfg.net}, {result['samples']} images)")
     log(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
-        f"sparsity {result['sparsity']:.4f}")
+        f"sparsity {result['sparsity']:.4f}" + (
+            f" (of the {len(selected)} pruned weights; {result['sparsity_all_conv_fc']:.4f} of all "
+            f"{len(everything)} conv/FC weights)" if "sparsity_all_conv_fc" in result else ""))
     log(f"params {result['params']:,} (dense {result['dense_params']:,})  "
         f"MACs {result['flops']:,} (dense {result['dense_flops']:,})")
     if meta.get("inner_widths"):
@@ -30,6 +39,15 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
     elif result["sparsity"] > 0:
         _report_layers(cfg, net, result, report_png, log)
     return result
+
+
+def pruned_weight_names(cfg, net):
+    """The weights the recipe's method prunes: conv/FC weights selected by prune_include /
+    prune_exclude for the methods that read them (every conv/FC weight otherwise, or when the
+    patterns select none)."""
+    if "prune_include" not in METHODS[cfg.prune_method].base_keys_read:
+        return prunable_weight_names(net)
+    return prunable_weight_names(net, cfg.prune_include, cfg.prune_exclude) or prunable_weight_names(net)
 
 
 def _report_widths(cfg, meta, result, report_png, log):

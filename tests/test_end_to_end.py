@@ -135,6 +135,19 @@ def test_gmp_reaches_target(fashion_dir, tmp_path):
     assert abs(prunable_zero_fraction(tmp_path / "last.ckpt") - 0.9) < 1e-5
 
 
+def test_eval_reports_sparsity_over_the_weights_the_recipe_prunes(fashion_dir, tmp_path):
+    """With prune_exclude the target (and train.py's figure) is the sparsity of the pruned
+    weights; eval.py reports the same number, and the one over every conv/FC weight beside it."""
+    keys = ["--config_path", GMP, "--data_path", fashion_dir, "--prune_exclude", "fc.weight",
+            "--train_samples", "128", "--eval_samples", "64", "--batch_size", "32"]
+    run_script("train.py", *keys, "--output_dir", tmp_path, "--epoch_size", "1", "--gmp_frequency", "2")
+    proc = run_script("eval.py", *keys, "--ckpt", tmp_path / "last.ckpt", "--json_out", tmp_path / "e.json")
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert abs(result["sparsity"] - 0.9) < 1e-4
+    assert 0 < result["sparsity_all_conv_fc"] < result["sparsity"]
+    assert f"sparsity {result['sparsity']:.4f} (of the 19 pruned weights" in proc.stdout
+
+
 def test_resume_continues_identically(fashion_dir, tmp_path):
     common = ["--config_path", RPG, "--data_path", fashion_dir, "--train_samples", "256",
               "--eval_samples", "64", "--batch_size", "32", "--delta", "3", "--eval_interval", "0",
