@@ -25,6 +25,7 @@ from src.errors import ConfigError  # noqa: E402
 from src.evaluation_report import evaluation_report  # noqa: E402
 from src.models import network_from_checkpoint  # noqa: E402
 from src.outputs import write_json_atomic  # noqa: E402
+from src.report import figure_suffix  # noqa: E402
 from src.run_lock import hold  # noqa: E402
 
 FLAGS = {"ckpt": "", "json_out": "", "report_png": "", "overwrite": "false"}
@@ -39,6 +40,8 @@ def main():
     check_output_path("--report_png", flags["report_png"], overwrite=overwrite)
     if flags["json_out"] and os.path.abspath(flags["json_out"]) == os.path.abspath(flags["report_png"] or "/"):
         raise ConfigError("--json_out and --report_png name the same file")
+    if flags["report_png"]:
+        figure_suffix(flags["report_png"], "--report_png")
     for key in ("json_out", "report_png"):  # not into a folder a training run holds (src/run_lock.py)
         if flags[key]:
             hold(os.path.dirname(os.path.abspath(flags[key])), exclusive=False, label=f"--{key} folder",

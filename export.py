@@ -45,7 +45,11 @@ def main():
                           f"{', '.join(FORMATS)}")
     if not flags["ckpt"]:
         raise ConfigError("--ckpt FILE is required")
-    file_name = base_name(flags["file_name"] or f"{cfg.net}_{cfg.prune_method}", file_format)
+    given = flags["file_name"]
+    if given and (given.endswith(("/", os.sep)) or os.path.isdir(given)):
+        raise ConfigError(f"--file_name {given} is a folder: give a file name in it, e.g. "
+                          f"{os.path.join(given, f'{cfg.net}_{cfg.prune_method}')}")
+    file_name = base_name(given or f"{cfg.net}_{cfg.prune_method}", file_format)
     try:
         batch = int(flags["export_batch"])
     except ValueError:

@@ -12,9 +12,11 @@ import argparse
 import os
 import sys
 
+from src.errors import ConfigError
 from src.logs import MetricsFile, read_metrics
 from src.outputs import (OutputError, OutputExists, add_overwrite_option, atomic_output,
                          refuse_existing)
+from src.report import figure_suffix
 
 
 class BadRun(ValueError):
@@ -138,7 +140,7 @@ def plot_run(events, path, title, overwrite=False):
     axes[0].set_title(title)
     axes[-1].set_xlabel("step")
     fig.tight_layout()
-    with atomic_output(path, ".png", overwrite=overwrite) as tmp:  # the extension: the format
+    with atomic_output(path, figure_suffix(path, "--out"), overwrite=overwrite) as tmp:  # the format
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
@@ -146,14 +148,15 @@ def plot_run(events, path, title, overwrite=False):
 def main(argv=None):
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="a train.py output folder (with metrics.jsonl)")
-    parser.add_argument("--out", help="the PNG to write (default OUTPUT_DIR/run.png)")
+    parser.add_argument("--out", help="the figure to write: .png, .pdf, .svg or .jpg by its extension (default OUTPUT_DIR/run.png)")
     add_overwrite_option(parser)
     args = parser.parse_args(argv)
     out = args.out or os.path.join(args.output_dir, "run.png")
     try:
         refuse_existing(out, args.overwrite, "--out" if args.out else "")
+        figure_suffix(out, "--out")
         events = load_events(args.output_dir)
-    except (BadRun, OutputExists) as err:
+    except (BadRun, OutputExists, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return write_reported(lambda: plot_run(events, out, title_of(args.output_dir, events),

@@ -119,6 +119,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise ConfigError(f"config key on line {key_node.start_mark.line + 1} is a "
+                                  f"{type(key).__name__}, not a name")
             if key in seen:
                 raise ConfigError(f"config key '{key}' is given twice (line {key_node.start_mark.line + 1})")
             seen.add(key)

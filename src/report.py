@@ -1,6 +1,9 @@
 """Per-layer reports of a pruned network: density and numerical rank, tables and plots."""
+import os
+
 import numpy as np
 
+from src.errors import ConfigError
 from src.outputs import atomic_output
 
 
@@ -80,8 +83,25 @@ def format_layer_table(rows):
     return "\n".join(lines)
 
 
+# formats a figure is written in, by the file's extension (matplotlib's Agg writers)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def figure_suffix(path, key):
+    """The format of the figure ``path`` names, as the extension matplotlib writes it by: the
+    file's own (.png, .pdf, .svg, .jpg), .png for a name without one; ConfigError naming ``key``
+    for another (a .pdf used to get PNG bytes)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if not suffix:
+        return ".png"
+    if suffix not in FIGURE_SUFFIXES:
+        raise ConfigError(f"{key} {path}: a figure is written as {', '.join(FIGURE_SUFFIXES)} (by the "
+                          f"file's extension), not {suffix}")
+    return suffix
+
+
 def _save_figure(fig, path):
-    with atomic_output(path, ".png") as tmp:  # the extension tells matplotlib the format
+    with atomic_output(path, figure_suffix(path, "figure")) as tmp:  # the extension: the format
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 

@@ -99,6 +99,7 @@ def places(tmp_path, fashion_dir, finished_run, weights_only):
     (plotted / "run.png").write_bytes(b"an earlier picture")
     (plotted / "layerwise_ranks.csv").write_bytes(b"an earlier table")
     (tmp_path / "dup.yaml").write_text("net: resnet20\nbatch_size: 32\nbatch_size: 64\n")
+    (tmp_path / "listkey.yaml").write_text("net: resnet20\n? [batch_size, lr]\n: 32\n")
     from PIL import Image
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -151,6 +152,7 @@ PARSE_CASES = [
     ("eval-json-out-is-a-dir", evaluate("--json_out", "{tmp}"), 2, "is a directory"),
     ("eval-json-and-png-same-file", evaluate("--json_out", "{tmp}/r.out", "--report_png", "{tmp}/r.out"), 2,
      "same file"),
+    ("eval-report-png-unknown-format", evaluate("--report_png", "{tmp}/r.tiff"), 2, "not .tiff"),
     ("eval-json-out-missing-dir", evaluate("--json_out", "{tmp}/missing/r.json"), 2, "does not exist"),
     ("eval-json-out-exists", evaluate("--json_out", "{tmp}/readonly.json"), 2, "--overwrite true"),
     # the run's recipe built option-A shortcuts: a B network would get fresh 1x1 shortcut convs
@@ -185,6 +187,11 @@ PARSE_CASES = [
      "'density_distribution'"),
     ("gmp-scope-removed", train("--gmp_scope", "layer"), 2, "gmp_scope"),
     ("rank-loss-layers-unknown", train("--rank_loss_layers", "dense"), 2, "'rank_loss_layers'"),
+    ("yaml-list-as-key", train(config="{tmp}/listkey.yaml"), 2, "line 2 is a list, not a name"),
+    ("export-file-name-ends-with-slash", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                          "--file_name", "{tmp}/"], 2, "is a folder"),
+    ("export-file-name-is-a-folder", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                      "--file_format", "SPARSE", "--file_name", "{tmp}"], 2, "is a folder"),
 ]
 # Mistakes that need the data, the network or a checkpoint to be seen: real processes.
 RUN_CASES = [
@@ -218,6 +225,8 @@ RUN_CASES = [
                                    "--output", "{tmp}/existing.ckpt"], 2, "--overwrite true"),
     ("plot-run-out-exists", ["-m", "benchmarks.plot_run", "{run}", "--out", "{tmp}/existing.png"], 2,
      "--overwrite true"),
+    ("plot-run-out-unknown-format", ["-m", "benchmarks.plot_run", "{tmp}/plotted", "--out", "{tmp}/r.gif"],
+     2, "not .gif"),
     ("plot-run-default-out-exists", ["-m", "benchmarks.plot_run", "{tmp}/plotted"], 2, "run.png exists"),
     ("plot-run-overwrite-not-bool", ["-m", "benchmarks.plot_run", "{tmp}/plotted", "--overwrite", "maybe"], 2,
      "--overwrite"),

@@ -137,11 +137,14 @@ def test_gmp_reaches_target(fashion_dir, tmp_path):
 
 def test_eval_reports_sparsity_over_the_weights_the_recipe_prunes(fashion_dir, tmp_path):
     """With prune_exclude the target (and train.py's figure) is the sparsity of the pruned
-    weights; eval.py reports the same number, and the one over every conv/FC weight beside it."""
+    weights; eval.py reports the same number, and the one over every conv/FC weight beside it
+    (its layer figure in the format of the file's extension)."""
     keys = ["--config_path", GMP, "--data_path", fashion_dir, "--prune_exclude", "fc.weight",
             "--train_samples", "128", "--eval_samples", "64", "--batch_size", "32"]
     run_script("train.py", *keys, "--output_dir", tmp_path, "--epoch_size", "1", "--gmp_frequency", "2")
-    proc = run_script("eval.py", *keys, "--ckpt", tmp_path / "last.ckpt", "--json_out", tmp_path / "e.json")
+    proc = run_script("eval.py", *keys, "--ckpt", tmp_path / "last.ckpt", "--json_out", tmp_path / "e.json",
+                      "--report_png", tmp_path / "layers.pdf")
+    assert (tmp_path / "layers.pdf").read_bytes().startswith(b"%PDF")   # the extension's format
     result = json.loads((tmp_path / "e.json").read_text())
     assert abs(result["sparsity"] - 0.9) < 1e-4
     assert 0 < result["sparsity_all_conv_fc"] < result["sparsity"]
