@@ -2,7 +2,7 @@
 # One command from a fresh clone to a trained, evaluated and exported pruned model:
 # venv + requirements, Fashion-MNIST, a short RPG training of ResNet-20 at 90 % sparsity,
 # evaluation (accuracy, sparsity, per-layer rank) and a verified MINDIR export.
-# Usage: bash scripts/quickstart.sh [OUTPUT_DIR]
+# Usage: bash scripts/quickstart.sh [OUTPUT_DIR]   (a relative OUTPUT_DIR is read from where you are)
 # Any folder works, names with spaces or non-ASCII letters included (the clone's and OUTPUT_DIR).
 # QUICKSTART_SMOKE=1: 1 epoch of 512 images, 256 evaluated: checks the pipeline, not the accuracy
 # (tests/test_unusual_paths.py runs it from a clone under a folder named "My Prüfung ü").
@@ -10,8 +10,9 @@
 # one; a new machine adds the venv and the ~770 MB MindSpore download. See README.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
 OUT="${1:-$ROOT/output/quickstart}"
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac   # relative to where you are, as the launchers
+cd "$ROOT"
 if [ $# -eq 0 ]; then  # never replace an earlier quick start: number a new folder instead
     N=1; BASE="$OUT"
     while [ -e "$OUT" ]; do N=$((N + 1)); OUT="${BASE}_$N"; done

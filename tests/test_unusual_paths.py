@@ -142,3 +142,19 @@ def test_quickstart_from_a_clone_under_an_unusual_folder(tmp_path):
     onnx = (out / "net ü+1.onnx").read_bytes()
     assert onnx[:1] == b"\x08" and b"conv1.weight" in onnx   # ModelProto: ir_version first
     assert not [name for name in os.listdir(out) if name.startswith(".") and name != ".lock"]  # no temporary left
+
+
+def test_quickstart_reads_a_relative_output_dir_from_where_you_are(tmp_path):
+    """As the launchers do: `cd somewhere; bash .../quickstart.sh out` means somewhere/out, not a
+    folder in the clone (here a file of that name stops train.py at once, naming the path)."""
+    data = _real_fashion_mnist()
+    if data is None:
+        pytest.skip("the real Fashion-MNIST files are not available")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    env = dict(os.environ, VENV=sys.prefix, FASHION_MNIST_SYSTEM_DIR=data, FASHION_MNIST_OFFLINE="1",
+               GLOG_v="4")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "quickstart.sh"), "taken"], cwd=tmp_path,
+                          env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"output_dir '{tmp_path / 'taken'}' exists and is not a directory" in proc.stderr, proc.stderr
