@@ -1,4 +1,5 @@
-"""Train a ResNet, optionally pruned (prune_method: none | gmp | rpg | psap).
+"""Train a ResNet, optionally pruned (prune_method: none | gmp | rpg | rigl | psap; rigl's grow_rule
+gives SET and static sparse training too).
 
     python train.py --config_path config/resnet20_fashion_mnist.yaml --data_path DIR [--key value ...]
 """

@@ -45,6 +45,16 @@ def save_atomic(params, path, meta=None, pruner_state=None, overwrite=True):
                            f"cannot write checkpoint {path}: {reason}; earlier checkpoints are "
                            "left as they were")) as tmp_path:
         ms.save_checkpoint(items, tmp_path, append_dict=append or None, crc_check=True)
+        os.chmod(tmp_path, _file_mode())
+
+
+def _file_mode():
+    """The mode a new file gets under the process's umask (0644 under the usual 022): MindSpore
+    leaves its checkpoints 0400, which the rest of a group sharing a run folder cannot read and a
+    later cp or rsync cannot replace."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def load(path):

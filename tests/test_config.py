@@ -88,3 +88,9 @@ def test_sparsity_on_a_psap_run_is_not_silently_ignored(fashion_dir, tmp_path):
     assert "sparsity are not read by prune_method psap and are ignored" in proc.stdout + proc.stderr
     with pytest.raises(ConfigError, match="^'sparsity' is not a key of method psap$"):
         PruningAlgorithm("psap", steps_per_epoch=4, sparsity=0.9)
+
+
+def test_train_help_names_every_registered_method():
+    from src.pruning.core.registry import METHODS
+    header = open(os.path.join(ROOT, "train.py"), encoding="utf-8").read().split("\n\n")[0]
+    assert all(f" {name} " in header.replace("|", " ").replace(";", " ") for name in METHODS), header

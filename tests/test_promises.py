@@ -139,6 +139,16 @@ def test_bit_flipped_checkpoint_is_refused(small_ckpt):
         checkpoint.load(str(path))
 
 
+def test_checkpoints_get_the_umask_mode_not_mindspores_0400(tmp_path):
+    old = os.umask(0o027)
+    try:
+        checkpoint.save_atomic([ms.Parameter(Tensor(np.ones(3, np.float32)), name="w")],
+                               str(tmp_path / "c.ckpt"))
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "c.ckpt").stat().st_mode & 0o777) == oct(0o640)
+
+
 @pytest.mark.parametrize("partial", [True, False])
 def test_checkpoint_writer_failing_mid_write_keeps_the_earlier_file(small_ckpt, monkeypatch,
                                                                      partial):
