@@ -81,6 +81,13 @@ def run_script(*args, check=True, timeout=600):
     return proc
 
 
+def shell_words(command):
+    """The words bash reads from ``command`` (a launcher's resume command, quoted with printf %q:
+    backslashes, or $'...' for non-ASCII names under the C locale, which shlex cannot read)."""
+    return subprocess.run(["bash", "-c", f"printf '%s\\n' {command}"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
 def error_lines(proc):
     """stderr lines that are not MindSpore's own log noise."""
     return [line for line in proc.stderr.splitlines()

@@ -14,7 +14,6 @@ Each worker's final state comes from the trainer's debugging aid ``PRUNE_DUMP_RA
 """
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -26,7 +25,7 @@ import numpy as np
 import mindspore as ms
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shell_words
 
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 LAUNCHER = os.path.join(ROOT, "scripts", "run_distribute_train.sh")
@@ -213,7 +212,7 @@ def check_interrupted(out, code):
     assert code == 130, (stdout + stderr)[-4000:]
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    match = re.fullmatch(r"interrupted at step (\d+)/12; saved (\S+); resume with: (.+)", lines[0])
+    match = re.fullmatch(r"interrupted at step (\d+)/12; saved (.+?); resume with: (.+)", lines[0])
     assert match, lines[0]
     step, saved = int(match.group(1)), match.group(2)
     assert saved == str(out / f"resnet20_rpg_step{step}.ckpt") and os.path.exists(saved)
@@ -221,7 +220,7 @@ def check_interrupted(out, code):
         assert f"interrupted at step {step}/12; saved {saved}" in (out / log).read_text().splitlines()[-1]
     assert not (out / "last.ckpt").exists() and "done:" not in stdout
     assert not processes_of(out), "workers left running"
-    return step, shlex.split(match.group(3))
+    return step, shell_words(match.group(3))
 
 
 def test_ctrl_c_and_sigterm_save_and_resume_matches_uninterrupted(uninterrupted, fashion_dir, tmp_path):

@@ -24,7 +24,7 @@ import mindspore as ms
 import pytest
 
 from src.logs import read_metrics
-from tests.conftest import ROOT, digest, error_lines, run_script
+from tests.conftest import ROOT, digest, error_lines, run_script, shell_words
 
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 # 8 steps per epoch x 2 epochs, mask updates at steps 2, 4, ..., 12, a checkpoint every 3 steps
@@ -203,7 +203,7 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(reference, fashion_dir, t
     assert proc.returncode == 130, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    match = re.fullmatch(r"interrupted at step (\d+)/16; saved (\S+); resume with "
+    match = re.fullmatch(r"interrupted at step (\d+)/16; saved (.+?); resume with "
                          r"--resume_ckpt auto", lines[0])
     assert match, lines[0]
     stopped, saved = int(match.group(1)), match.group(2)
@@ -303,8 +303,7 @@ def test_sigterm_to_the_launcher_alone_saves(fashion_dir, tmp_path):
     assert match, lines[0]
     assert os.path.exists(match.group(2)) and match.group(2) == str(step_checkpoints(out)[-1])
     # a command to paste into a shell, quoted where the clone's path has a space
-    resume = subprocess.run(["bash", "-c", f"printf '%s\\n' {match.group(3)}"], capture_output=True,
-                            text=True, check=True).stdout.splitlines()   # the words bash reads
+    resume = shell_words(match.group(3))
     assert resume[:3] == ["bash", launcher, RPG] and resume[-2:] == ["--resume_ckpt", "auto"]
     assert log.read_text().splitlines()[-1].endswith(lines[0].split("; resume with")[0] +
                                                      "; resume with --resume_ckpt auto")
