@@ -400,22 +400,55 @@ HELPERS = sorted(f"{folder}/{name}" for folder in ("benchmarks", "scripts", "too
                  for name in os.listdir(os.path.join(ROOT, folder)) if name.endswith(".py"))
 
 
+# Runs every helper's --help in one fresh process (one MindSpore import, not one per helper), each as
+# `python -m NAME --help` / `python scripts/NAME.py --help` would: {script: (exit code, stdout, stderr)}
+HELP_DRIVER = """
+import contextlib, io, json, runpy, sys, traceback
+results = {}
+for script in sys.argv[1:]:
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [script, "--help"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if script.startswith("scripts/"):
+                runpy.run_path(script, run_name="__main__")
+            else:
+                runpy.run_module(script[:-3].replace("/", "."), run_name="__main__", alter_sys=True)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results[script] = (code, out.getvalue(), err.getvalue())
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def helper_help():
+    commands = [h for h in HELPERS if os.path.basename(h) not in LIBRARY_MODULES]
+    results = os.path.join(ROOT, "benchmarks", "results")
+    before = snapshot(results)
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", HELP_DRIVER, *commands], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), snapshot(results) == before
+
+
 @pytest.mark.parametrize("script", HELPERS)
-def test_every_helper_answers_help(script, tmp_path):
+def test_every_helper_answers_help(script, helper_help):
     """``--help`` prints a usage and exits 0, without a traceback and without starting work (no
     result file written). Library modules say they are not commands by having no __main__."""
     source = open(os.path.join(ROOT, script), encoding="utf-8").read()
     if os.path.basename(script) in LIBRARY_MODULES:
         assert '__name__ == "__main__"' not in source, f"{script} became a command: drop it from LIBRARY_MODULES"
         return
-    results = os.path.join(ROOT, "benchmarks", "results")
-    before = snapshot(results)
-    # benchmarks and tools run as modules (python -m benchmarks.NAME), the scripts by path
-    command = [script] if script.startswith("scripts/") else ["-m", script[:-3].replace("/", ".")]
-    proc = run([*command, "--help"], cwd=ROOT)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "usage" in proc.stdout.lower(), proc.stdout[-2000:]
-    assert snapshot(results) == before
+    results, nothing_written = helper_help
+    code, stdout, stderr = results[script]
+    assert code == 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert "usage" in stdout.lower(), stdout[-2000:]
+    assert nothing_written, "a --help wrote into benchmarks/results"
 
 
 def no_mindspore_env(tmp_path):
