@@ -11,4 +11,6 @@ set -euo pipefail   # setup_env.sh leaves the calling shell lenient (set +e)
 bash scripts/get_fashion_mnist.sh "$ROOT/data/fashion_mnist" >/dev/null 2>&1 \
     || echo "[tests] Fashion-MNIST not available: its tests will be skipped"
 export FASHION_MNIST_DIR="$ROOT/data/fashion_mnist"
-python -m pytest -q "$@"
+# one worker per core, each taking whole test files (their module fixtures are built once);
+# `-n 0` after it runs everything in this process
+python -m pytest -q -n auto --dist loadfile "$@"

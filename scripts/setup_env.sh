@@ -17,7 +17,7 @@ from importlib.metadata import version
 pins = {"mindspore": "2.8.0", "numpy": "1.26.4"}
 for name, wanted in pins.items():
     assert version(name) == wanted
-import yaml, pytest, matplotlib  # noqa: F401
+import yaml, pytest, xdist, matplotlib  # noqa: F401
 PY
 then
     echo "[setup] installing requirements (MindSpore is a ~770 MB download the first time)"
