@@ -94,3 +94,14 @@ def test_train_help_names_every_registered_method():
     from src.pruning.core.registry import METHODS
     header = open(os.path.join(ROOT, "train.py"), encoding="utf-8").read().split("\n\n")[0]
     assert all(f" {name} " in header.replace("|", " ").replace(";", " ") for name in METHODS), header
+
+
+def test_resume_from_a_checkpoint_of_another_recipe_is_refused_naming_the_keys():
+    """The recipe check on resume (src/run_record.check_recipe), for a key nothing else guards."""
+    from src.run_record import check_recipe, recipe_of
+    saved = build_config({"prune_method": "rpg", "lr_max": 0.1}, {})
+    now = build_config({"prune_method": "rpg", "lr_max": 0.5}, {})
+    check_recipe("a.ckpt", {"recipe": recipe_of(saved)}, saved)      # the same recipe continues
+    with pytest.raises(ConfigError, match=r"a.ckpt was made with another recipe: lr_max \(0.1 -> 0.5\); "
+                                          r".*--resume_allow_changes lr_max$"):
+        check_recipe("a.ckpt", {"recipe": recipe_of(saved)}, now)

@@ -91,6 +91,12 @@ def _prune_to(pruner, ctx, names, sparsity):
     return sum(int((ctx.get_weights([n])[n] == 0).sum()) for n in names) / total
 
 
+def test_sparsity_of_counts_exact_zeros():
+    from src.pruning.core.base import sparsity_of
+    assert sparsity_of([np.array([0.0, 1.0, -0.0, 2.0]), np.zeros((2, 2))]) == 6 / 8   # -0.0 is a zero
+    assert sparsity_of([np.array([1e-30, 3.0])]) == 0.0 and sparsity_of([]) == 0.0
+
+
 def test_final_sparsity_error_and_its_exit_code(capsys):
     pruner, ctx = _rpg()
     with pytest.raises(SystemExit) as stop:
