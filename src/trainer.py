@@ -28,7 +28,8 @@ from src.interrupt import STOP, Interrupted
 from src.logs import FILE_ONLY, MetricsFile, open_log_file, setup_logger
 from src.metrics import all_reduce, evaluate
 from src.models import build_network
-from src.pruning.core.base import prunable_weight_names, sparsity_of
+from src.pruning.core.base import sparsity_of
+from src.pruning.core.registry import pruned_weight_names
 from src.resume import (check_same_start, refuse_impossible_changes, refuse_pruning_changes,
                         refuse_weights_only)
 from src.training_graph import (average_bn_statistics, build_training_graph, gather_bn_statistics,
@@ -237,9 +238,12 @@ class Trainer:
         saved_step, path = self.last_periodic
         if saved_step != step:
             # between two averagings the workers' BatchNorm statistics differ: keep each one's
-            # (before _save averages them), so that a resumed run is the uninterrupted one
+            # (before _save averages them), so that a resumed run is the uninterrupted one; at a
+            # step where the uninterrupted run saves (and so averages) anyway, it continues from
+            # the averaged statistics, and so must the resumed run
+            due = self.cfg.save_checkpoint_steps and step % self.cfg.save_checkpoint_steps == 0
             extra = ([gather_bn_statistics(self.net, self.rank, self.group_size)]
-                     if self.group_size > 1 else [])
+                     if self.group_size > 1 and not due else [])
             path = self._save_periodic(step, extra)
         message = (f"interrupted at step {step}/{self.total_steps}; saved {path}; "
                    "resume with --resume_ckpt auto")
@@ -256,7 +260,7 @@ class Trainer:
         result = evaluate(self.net, self.eval_data, self.cfg.label_smoothing,
                           distributed=self.cfg.run_distribute)
         self.net.set_train(True)
-        names = prunable_weight_names(self.net)
+        names = pruned_weight_names(self.net, self.cfg)   # as the target and eval.py count it
         result["sparsity"] = sparsity_of(self.ctx.get_weights(names).values())
         counted = self.pruner.accept_best(step)
         if counted and (self.best["top1"] is None or result["top1"] > self.best["top1"]):

@@ -30,8 +30,12 @@ from tests.conftest import ROOT, shell_words
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 LAUNCHER = os.path.join(ROOT, "scripts", "run_distribute_train.sh")
 # 4 steps per epoch (256 images in batches of 32 per worker) x 3 epochs; a mask update every 2 steps
+# (checkpoints every 3 steps, 4 steps per epoch: a stop at another step keeps each worker's
+# BatchNorm statistics, a stop at 3, 6 or 9 continues from the averaged statistics the
+# uninterrupted run saves there)
 TINY = ["--train_samples", "256", "--eval_samples", "64", "--batch_size", "32", "--delta", "2",
-        "--num_parallel_workers", "1", "--log_interval", "1", "--epoch_size", "3"]
+        "--num_parallel_workers", "1", "--log_interval", "1", "--epoch_size", "3",
+        "--save_checkpoint_steps", "3"]
 
 
 def tiny_with(key, value):
@@ -133,9 +137,10 @@ def test_two_workers_end_bit_identical(uninterrupted):
     assert len(updates) >= 3, log
     assert "eval epoch 3" in log
     assert (out / "train_rank1.log").exists() and (out / "msrun_log" / "worker_1.log").exists()
-    # only rank 0 writes checkpoints: at the ends of epochs 1 and 2 (4 steps per worker), last.ckpt
-    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "resnet20_rpg_step4.ckpt",
-                                                          "resnet20_rpg_step8.ckpt"]
+    # only rank 0 writes checkpoints: every 3 steps and at epoch ends (4 steps per worker and
+    # epoch), the recipe's newest 3 kept, and last.ckpt
+    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "resnet20_rpg_step6.ckpt",
+                                                          "resnet20_rpg_step8.ckpt", "resnet20_rpg_step9.ckpt"]
 
     rank0, rank1 = arrays(dump / "rank0.ckpt"), arrays(dump / "rank1.ckpt")
     assert rank0.keys() == rank1.keys()
@@ -237,12 +242,15 @@ def test_ctrl_c_and_sigterm_save_and_resume_matches_uninterrupted(uninterrupted,
     assert first == 1
     assert resume[:2] == ["bash", LAUNCHER] and resume[-2:] == ["--resume_ckpt", "auto"]
 
-    # the resume command it printed; a scheduler's SIGTERM to the launcher alone
-    proc = launch(out, command=resume)
+    # the resume command it printed, the workers agreeing every 3 steps; a scheduler's SIGTERM to
+    # the launcher alone: the stop lands on a step whose checkpoint the uninterrupted run writes as
+    # well, mid-epoch (so it continues from the averaged BatchNorm statistics, not each worker's own)
+    every_3 = [("3" if previous == "--log_interval" else word) for previous, word in zip([""] + resume, resume)]
+    proc = launch(out, command=every_3)
     code, took = interrupt_after(proc, out, r"step \d+/12 ", lambda p: p.send_signal(signal.SIGTERM))
     second, again = check_interrupted(out, code)
     print(f"SIGTERM: stopped at step {second}, launcher exited {took:.1f} s after the signal")
-    assert second > first and again == resume  # --resume_ckpt auto given once
+    assert second > first and second % 3 == 0 and again == every_3  # --resume_ckpt auto given once
     assert f"resumed from {out / f'resnet20_rpg_step{first}.ckpt'} at step {first} " in \
         (out / "train.log").read_text()
 
