@@ -7,7 +7,7 @@ from src.models import build_network, default_inner_widths
 from src.models.flops import count_macs_params
 from src.models.resnet import cifar_stage_widths
 from src.pruning.core.base import prunable_weight_names, sparsity_of
-from src.pruning.core.registry import METHODS
+from src.pruning.core.registry import pruned_weight_names
 from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
 
 
@@ -16,9 +16,9 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
     summary lines as they are known, plot to ``report_png`` if given; returns the result dict."""
     result = evaluate(net, data, cfg.label_smoothing)
     params = {p.name: p.asnumpy() for p in net.trainable_params()}
-    # sparsity as train.py reports it (and the target means it): over the weights the recipe
-    # prunes (its prune_include / prune_exclude); over every conv/FC weight beside it if different
-    selected = pruned_weight_names(cfg, net)
+    # sparsity as train.py reports it (and the target means it): over the weights the run pruned
+    # (its recorded prune_include / prune_exclude); over every conv/FC weight beside it if different
+    selected = pruned_weight_names(net, meta.get("recipe") or cfg)   # the run's own selection
     result["sparsity"] = sparsity_of([params[n] for n in selected])
     everything = prunable_weight_names(net)
     if selected != everything:
@@ -39,15 +39,6 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
     elif result["sparsity"] > 0:
         _report_layers(cfg, net, result, report_png, log)
     return result
-
-
-def pruned_weight_names(cfg, net):
-    """The weights the recipe's method prunes: conv/FC weights selected by prune_include /
-    prune_exclude for the methods that read them (every conv/FC weight otherwise, or when the
-    patterns select none)."""
-    if "prune_include" not in METHODS[cfg.prune_method].base_keys_read:
-        return prunable_weight_names(net)
-    return prunable_weight_names(net, cfg.prune_include, cfg.prune_exclude) or prunable_weight_names(net)
 
 
 def _report_widths(cfg, meta, result, report_png, log):

@@ -131,12 +131,12 @@ def test_gmp_reaches_target_and_eval_reports_it_over_the_pruned_weights(fashion_
     """GMP reaches its target exactly. With prune_exclude the target (and train.py's figure) is the
     sparsity of the pruned weights; eval.py reports the same number, and the one over every conv/FC
     weight beside it (its layer figure in the format of the file's extension)."""
-    keys = ["--config_path", GMP, "--data_path", fashion_dir, "--prune_exclude", "fc.weight",
-            "--eval_samples", "64", "--batch_size", "32"]
-    proc = run_script("train.py", *keys, "--output_dir", tmp_path, "--epoch_size", "1",
-                      "--train_samples", "512", "--gmp_frequency", "3")
-    assert "gmp mask update" in proc.stdout
+    keys = ["--config_path", GMP, "--data_path", fashion_dir, "--eval_samples", "64", "--batch_size", "32"]
+    proc = run_script("train.py", *keys, "--output_dir", tmp_path, "--epoch_size", "1", "--prune_exclude",
+                      "fc.weight", "--train_samples", "512", "--gmp_frequency", "3")
+    assert "gmp mask update" in proc.stdout and "sparsity 0.9000 best" in proc.stdout   # its eval line
     assert schedule_position(tmp_path / "last.ckpt") == (16, 16)
+    # evaluated with the recipe file alone (the README's way): the run's recorded selection counts
     proc = run_script("eval.py", *keys, "--ckpt", tmp_path / "last.ckpt", "--json_out", tmp_path / "e.json",
                       "--report_png", tmp_path / "layers.pdf")
     assert (tmp_path / "layers.pdf").read_bytes().startswith(b"%PDF")   # the extension's format

@@ -6,7 +6,7 @@ its class is registered. The built-in methods are registered by ``src.pruning.me
 """
 import re
 
-from src.pruning.core.base import SUPPLIES, Pruner
+from src.pruning.core.base import SUPPLIES, Pruner, prunable_weight_names
 from src.recipe_keys import ALIASES, BASE_KEYS, SCRIPT_FLAGS, Key
 
 METHODS = {}
@@ -105,3 +105,15 @@ def build_pruner(cfg, net, steps_per_epoch, logger, supplies=None):
     method = METHODS[cfg.prune_method]
     return method(cfg, net, steps_per_epoch, logger,
                   **{need: (supplies or {}).get(need) for need in method.needs})
+
+
+def pruned_weight_names(net, recipe):
+    """The weights a run of ``recipe`` (a Config, or a checkpoint's recorded recipe) prunes: the
+    conv/FC weights its prune_include / prune_exclude select for a method that reads them, every
+    conv/FC weight otherwise (and when the patterns select none)."""
+    everything = prunable_weight_names(net)
+    method = METHODS.get(recipe.get("prune_method", "none"))
+    if method is None or "prune_include" not in method.base_keys_read:
+        return everything
+    return prunable_weight_names(net, recipe.get("prune_include") or (),
+                                 recipe.get("prune_exclude") or ()) or everything
