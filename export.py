@@ -49,6 +49,10 @@ def main():
     if given and (given.endswith(("/", os.sep)) or os.path.isdir(given)):
         raise ConfigError(f"--file_name {given} is a folder: give a file name in it, e.g. "
                           f"{os.path.join(given, f'{cfg.net}_{cfg.prune_method}')}")
+    other = next((f for f, suffix in FORMATS.items() if f != file_format and given.lower().endswith(suffix)), None)
+    if other:   # net.onnx with MINDIR would write net.onnx.mindir
+        raise ConfigError(f"--file_name {given} ends with {FORMATS[other]}, the suffix of {other}: give "
+                          f"--file_format {other} or a name without it")
     file_name = base_name(given or f"{cfg.net}_{cfg.prune_method}", file_format)
     try:
         batch = int(flags["export_batch"])

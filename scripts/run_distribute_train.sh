@@ -31,8 +31,10 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-8118}"
 WORKER_NUM=$((DEVICE_NUM * NODE_NUM))
 ARGS=(--config_path "$CONFIG" --device_target "$DEVICE_TARGET" --run_distribute true "$@")
-# the recipe and output_dir are checked before msrun starts: a refused run writes nothing
+# the recipe, output_dir and the scheduler's port are checked before msrun starts: a refused run
+# writes nothing
 OUTPUT_DIR="$(python "$ROOT/scripts/_preflight.py" "${ARGS[@]}")"
+if [ "$NODE_RANK" -eq 0 ]; then python "$ROOT/scripts/_preflight.py" --check_port "$MASTER_ADDR" "$MASTER_PORT"; fi
 LOG_DIR="$OUTPUT_DIR/msrun_log"
 mkdir -p "$LOG_DIR"
 TRAIN_LOG="$OUTPUT_DIR/train.log"

@@ -72,6 +72,8 @@ def _coerce(name, key, value):
                     raise ValueError
                 return parsed
             raise ValueError
+        if isinstance(value, (list, tuple, dict, set)):   # str() would make a folder named "['a', 'b']"
+            raise ValueError
         return str(value)
     except (TypeError, ValueError, yaml.YAMLError):
         raise ConfigError(f"config key '{name}': got {value!r}, expected {key.describe()}") from None

@@ -100,6 +100,7 @@ def places(tmp_path, fashion_dir, finished_run, weights_only):
     (plotted / "layerwise_ranks.csv").write_bytes(b"an earlier table")
     (tmp_path / "dup.yaml").write_text("net: resnet20\nbatch_size: 32\nbatch_size: 64\n")
     (tmp_path / "listkey.yaml").write_text("net: resnet20\n? [batch_size, lr]\n: 32\n")
+    (tmp_path / "listvalue.yaml").write_text("net: resnet20\noutput_dir: [a, b]\n")
     from PIL import Image
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -188,8 +189,12 @@ PARSE_CASES = [
     ("gmp-scope-removed", train("--gmp_scope", "layer"), 2, "gmp_scope"),
     ("rank-loss-layers-unknown", train("--rank_loss_layers", "dense"), 2, "'rank_loss_layers'"),
     ("yaml-list-as-key", train(config="{tmp}/listkey.yaml"), 2, "line 2 is a list, not a name"),
+    ("yaml-list-for-a-text-key", train(config="{tmp}/listvalue.yaml"), 2,
+     "config key 'output_dir': got ['a', 'b'], expected a value of type str"),
     ("export-file-name-ends-with-slash", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
                                           "--file_name", "{tmp}/"], 2, "is a folder"),
+    ("export-file-name-of-another-format", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
+                                            "--file_name", "{tmp}/net.onnx"], 2, "--file_format ONNX"),
     ("export-file-name-is-a-folder", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
                                       "--file_format", "SPARSE", "--file_name", "{tmp}"], 2, "is a folder"),
 ]
@@ -508,6 +513,21 @@ def test_launcher_never_says_done_without_last_ckpt(places):
     assert "already complete" in (out / "train_stdout.log").read_text()
     check_one_line(proc.returncode, proc.stderr, 1, f"without writing {out / 'last.ckpt'}")
     assert "done:" not in proc.stdout
+
+
+def test_distributed_launch_on_a_port_in_use_is_one_line(places):
+    """msrun's scheduler cannot listen on a port another process holds: it dies at start-up while
+    the workers wait for it. The launcher checks the port first: one line, exit 2, nothing written."""
+    import socket
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        out = places["tmp"] / "dist"
+        proc = run(["scripts/run_distribute_train.sh", "2", DENSE, "CPU", "--data_path", str(places["data"]),
+                    "--output_dir", str(out), *TINY], env_extra={"MASTER_PORT": str(port)})
+    check_one_line(proc.returncode, proc.stderr, 2, f"MASTER_PORT {port} on 127.0.0.1 is in use")
+    assert not out.exists()
 
 
 def test_run_tests_runs_the_file_it_is_given():

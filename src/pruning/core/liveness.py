@@ -104,7 +104,8 @@ def dead_network_message(weights):
         cause = (f"{len(empty)} of {len(names)} prunable layers have no weight left: "
                  f"{describe_layers(empty, names, shapes)}")
     else:
-        cause = "no prunable layer is empty, but pruned channels cut every path from input to output"
+        cause = ("no prunable layer is empty, but what is left no longer carries the input to the output "
+                 "(pruned channels, or units that only ever output zero)")
     return (f"the pruned network's output no longer depends on its input ({cause}); keep those "
             "layers with prune_exclude, use a per-layer allocation (density_distribution: erk) or "
             "lower the sparsity")
