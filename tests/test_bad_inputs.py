@@ -129,6 +129,10 @@ def evaluate(*extra):
     return ["eval.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt", *extra]
 
 
+def export(*extra):
+    return ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt", *extra]
+
+
 # (id, command, exit code, a fragment of the one stderr line)
 # Mistakes in the recipe or the command line, caught while parsing, before MindSpore starts: run
 # in this process through the entry script's own main() and error handling (fast).
@@ -158,26 +162,18 @@ PARSE_CASES = [
     ("eval-json-out-exists", evaluate("--json_out", "{tmp}/readonly.json"), 2, "--overwrite true"),
     # the run's recipe built option-A shortcuts: a B network would get fresh 1x1 shortcut convs
     ("eval-other-architecture", evaluate("--shortcut", "B"), 1, "--shortcut A"),
-    ("export-other-architecture", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                   "--shortcut", "B", "--file_name", "{tmp}/arch"], 1, "--shortcut A"),
-    ("export-suffix-any-case", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                "--file_name", "{tmp}/existing.MINDIR"], 2, "--overwrite true"),
-    ("export-file-name-missing-dir", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                      "--file_name", "{tmp}/missing/net"], 2, "does not exist"),
-    ("export-file-name-exists", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                 "--file_format", "SPARSE", "--file_name", "{tmp}/existing"], 2, "exists"),
-    ("export-file-name-with-suffix-exists", ["export.py", "--config_path", DENSE, "--ckpt",
-                                             "{run}/last.ckpt", "--file_name", "{tmp}/existing.mindir"],
+    ("export-other-architecture", export("--shortcut", "B", "--file_name", "{tmp}/arch"), 1, "--shortcut A"),
+    ("export-suffix-any-case", export("--file_name", "{tmp}/existing.MINDIR"), 2, "--overwrite true"),
+    ("export-file-name-missing-dir", export("--file_name", "{tmp}/missing/net"), 2, "does not exist"),
+    ("export-file-name-exists", export("--file_format", "SPARSE", "--file_name", "{tmp}/existing"), 2,
+     "exists"),
+    ("export-file-name-with-suffix-exists", export("--file_name", "{tmp}/existing.mindir"),
      2, "exists"),
-    ("export-sparse-name-with-suffix-exists", ["export.py", "--config_path", DENSE, "--ckpt",
-                                               "{run}/last.ckpt", "--file_format", "SPARSE",
-                                               "--file_name", "{tmp}/existing.sparse.npz"], 2, "exists"),
-    ("export-overwrite-not-bool", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                   "--overwrite", "maybe"], 2, "--overwrite"),
-    ("export-fold-bn-not-bool", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                 "--file_name", "{tmp}/net", "--fold_bn", "maybe"], 2, "--fold_bn"),
-    ("export-fold-bn-sparse", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                               "--file_format", "SPARSE", "--file_name", "{tmp}/net", "--fold_bn", "true"],
+    ("export-sparse-name-with-suffix-exists", export("--file_format", "SPARSE", "--file_name",
+                                                     "{tmp}/existing.sparse.npz"), 2, "exists"),
+    ("export-overwrite-not-bool", export("--overwrite", "maybe"), 2, "--overwrite"),
+    ("export-fold-bn-not-bool", export("--file_name", "{tmp}/net", "--fold_bn", "maybe"), 2, "--fold_bn"),
+    ("export-fold-bn-sparse", export("--file_format", "SPARSE", "--file_name", "{tmp}/net", "--fold_bn", "true"),
      2, "never folded"),
     ("amp-level-unknown", train("--amp_level", "O7"), 2, "'amp_level'"),
     ("device-id-negative", train("--device_id", "-1"), 2, "'device_id'"),
@@ -191,12 +187,9 @@ PARSE_CASES = [
     ("yaml-list-as-key", train(config="{tmp}/listkey.yaml"), 2, "line 2 is a list, not a name"),
     ("yaml-list-for-a-text-key", train(config="{tmp}/listvalue.yaml"), 2,
      "config key 'output_dir': got ['a', 'b'], expected a value of type str"),
-    ("export-file-name-ends-with-slash", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                          "--file_name", "{tmp}/"], 2, "is a folder"),
-    ("export-file-name-of-another-format", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                            "--file_name", "{tmp}/net.onnx"], 2, "--file_format ONNX"),
-    ("export-file-name-is-a-folder", ["export.py", "--config_path", DENSE, "--ckpt", "{run}/last.ckpt",
-                                      "--file_format", "SPARSE", "--file_name", "{tmp}"], 2, "is a folder"),
+    ("export-file-name-ends-with-slash", export("--file_name", "{tmp}/"), 2, "is a folder"),
+    ("export-file-name-of-another-format", export("--file_name", "{tmp}/net.onnx"), 2, "--file_format ONNX"),
+    ("export-file-name-is-a-folder", export("--file_format", "SPARSE", "--file_name", "{tmp}"), 2, "is a folder"),
 ]
 # Mistakes that need the data, the network or a checkpoint to be seen: real processes.
 RUN_CASES = [
