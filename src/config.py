@@ -17,7 +17,7 @@ from src.errors import ConfigError
 from src.outputs import refuse_existing
 from src.pruning import methods  # noqa: F401  (registers the built-in methods)
 from src.pruning.core import registry
-from src.recipe_keys import ALIASES, BASE_KEYS, Key, parse_bool_flag  # noqa: F401  (re-exported)
+from src.recipe_keys import ALIASES, BASE_KEYS, PRUNING_BASE_KEYS, Key, parse_bool_flag  # noqa: F401  (re-exported)
 
 
 def schema():
@@ -213,10 +213,6 @@ DATASET_CHANNELS = {"fashion_mnist": 1, "cifar10": 3, "imagenet": 3}
 # Set by msrun (MS_ROLE, MS_WORKER_NUM), an Ascend rank table, or OpenMPI on every worker.
 LAUNCHER_VARIABLES = ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE")
 CIFAR_BASE_WIDTHS = (16, 32, 64)
-
-
-# base recipe keys only some methods read (Pruner.base_keys_read)
-PRUNING_BASE_KEYS = ("sparsity", "prune_include", "prune_exclude")
 
 
 def keys_of_other_methods(cfg):

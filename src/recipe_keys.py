@@ -97,6 +97,10 @@ BASE_KEYS = {
 }
 
 
+# base keys only some pruning methods read (a method lists those it does in Pruner.base_keys_read;
+# a run that sets one its method does not read is told so)
+PRUNING_BASE_KEYS = ("sparsity", "prune_include", "prune_exclude")
+
 # Names users of the MindSpore model zoo's official/cv/ResNet type, mapped to ours. A target is a
 # recipe key or an entry script's own flag; an alias whose target the script lacks is unknown.
 ALIASES = {

@@ -159,6 +159,10 @@ class Trainer:
         checkpoint.save_atomic(state + list(extra), path, meta=meta,
                                pruner_state=self.pruner.state_dict())
 
+    def _step_checkpoint_due(self, step):
+        """Whether save_checkpoint_steps asks for a checkpoint after ``step``."""
+        return bool(self.cfg.save_checkpoint_steps) and step % self.cfg.save_checkpoint_steps == 0
+
     def _save_periodic(self, step, extra=()):
         name = f"{self.cfg.net}_{self.cfg.prune_method}_step{step}.ckpt"
         path = os.path.join(self.output_dir, name)
@@ -241,9 +245,8 @@ class Trainer:
             # (before _save averages them), so that a resumed run is the uninterrupted one; at a
             # step where the uninterrupted run saves (and so averages) anyway, it continues from
             # the averaged statistics, and so must the resumed run
-            due = self.cfg.save_checkpoint_steps and step % self.cfg.save_checkpoint_steps == 0
             extra = ([gather_bn_statistics(self.net, self.rank, self.group_size)]
-                     if self.group_size > 1 and not due else [])
+                     if self.group_size > 1 and not self._step_checkpoint_due(step) else [])
             path = self._save_periodic(step, extra)
         message = (f"interrupted at step {step}/{self.total_steps}; saved {path}; "
                    "resume with --resume_ckpt auto")
@@ -370,16 +373,15 @@ class Trainer:
                 if step % self.steps_per_epoch and self._stop_requested(step):
                     self._interrupt(step)
                 # checkpoints at an epoch's end are written after the epoch hooks below
-                if cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0 \
-                        and step % self.steps_per_epoch != 0:
+                if self._step_checkpoint_due(step) and step % self.steps_per_epoch != 0:
                     self._save_periodic(step)
             self.session.end_epoch()
             last_epoch = epoch + 1 == cfg.epoch_size
             if self.eval_data is not None and (
                     last_epoch or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0)):
                 result = self._evaluate(epoch, step)
-            step_due = cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0
-            if not last_epoch and ((epoch + 1) % cfg.save_checkpoint_epochs == 0 or step_due):
+            if not last_epoch and ((epoch + 1) % cfg.save_checkpoint_epochs == 0
+                                   or self._step_checkpoint_due(step)):
                 self._save_periodic(step)
             if not last_epoch and self._stop_requested(step):
                 self._interrupt(step)

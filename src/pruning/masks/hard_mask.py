@@ -20,7 +20,7 @@ from src.pruning.core.train_cell import optimizer_state
 from src.pruning.masks.distributions import ALLOCATIONS, layer_counts
 from src.pruning.masks.mask_ops import global_magnitude_masks, layer_magnitude_masks
 from src.pruning.masks.update import mask_update
-from src.recipe_keys import Key
+from src.recipe_keys import PRUNING_BASE_KEYS, Key
 
 MASK_PREFIX = "pruning_mask."
 # The final sparsity may differ from the target by at most this much (0.1 percentage point).
@@ -109,7 +109,7 @@ class HardMaskPruner(Pruner):
     the method consumed the batch). ``key_defaults`` on a subclass gives a shared key another
     default for that method (RigL: erk)."""
 
-    base_keys_read = ("sparsity", "prune_include", "prune_exclude")
+    base_keys_read = PRUNING_BASE_KEYS
     keys = {
         "T_end_percent": Key(float, 0.901, 0.0, 1.0, low_open=True,
                              help_text="mask updates stop at this fraction of training"),
