@@ -17,7 +17,7 @@ from src.errors import ConfigError
 from src.outputs import refuse_existing
 from src.pruning import methods  # noqa: F401  (registers the built-in methods)
 from src.pruning.core import registry
-from src.recipe_keys import ALIASES, BASE_KEYS, PRUNING_BASE_KEYS, Key, parse_bool_flag  # noqa: F401  (re-exported)
+from src.recipe_keys import ALIASES, BASE_KEYS, CIFAR_NETS, PRUNING_BASE_KEYS, Key, parse_bool_flag  # noqa: F401  (re-exported)
 
 
 def schema():
@@ -230,10 +230,10 @@ def _check_network(cfg):
     if cfg.in_channels != channels:
         raise ConfigError(f"config key 'in_channels': got {cfg.in_channels}, but {cfg.dataset} images "
                           f"have {channels} channel(s)")
-    cifar_style = cfg.net in ("resnet20", "resnet32", "resnet56", "resnet110")
+    cifar_style = cfg.net in CIFAR_NETS
     if not cifar_style and cfg.width_multiplier != 1.0:
         raise ConfigError(f"config key 'width_multiplier': {cfg.net} is an ImageNet-style ResNet with "
-                          "fixed widths; width_multiplier applies to resnet20/32/56/110 only")
+                          f"fixed widths; width_multiplier applies to {', '.join(CIFAR_NETS)} only")
     if cifar_style and min(round(c * cfg.width_multiplier) for c in CIFAR_BASE_WIDTHS) < 1:
         raise ConfigError(f"config key 'width_multiplier': {cfg.width_multiplier} rounds the narrowest "
                           f"stage ({CIFAR_BASE_WIDTHS[0]} channels) to 0; use at least "

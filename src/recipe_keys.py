@@ -29,7 +29,11 @@ class Key:
         return "a finite number" if self.kind is float else f"a value of type {self.kind.__name__}"
 
 
-NETS = ["resnet18", "resnet34", "resnet50", "resnet20", "resnet32", "resnet56", "resnet110"]
+# ImageNet-style ResNets and the CIFAR-style ones (6n+2 layers, three stages; resnet8 is the n=1 net
+# for small data and quick experiments); src/models/resnet.py holds their depth tables
+IMAGENET_NETS = ["resnet18", "resnet34", "resnet50"]
+CIFAR_NETS = ["resnet8", "resnet20", "resnet32", "resnet56", "resnet110"]
+NETS = IMAGENET_NETS + CIFAR_NETS
 
 BASE_KEYS = {
     # --- run ---

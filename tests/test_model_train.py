@@ -159,12 +159,14 @@ def test_hard_mask_methods_under_model_train(method, keys, same_as_loop, tmp_pat
 def test_psap_converts_to_the_compact_network_and_its_mindir(tmp_path):
     ds = toy_dataset()
     ms.set_seed(3)
-    algo, net, opt, model = build("psap", build_resnet("resnet20", 10, 1), ds,
+    algo, net, opt, model = build("psap", build_resnet("resnet8", 10, 1), ds,
                                   input_shape=(1, 1, SIZE, SIZE), psap_ratio=0.4)
     model.train(EPOCHS, ds, callbacks=algo.callbacks(ds), dataset_sink_mode=False)
     compact = algo.convert(net)
     meta = algo.outputs["last_compact.ckpt"][1]
     assert compact is not net and abs(meta["achieved_ratio"] - 0.4) <= 0.01
+    # the user's network decides the compact one, not the recipe's default net (resnet20)
+    assert meta["net"] == compact.arch == "resnet8" and len(meta["inner_widths"]) == 3
     widths = [int(p.shape[0]) for p in compact.trainable_params()
               if re.fullmatch(r"layer\d\.\d\.conv1\.weight", p.name)]
     assert widths == [w[0] for w in meta["inner_widths"]] and meta["compact_macs"] < meta["dense_macs"]
@@ -197,11 +199,11 @@ def test_a_sink_size_that_does_not_divide_delta_is_one_line():
     algo.begin_training(_Params(sinking, batch_num=2, epoch_num=9))
     # PSAP's default protection reads the first step after each pruning step: sink_size 1 only
     psap = PruningAlgorithm("psap", steps_per_epoch=6, epochs=3, input_shape=(1, 1, SIZE, SIZE))
-    psap.apply(build_resnet("resnet20", 10, 1))
+    psap.apply(build_resnet("resnet8", 10, 1))
     assert psap.sink_size == 1
     raw = PruningAlgorithm("psap", steps_per_epoch=6, epochs=3, input_shape=(1, 1, SIZE, SIZE),
                            protect_energy="raw")
-    raw.apply(build_resnet("resnet20", 10, 1))
+    raw.apply(build_resnet("resnet8", 10, 1))
     assert raw.sink_size == 6
 
 

@@ -82,7 +82,7 @@ def test_resnet20_compact_equals_masked(pynative):
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     plans = plan_removal(arrays, layers)
     assert list(plans[0]["kept_constant"]) == [alive]
-    compact, widths, _ = compact_network(net, cfg)
+    compact, widths, _ = compact_network(net)
     assert widths == expected_widths
     assert widths[4] == [1]
     compact_out = _outputs(compact, x)
@@ -117,7 +117,7 @@ def test_bottleneck_compact_equals_masked(pynative):
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     plans = plan_removal(arrays, layers)
     assert sum(len(p["folded"]) for p in plans) == folded_expected
-    compact, widths, _ = compact_network(net, cfg, plans)
+    compact, widths, _ = compact_network(net, plans)
     for layer, plan in zip(layers, plans):
         assert widths[layer["block"]][layer["inner"]] == len(plan["keep"])
     compact_out = _outputs(compact, x)
@@ -148,7 +148,7 @@ def test_rounded_widths_compact_equals_masked(pynative):
         _zero(net, layer["conv"], rng.choice(size, size=int(cut), replace=False), layer["bn"])
     x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
     masked = _outputs(net, x)
-    compact, widths, _ = compact_network(net, cfg)
+    compact, widths, _ = compact_network(net)
     assert [w[0] for w in widths] == [int(v) for v in n - rounded]
     assert all(w[0] % 8 == 0 for w in widths)
     assert np.max(np.abs(_outputs(compact, x) - masked)) <= 1e-4
@@ -215,7 +215,7 @@ def test_stream_pruned_compact_equals_masked_option_a(pynative):
     orders = plan_stream_removal(arrays, streams)
     assert [len(o) for o in orders] == [8, 32, 48]
     assert list(orders[1][:8]) == list(orders[0]) and carried_alive in orders[1]
-    compact, _, stage_widths = compact_network(net, cfg, stream_plans=orders)
+    compact, _, stage_widths = compact_network(net, stream_plans=orders)
     assert stage_widths == [8, 32, 48]
     assert np.max(np.abs(_outputs(compact, x) - masked)) <= 1e-4
 
@@ -229,6 +229,6 @@ def test_stream_pruned_compact_equals_masked_option_b(pynative):
     masked = _outputs(net, x)
     arrays = {p.name: p.asnumpy() for p in net.get_parameters()}
     orders = plan_stream_removal(arrays, streams)
-    compact, _, stage_widths = compact_network(net, cfg, stream_plans=orders)
+    compact, _, stage_widths = compact_network(net, stream_plans=orders)
     assert stage_widths == [12, 16, 56]     # option B: no carried constraint, stages may shrink
     assert np.max(np.abs(_outputs(compact, x) - masked)) <= 1e-4

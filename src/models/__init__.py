@@ -1,7 +1,7 @@
 """Network construction from a recipe."""
 from src import checkpoint
 from src.models.precision import AMP_LEVELS, training_network  # noqa: F401
-from src.models.resnet import build_resnet, count_parameters, default_inner_widths  # noqa: F401
+from src.models.resnet import build_resnet, count_parameters, default_inner_widths, is_cifar_style  # noqa: F401
 
 
 def build_network(cfg, inner_widths=None, stage_widths=None):
@@ -23,7 +23,7 @@ def _architecture(recipe):
     """The architecture keys of a recipe, with shortcut 'auto' resolved as build_resnet does."""
     arch = {k: recipe.get(k) for k in ARCHITECTURE_KEYS}
     if arch["shortcut"] == "auto" and arch["net"]:
-        arch["shortcut"] = "A" if arch["net"] in ("resnet20", "resnet32", "resnet56", "resnet110") else "B"
+        arch["shortcut"] = "A" if is_cifar_style(arch["net"]) else "B"
     return arch
 
 

@@ -4,7 +4,7 @@ Two families:
 - ImageNet ResNet-18/34/50 (v1.5 as in the model zoo and torchvision: in a bottleneck the stride
   sits on the 3x3 conv). Parameter names follow torchvision (``layer1.0.conv1.weight``,
   ``layer1.0.downsample.0.weight``, ``fc.weight``) so that converted weights map name by name.
-- CIFAR-style ResNet-20/32/56/110 (He et al. 2016): three stages of basic blocks with
+- CIFAR-style ResNet-8/20/32/56/110 (He et al. 2016): three stages of basic blocks with
   16/32/64 channels times ``width_multiplier``; the shortcut is option A (stride-2 subsample plus
   zero channels, as in the paper and in SFP/FPGM) or option B (1x1 projection conv).
 
@@ -128,6 +128,12 @@ class ResNet(nn.Cell):
     def __init__(self, block, stage_blocks, stage_channels, num_classes, in_channels=3,
                  imagenet_stem=True, shortcut="B", inner_widths=None, zero_gamma=False):
         super().__init__()
+        # what built it, so that PSAP's surgery can build the same network with fewer channels
+        # (with_widths) from the network alone, whoever built it (train.py or a user's script)
+        self.arch = None   # the name build_resnet gave it
+        self._build_args = dict(block=block, stage_blocks=list(stage_blocks), stage_channels=list(stage_channels),
+                                num_classes=num_classes, in_channels=in_channels, imagenet_stem=imagenet_stem,
+                                shortcut=shortcut, zero_gamma=zero_gamma)
         num_blocks = sum(stage_blocks)
         if inner_widths is not None and len(inner_widths) != num_blocks:
             raise ValueError(f"inner_widths has {len(inner_widths)} entries, the network has "
@@ -162,6 +168,16 @@ class ResNet(nn.Cell):
         self.pool = ops.ReduceMean(keep_dims=False)
         self.fc = _fc(channels_in, num_classes)
 
+    def with_widths(self, inner_widths, stage_channels=None):
+        """A new network of this architecture with other inner-conv widths (and residual-stream
+        widths, ``stage_channels``); its parameters are freshly initialised."""
+        args = dict(self._build_args, inner_widths=inner_widths)
+        if stage_channels is not None:
+            args["stage_channels"] = list(stage_channels)
+        net = ResNet(**args)
+        net.arch = self.arch
+        return net
+
     def features(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
         if self.imagenet_stem:
@@ -180,7 +196,7 @@ class ResNet(nn.Cell):
 IMAGENET_DEPTHS = {18: (BasicBlock, [2, 2, 2, 2]),
                    34: (BasicBlock, [3, 4, 6, 3]),
                    50: (Bottleneck, [3, 4, 6, 3])}
-CIFAR_DEPTHS = {20: 3, 32: 5, 56: 9, 110: 18}
+CIFAR_DEPTHS = {8: 1, 20: 3, 32: 5, 56: 9, 110: 18}   # depth 6n+2: n blocks per stage
 ARCHITECTURES = [f"resnet{d}" for d in IMAGENET_DEPTHS] + [f"resnet{d}" for d in CIFAR_DEPTHS]
 
 
@@ -213,7 +229,7 @@ def cifar_stage_widths(width_multiplier):
 
 def build_resnet(arch, num_classes=1000, in_channels=3, width_multiplier=1.0, shortcut=None,
                  inner_widths=None, zero_gamma=False, stage_widths=None):
-    """Build a ResNet by name: resnet18/34/50 (ImageNet) or resnet20/32/56/110 (CIFAR-style);
+    """Build a ResNet by name: resnet18/34/50 (ImageNet) or resnet8/20/32/56/110 (CIFAR-style);
     ``stage_widths`` (CIFAR-style only) replaces the three stages' residual-stream widths."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown network '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
@@ -224,16 +240,19 @@ def build_resnet(arch, num_classes=1000, in_channels=3, width_multiplier=1.0, sh
         if stage_widths is not None:
             raise ValueError("stage_widths applies to CIFAR-style ResNets only")
         block, stages = IMAGENET_DEPTHS[depth]
-        return ResNet(block, stages, [64, 128, 256, 512], num_classes, in_channels,
-                      imagenet_stem=True, shortcut=shortcut or "B", inner_widths=inner_widths,
-                      zero_gamma=zero_gamma)
-    count = CIFAR_DEPTHS[depth]
-    shortcut = shortcut or "A"
-    channels = cifar_stage_widths(width_multiplier) if stage_widths is None else \
-        checked_stage_widths(stage_widths, shortcut)
-    return ResNet(BasicBlock, [count] * 3, channels, num_classes,
-                  in_channels, imagenet_stem=False, shortcut=shortcut,
-                  inner_widths=inner_widths, zero_gamma=zero_gamma)
+        net = ResNet(block, stages, [64, 128, 256, 512], num_classes, in_channels,
+                     imagenet_stem=True, shortcut=shortcut or "B", inner_widths=inner_widths,
+                     zero_gamma=zero_gamma)
+    else:
+        count = CIFAR_DEPTHS[depth]
+        shortcut = shortcut or "A"
+        channels = cifar_stage_widths(width_multiplier) if stage_widths is None else \
+            checked_stage_widths(stage_widths, shortcut)
+        net = ResNet(BasicBlock, [count] * 3, channels, num_classes,
+                     in_channels, imagenet_stem=False, shortcut=shortcut,
+                     inner_widths=inner_widths, zero_gamma=zero_gamma)
+    net.arch = arch
+    return net
 
 
 def checked_stage_widths(stage_widths, shortcut):

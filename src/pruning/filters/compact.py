@@ -32,7 +32,7 @@ def finish_compact(pruner, ctx):
     arrays = {p.name: p.asnumpy() for p in ctx.net.get_parameters()}
     plans = _plans(pruner, arrays)
     stream_plans = plan_stream_removal(arrays, pruner.stream.streams) if pruner.stream else None
-    compact, widths, stage_widths = compact_network(ctx.net, cfg, plans, stream_plans)
+    compact, widths, stage_widths = compact_network(ctx.net, plans, stream_plans)
     dense_macs, dense_params = count_macs_params(ctx.net, shape)
     compact_macs, compact_params = count_macs_params(compact, shape)
     kept_filters = sum(len(p["keep"]) for p in plans)
@@ -41,7 +41,7 @@ def finish_compact(pruner, ctx):
     flops_ratio = 1.0 - compact_macs / dense_macs
     achieved = flops_ratio if cfg.psap_target == "flops" else filter_ratio
     regrowth = pruner.regrowth_summary()
-    meta = {"inner_widths": widths, "net": cfg.net, "prune_method": "psap",
+    meta = {"inner_widths": widths, "net": ctx.net.arch or cfg.net, "prune_method": "psap",
             "dense_macs": int(dense_macs), "compact_macs": int(compact_macs),
             "dense_params": int(dense_params), "compact_params": int(compact_params),
             "psap_target": cfg.psap_target, "psap_ratio": float(cfg.psap_ratio),

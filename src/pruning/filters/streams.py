@@ -69,7 +69,7 @@ def check_stream_recipe(cfg):
                           "fractions in [0, 1), one per stage, e.g. [0.5, 0.0, 0.25]")
     if not is_cifar_style(cfg.net):
         raise ConfigError(f"config key 'psap_stream_ratios': residual-stream pruning supports the "
-                          f"CIFAR-style ResNets (resnet20/32/56/110), not {cfg.net}")
+                          f"CIFAR-style ResNets (resnet8/20/32/56/110), not {cfg.net}")
     if cfg.psap_target != "flops":
         raise ConfigError("config key 'psap_stream_ratios': needs psap_target flops (a stream "
                           "channel is not a filter of one layer)")

@@ -22,7 +22,6 @@ At least one filter per layer is always kept.
 import numpy as np
 import mindspore as ms
 
-from src.models import build_network
 from src.models.resnet import BasicBlock, Bottleneck, ResNet
 
 BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -139,7 +138,7 @@ def residual_streams(net):
     if not isinstance(net, ResNet) or net.imagenet_stem or \
             not all(isinstance(b, BasicBlock) for s in net.stage_names for b in getattr(net, s)):
         raise TypeError("residual-stream pruning supports the CIFAR-style ResNets "
-                        "(resnet20/32/56/110)")
+                        "(resnet8/20/32/56/110)")
     stages = [list(getattr(net, name)) for name in net.stage_names]
     streams = []
     for s, blocks in enumerate(stages):
@@ -198,12 +197,12 @@ def plan_stream_removal(arrays, streams):
     return orders
 
 
-def compact_network(net, cfg, plans=None, stream_plans=None):
+def compact_network(net, plans=None, stream_plans=None):
     """Remove the removable zero filters of ``net``; returns (compact_net, inner_widths,
     stage_widths) (stage_widths None when the streams are not pruned).
 
-    ``cfg`` is the recipe ``net`` was built from (``build_network(cfg, inner_widths,
-    stage_widths)`` rebuilds the smaller network). ``stream_plans`` (``plan_stream_removal``):
+    The smaller network is ``net``'s architecture with fewer channels (``ResNet.with_widths``:
+    what built ``net`` decides it, not a recipe). ``stream_plans`` (``plan_stream_removal``):
     the kept residual-stream channels of every stage, in compact order. The compact network gives
     the same eval-mode outputs as ``net``.
     """
@@ -241,7 +240,7 @@ def compact_network(net, cfg, plans=None, stream_plans=None):
     for layer, plan in zip(layers, plans):
         widths[layer["block"]][layer["inner"]] = int(len(plan["keep"]))
 
-    compact = build_network(cfg, widths, stage_widths)
+    compact = net.with_widths(widths, stage_widths)
     _copy_kept(compact, arrays, out_keep, in_keep)
     return compact, widths, stage_widths
 
