@@ -22,12 +22,12 @@ import time
 import pytest
 
 from src import run_lock
-from tests.conftest import ROOT, digest, error_lines
+from tests.conftest import ROOT, TINY_NET, digest, error_lines
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 PSAP = os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml")
 TINY = ["--epoch_size", "1", "--train_samples", "64", "--batch_size", "32", "--eval_samples", "32",
-        "--num_parallel_workers", "1"]
+        "--num_parallel_workers", "1", *TINY_NET]
 
 
 def env():
@@ -129,14 +129,14 @@ HELD_CASES = [
     ("distribute-launcher", lambda h: ["scripts/run_distribute_train.sh", "2", DENSE, "CPU", "--data_path",
                                        os.environ["FASHION_DIR"], "--output_dir", h, *TINY], "output_dir"),
     ("eval-json-out", lambda h: ["eval.py", "--config_path", DENSE, "--ckpt", f"{h}/model.ckpt",
-                                 "--json_out", f"{h}/r.json"], "--json_out folder"),
+                                 "--json_out", f"{h}/r.json", *TINY_NET], "--json_out folder"),
     ("eval-report-png", lambda h: ["eval.py", "--config_path", DENSE, "--ckpt", f"{h}/model.ckpt",
-                                   "--report_png", f"{h}/r.png"], "--report_png folder"),
-    ("run-eval", lambda h: ["scripts/run_eval.sh", DENSE, f"{h}/model.ckpt"], "folder"),
+                                   "--report_png", f"{h}/r.png", *TINY_NET], "--report_png folder"),
+    ("run-eval", lambda h: ["scripts/run_eval.sh", DENSE, f"{h}/model.ckpt", *TINY_NET], "folder"),
     ("export", lambda h: ["export.py", "--config_path", DENSE, "--ckpt", f"{h}/model.ckpt",
-                          "--file_name", f"{h}/net"], "--file_name folder"),
+                          "--file_name", f"{h}/net", *TINY_NET], "--file_name folder"),
     ("run-export", lambda h: ["scripts/run_export.sh", DENSE, f"{h}/model.ckpt", "MINDIR",
-                              ELSEWHERE + "/net"], "folder"),
+                              ELSEWHERE + "/net", *TINY_NET], "folder"),
 ]
 
 
@@ -175,7 +175,7 @@ def test_a_killed_holder_leaves_no_stale_lock(finished, tmp_path, exclusive):
 def test_two_evaluations_at_once_both_keep_their_results(finished, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(finished, folder)
-    data = ["--data_path", os.environ["FASHION_DIR"], "--eval_samples", "32"]
+    data = ["--data_path", os.environ["FASHION_DIR"], "--eval_samples", "32", *TINY_NET]
     procs = [start("scripts/run_eval.sh", DENSE, folder / "last.ckpt", *data) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-1000:] for _, e in outs]

@@ -25,7 +25,7 @@ import numpy as np
 import mindspore as ms
 import pytest
 
-from tests.conftest import ROOT, shell_words
+from tests.conftest import ROOT, TINY_NET, shell_words
 
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 LAUNCHER = os.path.join(ROOT, "scripts", "run_distribute_train.sh")
@@ -35,7 +35,7 @@ LAUNCHER = os.path.join(ROOT, "scripts", "run_distribute_train.sh")
 # uninterrupted run saves there)
 TINY = ["--train_samples", "256", "--eval_samples", "64", "--batch_size", "32", "--delta", "2",
         "--num_parallel_workers", "1", "--log_interval", "1", "--epoch_size", "3",
-        "--save_checkpoint_steps", "3"]
+        "--save_checkpoint_steps", "3", *TINY_NET]
 
 
 def tiny_with(key, value):
@@ -139,13 +139,13 @@ def test_two_workers_end_bit_identical(uninterrupted):
     assert (out / "train_rank1.log").exists() and (out / "msrun_log" / "worker_1.log").exists()
     # only rank 0 writes checkpoints: every 3 steps and at epoch ends (4 steps per worker and
     # epoch), the recipe's newest 3 kept, and last.ckpt
-    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "resnet20_rpg_step6.ckpt",
-                                                          "resnet20_rpg_step8.ckpt", "resnet20_rpg_step9.ckpt"]
+    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "resnet8_rpg_step6.ckpt",
+                                                          "resnet8_rpg_step8.ckpt", "resnet8_rpg_step9.ckpt"]
 
     rank0, rank1 = arrays(dump / "rank0.ckpt"), arrays(dump / "rank1.ckpt")
     assert rank0.keys() == rank1.keys()
     masks = [k for k in rank0 if k.startswith("pruning_mask.")]
-    assert len(masks) == 20
+    assert len(masks) == 8
     for name in rank0:  # weights, masks, momentum, BatchNorm statistics, step, learning rates
         assert np.array_equal(rank0[name], rank1[name]), f"ranks differ in {name}"
 
@@ -220,7 +220,7 @@ def check_interrupted(out, code):
     match = re.fullmatch(r"interrupted at step (\d+)/12; saved (.+?); resume with: (.+)", lines[0])
     assert match, lines[0]
     step, saved = int(match.group(1)), match.group(2)
-    assert saved == str(out / f"resnet20_rpg_step{step}.ckpt") and os.path.exists(saved)
+    assert saved == str(out / f"resnet8_rpg_step{step}.ckpt") and os.path.exists(saved)
     for log in ("train.log", "train_rank1.log"):  # both workers stopped at that step
         assert f"interrupted at step {step}/12; saved {saved}" in (out / log).read_text().splitlines()[-1]
     assert not (out / "last.ckpt").exists() and "done:" not in stdout
@@ -251,7 +251,7 @@ def test_ctrl_c_and_sigterm_save_and_resume_matches_uninterrupted(uninterrupted,
     second, again = check_interrupted(out, code)
     print(f"SIGTERM: stopped at step {second}, launcher exited {took:.1f} s after the signal")
     assert second > first and second % 3 == 0 and again == every_3  # --resume_ckpt auto given once
-    assert f"resumed from {out / f'resnet20_rpg_step{first}.ckpt'} at step {first} " in \
+    assert f"resumed from {out / f'resnet8_rpg_step{first}.ckpt'} at step {first} " in \
         (out / "train.log").read_text()
 
     proc = launch(out, command=resume)

@@ -8,12 +8,12 @@ import mindspore as ms
 import pytest
 
 from src.sparse_format import read_sparse
-from tests.conftest import ROOT, digest, error_lines, run_script
+from tests.conftest import ROOT, TINY_NET, digest, error_lines, run_script
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 GMP = os.path.join(ROOT, "config", "gmp_resnet20_fashion_mnist_s90.yaml")
-SHORT = ["--epoch_size", "1", "--train_samples", "512", "--eval_samples", "256"]
+SHORT = ["--epoch_size", "1", "--train_samples", "512", "--eval_samples", "256", *TINY_NET]
 
 
 def mask_sparsity_and_leaks(path):
@@ -32,9 +32,9 @@ def schedule_position(path):
 
 
 def checkpoint_network(path):
-    """The trained ResNet-20 rebuilt here from the checkpoint, in eval mode."""
+    """The trained network (ResNet-8) rebuilt here from the checkpoint, in eval mode."""
     from src.models.resnet import build_resnet
-    net = build_resnet("resnet20", 10, 1)
+    net = build_resnet(TINY_NET[1], 10, 1)
     ms.load_param_into_net(net, {k: v for k, v in ms.load_checkpoint(str(path)).items()
                                  if not k.startswith(("meta.", "moments.", "pruning_mask."))})
     net.set_train(False)
@@ -64,13 +64,13 @@ def test_contract_train_eval_export(dense_run, fashion_dir, tmp_path):
     assert "img/s" in log and "lr" in log and "eval epoch 1" in log
     result_path = tmp_path / "r.json"
     run_script("eval.py", "--config_path", DENSE, "--ckpt", ckpt, "--data_path", fashion_dir,
-               "--json_out", result_path, "--eval_samples", "256")
+               "--json_out", result_path, "--eval_samples", "256", *TINY_NET)
     result = json.loads(result_path.read_text())
     for key in ("top1", "top5", "loss", "sparsity", "params", "flops", "dense_params", "dense_flops"):
         assert key in result
     assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and result["sparsity"] < 0.01
     proc = run_script("export.py", "--config_path", DENSE, "--ckpt", ckpt, "--file_format", "MINDIR",
-                      "--file_name", tmp_path / "net")
+                      "--file_name", tmp_path / "net", *TINY_NET)
     assert proc.returncode == 0
     ms.set_context(mode=ms.GRAPH_MODE)
     graph = ms.nn.GraphCell(ms.load(str(tmp_path / "net.mindir")))
@@ -78,13 +78,13 @@ def test_contract_train_eval_export(dense_run, fashion_dir, tmp_path):
     net = checkpoint_network(ckpt)
     np.testing.assert_allclose(graph(x).asnumpy(), net(x).asnumpy(), rtol=0, atol=1e-4)
     proc = run_script("export.py", "--config_path", DENSE, "--ckpt", ckpt, "--file_format", "ONNX",
-                      "--file_name", tmp_path / "net")
-    assert (tmp_path / "net.onnx").stat().st_size > 100_000
+                      "--file_name", tmp_path / "net", *TINY_NET)
+    assert (tmp_path / "net.onnx").stat().st_size > 4 * 75_290   # ResNet-8's float32 parameters
 
 
 def test_air_off_ascend_is_a_clear_error(dense_run, tmp_path):
     proc = run_script("export.py", "--config_path", DENSE, "--ckpt", dense_run / "last.ckpt",
-                      "--file_format", "AIR", "--file_name", tmp_path / "n", check=False)
+                      "--file_format", "AIR", "--file_name", tmp_path / "n", *TINY_NET, check=False)
     assert proc.returncode == 2 and "Ascend" in error_lines(proc)[0]
 
 
@@ -102,12 +102,12 @@ def test_rpg_contract_reaches_exact_sparsity(fashion_dir, tmp_path):
     report = tmp_path / "layers.png"
     proc = run_script("eval.py", "--config_path", RPG, "--ckpt", tmp_path / "last.ckpt", "--data_path",
                       fashion_dir, "--eval_samples", "256", "--report_png", report,
-                      "--json_out", tmp_path / "r.json")
+                      "--json_out", tmp_path / "r.json", *TINY_NET)
     assert "rel.rank" in proc.stdout and report.stat().st_size > 1000
     layers = json.loads((tmp_path / "r.json").read_text())["layers"]
-    assert len(layers) == 20 and all(0 <= row["relative_rank"] <= 1 for row in layers)
+    assert len(layers) == 8 and all(0 <= row["relative_rank"] <= 1 for row in layers)
     proc = run_script("export.py", "--config_path", RPG, "--ckpt", tmp_path / "last.ckpt",
-                      "--file_format", "SPARSE", "--file_name", tmp_path / "s")
+                      "--file_format", "SPARSE", "--file_name", tmp_path / "s", *TINY_NET)
     restored, _ = read_sparse(str(tmp_path / "s.sparse.npz"))
     for name, value in ms.load_checkpoint(str(tmp_path / "last.ckpt")).items():
         if name in restored:
@@ -121,7 +121,7 @@ def test_rpg_applied_update_step_keeps_the_schedule(fashion_dir, tmp_path):
     # rpg_apply_update_step: the mask-update iterations also take an optimizer step
     run_script("train.py", "--config_path", RPG, "--data_path", fashion_dir, "--output_dir", tmp_path,
                "--epoch_size", "1", "--train_samples", "256", "--eval_samples", "64", "--batch_size", "32",
-               "--delta", "2", "--rpg_apply_update_step", "true")
+               "--delta", "2", "--rpg_apply_update_step", "true", *TINY_NET)
     assert schedule_position(tmp_path / "last.ckpt") == (8, 8)
     zeros, leaks = mask_sparsity_and_leaks(tmp_path / "last.ckpt")
     assert abs(zeros - 0.9) < 1e-5 and leaks == 0
@@ -131,7 +131,8 @@ def test_gmp_reaches_target_and_eval_reports_it_over_the_pruned_weights(fashion_
     """GMP reaches its target exactly. With prune_exclude the target (and train.py's figure) is the
     sparsity of the pruned weights; eval.py reports the same number, and the one over every conv/FC
     weight beside it (its layer figure in the format of the file's extension)."""
-    keys = ["--config_path", GMP, "--data_path", fashion_dir, "--eval_samples", "64", "--batch_size", "32"]
+    keys = ["--config_path", GMP, "--data_path", fashion_dir, "--eval_samples", "64", "--batch_size", "32",
+            *TINY_NET]
     proc = run_script("train.py", *keys, "--output_dir", tmp_path, "--epoch_size", "1", "--prune_exclude",
                       "fc.weight", "--train_samples", "512", "--gmp_frequency", "3")
     assert "gmp mask update" in proc.stdout and "sparsity 0.9000 best" in proc.stdout   # its eval line
@@ -143,13 +144,13 @@ def test_gmp_reaches_target_and_eval_reports_it_over_the_pruned_weights(fashion_
     result = json.loads((tmp_path / "e.json").read_text())
     assert abs(result["sparsity"] - 0.9) < 1e-5
     assert 0 < result["sparsity_all_conv_fc"] < result["sparsity"]
-    assert f"sparsity {result['sparsity']:.4f} (of the 19 pruned weights" in proc.stdout
+    assert f"sparsity {result['sparsity']:.4f} (of the 7 pruned weights" in proc.stdout
 
 
 def test_resume_continues_identically(fashion_dir, tmp_path):
     common = ["--config_path", RPG, "--data_path", fashion_dir, "--train_samples", "256",
               "--eval_samples", "64", "--batch_size", "32", "--delta", "3", "--eval_interval", "0",
-              "--num_parallel_workers", "1"]
+              "--num_parallel_workers", "1", *TINY_NET]
     # The whole 2-epoch run, keeping a mid-epoch checkpoint; continuing the same schedule from that
     # checkpoint in a new folder must end bit-identical to it
     run_script("train.py", *common, "--epoch_size", "2", "--output_dir", tmp_path / "full",
@@ -194,10 +195,10 @@ def test_bad_inputs_leave_outputs_intact(dense_run, fashion_dir, tmp_path):
     _one_line_failure(run_script(*train, "--data_path", bad, check=False), "bad")
     _one_line_failure(run_script(*train, "--data_path", fashion_dir, "--batch_size", "-1",
                                  check=False), "batch_size")
-    evaluate = ["eval.py", "--config_path", DENSE, "--data_path", fashion_dir, "--eval_samples", "64"]
+    evaluate = ["eval.py", "--config_path", DENSE, "--data_path", fashion_dir, "--eval_samples", "64", *TINY_NET]
     _one_line_failure(run_script(*evaluate, "--ckpt", tmp_path / "missing.ckpt", check=False),
                       "not found")
-    _one_line_failure(run_script(*evaluate, "--ckpt", ckpt, "--net", "resnet32", check=False),
+    _one_line_failure(run_script(*evaluate[:-2], "--ckpt", ckpt, "--net", "resnet32", check=False),
                       "resnet")
     # the checkpoint's recipe names the architecture: the error says what to pass
     _one_line_failure(run_script(*evaluate, "--ckpt", ckpt, "--width_multiplier", "2", check=False),

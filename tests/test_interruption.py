@@ -24,14 +24,14 @@ import mindspore as ms
 import pytest
 
 from src.logs import read_metrics
-from tests.conftest import ROOT, digest, error_lines, run_script, shell_words
+from tests.conftest import ROOT, TINY_NET, digest, error_lines, run_script, shell_words
 
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
 # 8 steps per epoch x 2 epochs, mask updates at steps 2, 4, ..., 12, a checkpoint every 3 steps
 # (and at the end of epoch 1); one data worker so that the augmentation stream repeats exactly.
 TINY = ["--config_path", RPG, "--train_samples", "256", "--eval_samples", "64", "--batch_size", "32",
         "--delta", "2", "--epoch_size", "2", "--eval_interval", "0", "--num_parallel_workers", "1",
-        "--save_checkpoint_steps", "3", "--keep_checkpoint_max", "10", "--log_interval", "1"]
+        "--save_checkpoint_steps", "3", "--keep_checkpoint_max", "10", "--log_interval", "1", *TINY_NET]
 
 
 def state(path):
@@ -110,12 +110,12 @@ def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path
     out = tmp_path / "run"
     out.mkdir()
     for step in (3, 6, 9, 12, 15):
-        shutil.copy(reference / f"resnet20_rpg_step{step}.ckpt", out)
+        shutil.copy(reference / f"resnet8_rpg_step{step}.ckpt", out)
     shutil.copy(reference / "run.json", out)
-    newest = out / "resnet20_rpg_step15.ckpt"
+    newest = out / "resnet8_rpg_step15.ckpt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     # a temporary file left by a writer killed mid-save is never taken for a checkpoint
-    (out / ".resnet20_rpg_step16.ckpt.tmp999.ckpt").write_bytes(b"partial")
+    (out / ".resnet8_rpg_step16.ckpt.tmp999.ckpt").write_bytes(b"partial")
 
     # given explicitly, a truncated checkpoint is one clear error line
     proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", tmp_path / "x",
@@ -133,7 +133,7 @@ def test_truncated_newest_checkpoint_falls_back(reference, fashion_dir, tmp_path
     assert [step_of(p) for p in step_checkpoints(out)] == [12, 15]
     warnings = [line for line in proc.stdout.splitlines() if "skipping unusable checkpoint" in line]
     assert len(warnings) == 1 and str(newest) in warnings[0], proc.stdout[-2000:]
-    assert resumed_line(out / "resnet20_rpg_step12.ckpt") in proc.stdout
+    assert resumed_line(out / "resnet8_rpg_step12.ckpt") in proc.stdout
     assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
 
 
@@ -207,8 +207,8 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(reference, fashion_dir, t
                          r"--resume_ckpt auto", lines[0])
     assert match, lines[0]
     stopped, saved = int(match.group(1)), match.group(2)
-    assert 5 <= stopped < 16 and saved == str(out / f"resnet20_rpg_step{stopped}.ckpt")
-    assert step_checkpoints(out)[-1] == out / f"resnet20_rpg_step{stopped}.ckpt"
+    assert 5 <= stopped < 16 and saved == str(out / f"resnet8_rpg_step{stopped}.ckpt")
+    assert step_checkpoints(out)[-1] == out / f"resnet8_rpg_step{stopped}.ckpt"
     assert not (out / "last.ckpt").exists()
     assert log.read_text().splitlines()[-1].endswith(lines[0])   # in the log too, not on stdout
     assert "interrupted at step" not in stdout
@@ -248,8 +248,9 @@ def test_a_pruning_schedule_cannot_be_stretched_on_resume(reference, fashion_dir
 
 def test_ctrl_c_during_evaluation_is_one_line(reference, fashion_dir, tmp_path):
     proc = start_in_own_session(["--config_path", RPG, "--data_path", fashion_dir, "--ckpt",
-                                 reference / "last.ckpt", "--batch_size", "16"], script="eval.py")
-    time.sleep(8)  # imports done, the evaluation under way (10,000 images)
+                                 reference / "last.ckpt", "--batch_size", "4", *TINY_NET], script="eval.py")
+    time.sleep(8)  # imports done, the evaluation under way (10,000 images, 2,500 batches)
+    assert proc.poll() is None, "the evaluation ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     lines = [line for line in stderr.splitlines() if line.strip()]

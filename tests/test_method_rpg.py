@@ -96,7 +96,7 @@ class TaskGrad(nn.Cell):
 # --------------------------------------------------------------------- the run
 def _build(lamb=LAMB):
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = build_config({"net": "resnet20", "in_channels": 1, "num_classes": 10, "image_size": 28,
+    cfg = build_config({"net": "resnet8", "in_channels": 1, "num_classes": 10, "image_size": 28,
                         "prune_method": "rpg", "sparsity": SPARSITY, "delta": DELTA,
                         "epoch_size": 1, "T_end_percent": T_END, "iterative_T_end_percent": ITER_END,
                         "alpha": ALPHA, "lamb": lamb, "partial_k": PARTIAL_K, "rank_svd": "host"}, {})

@@ -15,7 +15,7 @@ from src.training_graph import build_training_graph
 
 def _setup(rank_svd, apply_update_step=False, **keys):
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = build_config({"net": "resnet20", "in_channels": 1, "num_classes": 10, "image_size": 28,
+    cfg = build_config({"net": "resnet8", "in_channels": 1, "num_classes": 10, "image_size": 28,
                         "prune_method": "rpg", "sparsity": 0.9, "delta": 5, "epoch_size": 1,
                         "rank_svd": rank_svd, "rpg_apply_update_step": apply_update_step, **keys}, {})
     ms.set_seed(0)

@@ -15,7 +15,7 @@ from src.device import standalone_device_id
 from src.errors import ConfigError
 from src.models import build_network, training_network
 from src.training_graph import build_training_graph
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, TINY_NET, run_script
 from tests.test_dataset import collect, write_image_tree
 
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
@@ -111,7 +111,7 @@ def test_device_id_checked_on_a_standalone_run_ignored_under_a_launcher(monkeypa
 
 def _graph(amp_level, sparsity=0.9, delta=2):
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = build_config({"net": "resnet20", "in_channels": 1, "num_classes": 10, "prune_method": "rpg",
+    cfg = build_config({"net": "resnet8", "in_channels": 1, "num_classes": 10, "prune_method": "rpg",
                         "sparsity": sparsity, "delta": delta, "epoch_size": 1, "loss_scale": 1024,
                         "amp_level": amp_level}, {})
     ms.set_seed(0)
@@ -130,7 +130,7 @@ def _batch(seed):
 def test_twin_shares_float32_parameters_and_computes_in_float16(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written to the working directory
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = build_config({"net": "resnet20", "in_channels": 1}, {})
+    cfg = build_config({"net": "resnet8", "in_channels": 1}, {})
     net = build_network(cfg)
     net.set_train(False)
     image = _batch(0)[0]
@@ -209,7 +209,7 @@ def o2_run(fashion_dir, tmp_path_factory):
     proc = run_script("train.py", "--config_path", RPG, "--data_path", fashion_dir, "--output_dir", out,
                       "--epoch_size", "1", "--train_samples", "256", "--batch_size", "32",
                       "--eval_samples", "32", "--num_parallel_workers", "1", "--delta", "2",
-                      "--amp_level", "O2", "--loss_scale", "1024", "--log_interval", "1")
+                      "--amp_level", "O2", "--loss_scale", "1024", "--log_interval", "1", *TINY_NET)
     return out, proc
 
 
@@ -237,7 +237,7 @@ def test_eval_of_an_amp_checkpoint_same_json_for_the_zoo_flags(o2_run, fashion_d
                        ("--ckpt_file", ["--data_path", str(tmp_path / "elsewhere"), "--eval_data_path", fashion_dir])):
         target = tmp_path / f"{flag.strip('-')}.json"
         run_script("eval.py", "--config_path", RPG, flag, out / "last.ckpt", *data, "--eval_samples", "64",
-                   "--json_out", target)
+                   "--json_out", target, *TINY_NET)
         results.append(json.loads(target.read_text()))
     assert results[0]["samples"] == 64 and 0.0 < results[0]["sparsity"] < 1.0
     assert results[0] == results[1] == results[2]
