@@ -143,10 +143,12 @@ def digest(path):
 
 # The slowest files first: under `--dist loadfile` (scripts/run_tests.sh) pytest-xdist hands out
 # whole files in collection order, and a long file handed out last keeps one worker busy alone
-# at the end (about a minute and a half of the suite's wall time on 2 cores).
+# at the end (about a minute and a half of the suite's wall time on 2 cores). Longest first, as
+# measured (`bash scripts/run_tests.sh --durations=40` on a quiet machine).
 SLOW_FILES_FIRST = ("test_distributed.py", "test_end_to_end.py", "test_interruption.py", "test_bad_inputs.py",
-                    "test_concurrency.py", "test_api.py", "test_density_distribution.py", "test_zoo_fit.py",
-                    "test_model_train.py")
+                    "test_density_distribution.py", "test_model_train.py", "test_concurrency.py",
+                    "test_unusual_paths.py", "test_api.py", "test_zoo_fit.py", "test_rpg_pruner.py",
+                    "test_psap_end_to_end.py", "test_rank_loss.py", "test_export.py", "test_method_rpg.py")
 
 
 def pytest_collection_modifyitems(items):
