@@ -1,12 +1,17 @@
 """What eval.py reports about a checkpoint: top-1, top-5, loss, sparsity, parameters and FLOPs
 (MACs) of the evaluated and the dense network, and what pruning did to it: the kept widths of a
-compact PSAP network, or the per-layer density and rank of a sparse one (table, optional plot)."""
+compact PSAP network, or the per-layer density and rank of a sparse one (table, optional plot).
+A network whose output no longer depends on its input is evaluated all the same (its accuracy is
+the measurement asked for) with a warning on stderr naming its emptied layers."""
+import sys
+
 from src.dataset import input_shape
 from src.metrics import evaluate
 from src.models import build_network, default_inner_widths
 from src.models.flops import count_macs_params
 from src.models.resnet import cifar_stage_widths
 from src.pruning.core.base import prunable_weight_names, sparsity_of
+from src.pruning.core.liveness import checkpoint_network_message
 from src.pruning.core.registry import pruned_weight_names
 from src.report import format_layer_table, layer_rows, mean_relative_rank, plot_layers, plot_widths
 
@@ -24,6 +29,10 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
     if selected != everything:
         result["sparsity_all_conv_fc"] = sparsity_of([params[n] for n in everything])
     shape = input_shape(cfg)
+    dead = checkpoint_network_message(net, input_shape(cfg, batch=2), everything)
+    result["output_depends_on_input"] = dead is None
+    if dead:
+        print(f"warning: {ckpt}: {dead}", file=sys.stderr)
     result["flops"], result["params"] = count_macs_params(net, shape)
     result["dense_flops"], result["dense_params"] = count_macs_params(build_network(cfg), shape)
 

@@ -15,6 +15,7 @@ from src.errors import ExportError
 from src.models.fold import fold_batchnorm
 from src.outputs import atomic_output, failure_reason, plain_directory
 from src.pruning.core.base import prunable_weight_names
+from src.pruning.core.liveness import checkpoint_network_message
 from src.sparse_format import (SparseFormatError, canonical_zeros, ideal_size_bytes, read_sparse,
                                write_sparse)
 
@@ -109,7 +110,11 @@ def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batc
     batch of ``batch`` images (seed ``cfg.seed``), which also serves the MINDIR check. ``fold_bn``
     exports the graph with every BatchNorm folded into its conv; the MINDIR check still compares
     with ``net`` itself, so the folding is checked too. SPARSE stores the checkpoint: never folded.
-    An existing output is replaced only with ``overwrite``, and only by a file that passed."""
+    An existing output is replaced only with ``overwrite``, and only by a file that passed. A
+    network whose output no longer depends on its input is not exported (ExportError)."""
+    dead = checkpoint_network_message(net, input_shape(cfg, 2), prunable_weight_names(net))
+    if dead:
+        raise ExportError(f"{ckpt}: {dead}; nothing exported")
     if file_format == "SPARSE":
         export_sparse(net, file_name, ckpt, meta, overwrite)
         return

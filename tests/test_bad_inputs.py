@@ -390,6 +390,19 @@ def test_a_pruning_run_that_empties_layers_ends_with_exit_1(fashion_dir, tmp_pat
     assert (out / "last.ckpt").exists() and f"{out / 'last.ckpt'} is saved" in proc.stderr
     # the layers were already reported as emptied while training (a warning, the run went on)
     assert "7 layer(s) have no weight left" in proc.stdout
+    # the kept checkpoint: eval.py measures it (exit 0: its accuracy is what was asked) and warns
+    # in one line naming the emptied layers; export.py refuses it in one line and writes nothing
+    recipe = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s999.yaml")
+    emptied = "7 of 20 prunable layers have no weight left: layer3.*.conv* (6 convs), fc.weight"
+    proc = run(["eval.py", "--config_path", recipe, "--data_path", fashion_dir, "--ckpt", str(out / "last.ckpt"),
+                "--eval_samples", "32", "--json_out", str(tmp_path / "e.json")])
+    check_one_line(proc.returncode, proc.stderr, 0, f"warning: {out / 'last.ckpt'}: the pruned network's output "
+                   f"no longer depends on its input ({emptied})")
+    assert json.loads((tmp_path / "e.json").read_text())["output_depends_on_input"] is False
+    proc = run(["export.py", "--config_path", recipe, "--ckpt", str(out / "last.ckpt"), "--file_name",
+                str(tmp_path / "dead")])
+    check_one_line(proc.returncode, proc.stderr, 1, f"({emptied}); ")
+    assert proc.stderr.strip().endswith("nothing exported") and not list(tmp_path.glob("dead*"))
 
 
 # imported by the benchmarks, not run

@@ -69,6 +69,7 @@ def test_contract_train_eval_export(dense_run, fashion_dir, tmp_path):
     for key in ("top1", "top5", "loss", "sparsity", "params", "flops", "dense_params", "dense_flops"):
         assert key in result
     assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and result["sparsity"] < 0.01
+    assert result["output_depends_on_input"] is True
     proc = run_script("export.py", "--config_path", DENSE, "--ckpt", ckpt, "--file_format", "MINDIR",
                       "--file_name", tmp_path / "net", *TINY_NET)
     assert proc.returncode == 0

@@ -3,7 +3,8 @@
 At extreme sparsity a global magnitude threshold can remove whole layers (every conv of a stage,
 or the classifier whose initial weights are small): the network then answers every input with the
 same output, and a run that "reached its target sparsity" produced a constant. ``finish`` of
-``SparseTraining`` (and ``convert`` of ``PruningAlgorithm``) asks the network itself: different
+``SparseTraining`` (and ``convert`` of ``PruningAlgorithm``, and eval.py / export.py for a
+checkpoint: ``checkpoint_network_message``) asks the network itself: different
 inputs, in eval mode, must give different outputs (beyond float rounding). The inputs are
 standard-normal ones of the training batch's shape for float inputs (images); for integer inputs
 (token ids, indices, where a random value could be out of range) the rows of a real batch. A low
@@ -109,3 +110,13 @@ def dead_network_message(weights):
     return (f"the pruned network's output no longer depends on its input ({cause}); keep those "
             "layers with prune_exclude, use a per-layer allocation (density_distribution: erk) or "
             "lower the sparsity")
+
+
+def checkpoint_network_message(net, shape, names):
+    """None when ``net`` (a checkpoint's network) answers random inputs of ``shape`` (batch first,
+    float32) differently; else the one line of ``dead_network_message`` over its weights
+    ``names`` (its conv/FC weights, in network order)."""
+    if depends_on_input(net, probe_inputs(shape, np.float32)):
+        return None
+    params = {p.name: p for p in net.trainable_params()}
+    return dead_network_message({n: params[n].asnumpy() for n in names})
