@@ -269,6 +269,22 @@ MUTANTS = [
     m("launcher_ignores_the_venv", "scripts/_launcher.sh",
       'PATH="$PRUNE_VENV/bin:$PATH"', "true",
       "tests/test_bad_inputs.py::test_launcher_uses_the_project_venv"),
+    # --- this round: BatchNorm re-estimation, dead checkpoints, PSAP on anyone's ResNet ----------
+    m("bn_reestimation_keeps_the_stale_statistics", "src/models/batchnorm.py",
+      "        for mean, var, _ in stats:   # from zero, the update leaves weight * the batch's statistic\n"
+      "            mean.set_data(Tensor(np.zeros(mean.shape, np.float32)))\n"
+      "            var.set_data(Tensor(np.zeros(var.shape, np.float32)))\n", "",
+      "tests/test_batchnorm.py::test_statistics_are_the_average_of_the_batches_whatever_was_there"),
+    m("hard_mask_bn_recalibration_never_runs", "src/pruning/masks/hard_mask.py",
+      "        if self.cfg.bn_recalibration and epoch + 1 == self.cfg.epoch_size:", "        if False:",
+      "tests/test_batchnorm.py::test_bn_recalibration_of_an_unstructured_method_at_its_last_epoch_end"),
+    m("export_takes_a_dead_checkpoint", "src/export_model.py",
+      "    if dead:\n        raise ExportError", "    if False:\n        raise ExportError",
+      "tests/test_bad_inputs.py::test_a_pruning_run_that_empties_layers_ends_with_exit_1"),
+    m("psap_compact_rebuilt_as_resnet20", "src/models/resnet.py",
+      "        args = dict(self._build_args, inner_widths=inner_widths)",
+      "        args = dict(self._build_args, inner_widths=inner_widths, stage_blocks=[3, 3, 3])",
+      "tests/test_model_train.py::test_psap_converts_to_the_compact_network_and_its_mindir"),
 ]
 
 

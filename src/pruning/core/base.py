@@ -16,7 +16,8 @@
 - ``report()``: a short dict for the log line (e.g. {"sparsity": 0.9}).
 - ``needs``: what the method needs from the training loop besides each step's batch (names of
   ``SUPPLIES``); the loop gives each to the constructor as a keyword argument (None when it has
-  none), so the loop never asks which method it runs.
+  none), so the loop never asks which method it runs. ``training_batches`` also reaches every
+  method as the attribute ``self.training_batches`` (``reestimate_bn`` reads it).
 
 ``ctx`` is a ``src.pruning.core.context.TrainContext``: the network, host copies of weights, dense
 gradients on a batch, train-step variants with an extra loss, a logger and ``record(event)``.
@@ -85,12 +86,30 @@ class Pruner:
     def check_recipe(cls, cfg):
         """Recipe constraints the yaml alone decides (raise ConfigError naming the key)."""
 
-    def __init__(self, cfg, net, steps_per_epoch, logger):
+    def __init__(self, cfg, net, steps_per_epoch, logger, training_batches=None):
         self.cfg = cfg
         self.net = net
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = steps_per_epoch * cfg.epoch_size
         self.logger = logger
+        # SUPPLIES["training_batches"]: given to every method after construction (registry.build_pruner),
+        # to the constructor of a method that lists it in ``needs``
+        self.training_batches = training_batches
+
+    def reestimate_bn(self, ctx, wanted, when):
+        """Re-estimate the BatchNorm statistics exactly on ``wanted`` training batches (the loop's
+        ``training_batches``), record a ``bn_recalibration`` event and log it; ``when`` ends the log
+        line ("after the final pruning step"). Returns the number of batches used."""
+        used = ctx.recalibrate_bn(self.training_batches() if self.training_batches else None, wanted)
+        ctx.record({"event": "bn_recalibration", "batches": int(used), "asked": int(wanted)})
+        if used:
+            self.logger.info("%s: BatchNorm statistics re-estimated on %d training batches %s%s", self.name,
+                             used, when, f" (all the data gives; {wanted} asked)" if used < wanted else "")
+        else:
+            self.logger.warning("%s: no training batches to re-estimate the BatchNorm statistics %s; the "
+                                "pruned network may lose accuracy (SparseTraining: give it training_batches, "
+                                "or recalibration_batches to end_epoch)", self.name, when)
+        return used
 
     def graph_pieces(self, optimizer):
         return []

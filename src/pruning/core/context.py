@@ -12,6 +12,7 @@ import logging
 import numpy as np
 from mindspore import Tensor
 
+from src.models.batchnorm import reestimate_batchnorm
 from src.pruning.core.train_cell import DenseGradient, TrainStep, optimizer_state
 
 BN_STATISTICS = ("moving_mean", "moving_variance")
@@ -46,19 +47,10 @@ class TrainContext:
         return {name: self._params[name].asnumpy() for name in names}
 
     def recalibrate_bn(self, batches, num_batches):
-        """Re-estimate the BatchNorm moving statistics with up to ``num_batches`` forward passes
-        in training mode over ``batches`` (an iterable of (image, label); None: no data). No
-        weight changes: the optimizer does not run. Returns the number of batches used."""
-        if batches is None or num_batches <= 0:
-            return 0
-        self.net.set_train(True)
-        used = 0
-        for image, _ in batches:
-            if used >= num_batches:
-                break
-            self.net(image)
-            used += 1
-        return used
+        """Re-estimate the BatchNorm moving statistics exactly on up to ``num_batches`` of
+        ``batches`` (an iterable of (image, label); None: no data): the average of their batch
+        statistics (``src.models.batchnorm``). No weight changes. Returns the number of batches used."""
+        return reestimate_batchnorm(self.net, batches, num_batches)
 
     def set_weights(self, arrays):
         for name, value in arrays.items():

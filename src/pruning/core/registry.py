@@ -103,8 +103,11 @@ def check_recipe(cfg):
 def build_pruner(cfg, net, steps_per_epoch, logger, supplies=None):
     """The recipe's method, given what it ``needs`` of ``supplies`` ({name: value}; None if absent)."""
     method = METHODS[cfg.prune_method]
-    return method(cfg, net, steps_per_epoch, logger,
-                  **{need: (supplies or {}).get(need) for need in method.needs})
+    supplies = supplies or {}
+    pruner = method(cfg, net, steps_per_epoch, logger, **{need: supplies.get(need) for need in method.needs})
+    if getattr(pruner, "training_batches", None) is None:   # any method may re-estimate BatchNorm at its end
+        pruner.training_batches = supplies.get("training_batches")
+    return pruner
 
 
 def pruned_weight_names(net, recipe):

@@ -32,7 +32,7 @@ Design choices of this project (where the abstract is silent), see docs/PSAP.md:
   step the BN gamma and beta of the pruned filters are zeroed too, so the pruned channels output
   exactly 0 and the compact network equals the masked one (see ``_select``); the BatchNorm
   statistics are then re-estimated on ``psap_bn_recalibration`` training batches, because the
-  constant those channels gave during training is gone (``_recalibrate_bn``);
+  constant those channels gave during training is gone (``Pruner.reestimate_bn``);
 - ``psap_stream_ratios`` (off by default; not the paper's design): the residual streams lose
   channels too, for latency that follows FLOPs (``streams``).
 """
@@ -118,9 +118,8 @@ class PSAPPruner(Pruner):
         if input_shape is None:
             raise ConfigError("method psap needs input_shape (one input's shape with batch 1) to "
                               "count MACs")
-        super().__init__(cfg, net, steps_per_epoch, logger)
+        super().__init__(cfg, net, steps_per_epoch, logger, training_batches)
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.training_batches = training_batches
         self.stream = StreamPruning(cfg, net) if cfg.psap_stream_ratios else None
         if self.stream:
             self._warn_stream_rounding()
@@ -314,20 +313,8 @@ class PSAPPruner(Pruner):
         channels gave the constant relu(beta), which the next layers' BatchNorm statistics
         absorbed. Without new statistics the network shifts (a ResNet-56 at a 60 % cut fell from
         about 72 % to 21 % top-1), so they are re-estimated on training batches."""
-        wanted = self.cfg.psap_bn_recalibration
-        if not wanted:
-            return
-        used = ctx.recalibrate_bn(self.training_batches() if self.training_batches else None, wanted)
-        ctx.record({"event": "bn_recalibration", "batches": int(used), "asked": int(wanted)})
-        if used:
-            self.logger.info("psap: BatchNorm statistics re-estimated on %d training batches after "
-                             "the final pruning step%s", used,
-                             f" (all the data gives; {wanted} asked)" if used < wanted else "")
-        else:
-            self.logger.warning("psap: no training batches to re-estimate the BatchNorm statistics "
-                                "after the final pruning step; the pruned network may lose accuracy "
-                                "(SparseTraining: give it training_batches, or recalibration_batches "
-                                "to end_epoch)")
+        if self.cfg.psap_bn_recalibration:
+            self.reestimate_bn(ctx, self.cfg.psap_bn_recalibration, "after the final pruning step")
 
     def _prune_streams(self, ctx, target, records, final):
         """``psap_stream_ratios``: zero the streams' share of this step first; the inner filters

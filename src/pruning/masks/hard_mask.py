@@ -120,6 +120,10 @@ class HardMaskPruner(Pruner):
                                help_text="exponent of ERK's shape factor (RigL's; 0 = uniform, 1 = ERK)"),
         "dense_first_layer": Key(bool, False, help_text="keep the first masked layer dense (the others "
                                                         "share its budget; uniform or erk)"),
+        "bn_recalibration": Key(int, 0, 0, None,
+                                help_text="after the last step, re-estimate the BatchNorm statistics exactly on "
+                                          "this many training batches (0: keep the moving averages, the "
+                                          "reference); for 99 %+ runs whose statistics went stale"),
     }
 
     @classmethod
@@ -249,6 +253,12 @@ class HardMaskPruner(Pruner):
 
     def report(self):
         return {"sparsity": self.mask_sparsity()}
+
+    def on_epoch_end(self, epoch, ctx):
+        """``bn_recalibration``: at the end of the last epoch (before its evaluation), the BatchNorm
+        statistics are re-estimated exactly on training batches (no weight changes)."""
+        if self.cfg.bn_recalibration and epoch + 1 == self.cfg.epoch_size:
+            self.reestimate_bn(ctx, self.cfg.bn_recalibration, "after the last step")
 
     def on_train_end(self, ctx):
         """The masks must hold the target sparsity (within SPARSITY_TOLERANCE) and every weight
