@@ -82,6 +82,17 @@ def load(path):
     return params, meta, pruner_state
 
 
+def require_finite(net, path):
+    """CheckpointError naming the first parameter of ``net`` (as loaded from ``path``) that holds
+    NaN or Inf: such a network answers nothing a report or an export could use."""
+    for param in net.get_parameters():
+        values = param.asnumpy()
+        if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+            bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+            raise CheckpointError(f"checkpoint {path} holds non-finite values (NaN or Inf) in "
+                                  f"'{param.name}' ({bad} of {values.size}): not a usable network")
+
+
 def load_into(net, params, path, strict=True, skip=()):
     """Copy ``params`` into ``net``; a missing parameter or a shape mismatch is a CheckpointError."""
     own = {p.name: p for p in net.get_parameters()}

@@ -22,6 +22,11 @@ def weight_decay_groups(net, weight_decay):
             {"order_params": net.trainable_params()}]
 
 
+# what a training checkpoint holds beside the network, and the leaf names of a network's parameters
+TRAINING_STATE_PREFIXES = ("moments.", "pruning_mask.", "pruner.", "meta.", "grad_energy", "worker_bn_statistics")
+LAYER_PARAMETERS = ("weight", "bias", "gamma", "beta", "moving_mean", "moving_variance")
+
+
 def load_pretrained(net, path, logger):
     """Load weights; a classifier with another class count is skipped with a warning."""
     params, _, _ = checkpoint.load(path)
@@ -33,6 +38,14 @@ def load_pretrained(net, path, logger):
     if skip:
         logger.warning(f"pre_trained {path}: classifier shape differs from this network's "
                        f"({len(skip)} tensors); the classifier keeps its fresh initialisation")
+    # layers of the file the network lacks (a ResNet-20 file into a ResNet-8) would be dropped
+    own = {p.name for p in net.get_parameters()}
+    extra = [n for n in params if n not in own and not n.startswith(TRAINING_STATE_PREFIXES)
+             and n.endswith(LAYER_PARAMETERS)]
+    if extra:
+        raise checkpoint.CheckpointError(f"pre_trained {path} holds {len(extra)} layer parameter(s) this "
+                                         f"network does not have (first: '{extra[0]}'): it was made for "
+                                         "another network (net, width_multiplier, shortcut)")
     checkpoint.load_into(net, params, path, strict=True, skip=skip)
     logger.info(f"loaded pre-trained weights from {path}")
 

@@ -68,6 +68,11 @@ def weights_only(finished_run, tmp_path_factory):
     checkpoint.save_atomic(weights, str(folder / "converted.ckpt"),
                            meta={"net": "resnet20", "num_classes": 10, "converted_from": "resnet20.pth"})
     ms.save_checkpoint(weights, str(folder / "zoo.ckpt"))
+    # a training checkpoint whose classifier went NaN (its run stopped on the loss; a copy damaged)
+    params, meta, _ = checkpoint.load(str(finished_run / "last.ckpt"))
+    broken = [ms.Parameter(np.full(p.shape, np.nan, np.float32), name=n) if n == "fc.weight" else p
+              for n, p in params.items()]
+    checkpoint.save_atomic(broken, str(folder / "nan.ckpt"), meta=meta)
     return folder
 
 
@@ -256,6 +261,14 @@ RUN_CASES = [
      "is a converted pre-trained checkpoint (from resnet20.pth), not a training run: give it as --pre_trained"),
     ("resume-from-weights-only-checkpoint", train("--resume_ckpt", "{weights}/zoo.ckpt", config=DENSE), 1,
      "records no training step"),
+    # the file's extra blocks would be dropped without a word
+    ("pre-trained-of-a-deeper-network", train("--net", "resnet8", "--pre_trained", "{run}/last.ckpt", config=DENSE),
+     1, "holds 60 layer parameter(s) this network does not have (first: 'layer1.1.conv1.weight')"),
+    ("eval-other-net", evaluate("--net", "resnet8"), 1, "pass --net resnet20"),
+    ("eval-non-finite-checkpoint", ["eval.py", "--config_path", DENSE, "--data_path", "{data}", "--ckpt",
+                                    "{weights}/nan.ckpt"], 1, "non-finite values (NaN or Inf) in 'fc.weight'"),
+    ("export-non-finite-checkpoint", ["export.py", "--config_path", DENSE, "--ckpt", "{weights}/nan.ckpt",
+                                      "--file_name", "{tmp}/nan"], 1, "non-finite values"),
     ("idx-file-is-a-device", ["train.py", "--config_path", DENSE, "--data_path", "{tmp}/zero_data",
                               "--output_dir", "{tmp}/out", *TINY], 1,
      "train-images-idx3-ubyte: not a regular file"),

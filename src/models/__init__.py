@@ -49,11 +49,12 @@ def network_from_checkpoint(cfg, path):
     missing, unreadable, or made for another network.
     """
     params, meta, _ = checkpoint.load(path)
+    check_architecture(cfg, meta, path)   # every differing key in one line, when the recipe is recorded
     if meta.get("net") and meta["net"] != cfg.net:
         raise checkpoint.CheckpointError(f"checkpoint {path} holds a {meta['net']}, the config "
-                                         f"builds a {cfg.net}")
-    check_architecture(cfg, meta, path)
+                                         f"builds a {cfg.net}: pass --net {meta['net']}")
     net = build_network(cfg, meta.get("inner_widths"), meta.get("stage_widths"))
     checkpoint.load_into(net, params, path, strict=True)
+    checkpoint.require_finite(net, path)
     net.set_train(False)
     return net, meta
