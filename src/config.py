@@ -148,9 +148,11 @@ def load_yaml(path):
     return data
 
 
-def build_config(values_from_file, overrides, config_path="<defaults>"):
+def build_config(values_from_file, overrides, config_path="<defaults>", network_known=True):
     """Merge defaults, file values and overrides; check every key, type and range, and the
-    relations between keys (the pruning method's own ones too)."""
+    relations between keys (the pruning method's own ones too). ``network_known=False``: the
+    network is not the recipe's (SparseTraining / PruningAlgorithm on a user's network), so checks
+    that read the recipe's network keys are left to the method, which sees the network itself."""
     keys = schema()
     cfg = Config({name: key.default for name, key in keys.items()})
     given = set()
@@ -161,6 +163,7 @@ def build_config(values_from_file, overrides, config_path="<defaults>"):
             cfg[name] = _coerce(name, keys[name], value)
             given.add(name)
     object.__setattr__(cfg, "given", frozenset(given))  # not a recipe key: kept off the dict
+    object.__setattr__(cfg, "network_known", network_known)
     _method_defaults(cfg, given)
     for name, value in cfg.items():
         _check_range(name, keys[name], value)

@@ -242,7 +242,8 @@ def method_settings(method, steps_per_epoch, epochs, keys):
     if other:
         raise ConfigError(f"'{other[0]}' is a train.py recipe key: SparseTraining takes the method's "
                           f"keys and {', '.join(API_BASE_KEYS)}; your loop owns the rest")
-    cfg = build_config({"prune_method": method, "epoch_size": int(epochs), **keys}, {}, "SparseTraining")
+    cfg = build_config({"prune_method": method, "epoch_size": int(epochs), **keys}, {}, "SparseTraining",
+                       network_known=False)
     foreign = keys_of_other_methods(cfg)
     if foreign:
         raise ConfigError(f"'{foreign[0]}' is not a key of method {method}")

@@ -183,3 +183,28 @@ def test_eval_and_export_rebuild_a_stream_pruned_compact_checkpoint(tmp_path, fa
     ms.set_context(mode=ms.GRAPH_MODE)
     graph = ms.nn.GraphCell(ms.load(str(tmp_path / "small.mindir")))
     assert graph(ms.Tensor(np.zeros((1, 1, 28, 28), np.float32))).shape == (1, 10)
+
+
+def test_streams_that_alone_pass_the_target_are_refused_before_training(tmp_path):
+    """[0.5, 0.5, 0.5] removes about half of the MACs by the streams alone: more than psap_ratio
+    0.4 can ever be met; said when the method is built, not after the run."""
+    with pytest.raises(ConfigError, match=r"'psap_stream_ratios': \[0.5, 0.5, 0.5\] alone remove 0\.\d+ of "
+                                          r"the MACs, more than psap_ratio 0.4"):
+        _setup(tmp_path, psap_target="flops", psap_ratio=0.4, psap_stream_ratios=[0.5, 0.5, 0.5])
+
+
+def test_the_api_checks_stream_ratios_on_the_users_network():
+    """SparseTraining / PruningAlgorithm prune a network the recipe keys do not describe: a stage
+    may keep fewer channels than the one before under shortcut B (a 1x1 conv reads the stream),
+    and the option-A check uses the network's own stage widths."""
+    from src.models.resnet import build_resnet
+    from src.pruning.api import PruningAlgorithm
+    ms.set_context(mode=ms.GRAPH_MODE)
+    keys = dict(steps_per_epoch=4, epochs=2, input_shape=(1, 1, 28, 28), psap_ratio=0.45)
+    algo = PruningAlgorithm("psap", **keys, psap_stream_ratios=[0.0, 0.6, 0.0])
+    algo.apply(build_resnet("resnet8", 10, 1, shortcut="B"))
+    assert algo.pruner.stream.kept_widths(algo.pruner.stream.final_counts) == [16, 13, 64]
+    narrow_first = build_resnet("resnet8", 10, 1, stage_widths=[4, 32, 64])   # 4/13/64 widens: allowed
+    PruningAlgorithm("psap", **keys, psap_stream_ratios=[0.0, 0.6, 0.0]).apply(narrow_first)
+    with pytest.raises(ConfigError, match="16/13/64"):   # option A on the default widths: refused
+        PruningAlgorithm("psap", **keys, psap_stream_ratios=[0.0, 0.6, 0.0]).apply(build_resnet("resnet8", 10, 1))

@@ -22,6 +22,12 @@ class LayerPlan:
         """ConfigError when ``psap_ratio`` cannot be met with ``max_layer_ratio`` (and kept widths on
         multiples of ``psap_width_multiple``) on the network of ``records`` (``layer_records``)."""
         cfg, counts = self.cfg, self.layout.counts
+        if self.stream:   # the streams' cut is fixed by their ratios: it may not pass the target
+            streams_alone = self._prunable_fraction(records, np.zeros_like(counts))
+            if streams_alone > cfg.psap_ratio + TARGET_TOLERANCE:
+                raise ConfigError(f"config key 'psap_stream_ratios': {list(cfg.psap_stream_ratios)} alone "
+                                  f"remove {streams_alone:.4f} of the MACs, more than psap_ratio "
+                                  f"{cfg.psap_ratio}: lower the stream ratios or raise psap_ratio")
         caps = np.minimum(np.floor(cfg.max_layer_ratio * counts + 1e-9), counts - 1).astype(np.int64)
         best = self._prunable_fraction(records, caps)
         if cfg.psap_ratio > best + 1e-9:

@@ -58,7 +58,8 @@ def _check_widening(ratios, kept, option_a):
 
 
 def check_stream_recipe(cfg):
-    """Recipe constraints of ``psap_stream_ratios`` (ConfigError naming the key)."""
+    """Recipe constraints of ``psap_stream_ratios`` (ConfigError naming the key); those that need
+    the network only when the recipe describes it (``StreamPruning`` checks the network itself)."""
     ratios = cfg.psap_stream_ratios
     if not ratios:
         return
@@ -67,12 +68,14 @@ def check_stream_recipe(cfg):
     if not numbers or len(ratios) != 3:
         raise ConfigError(f"config key 'psap_stream_ratios': got {ratios!r}, expected three "
                           "fractions in [0, 1), one per stage, e.g. [0.5, 0.0, 0.25]")
-    if not is_cifar_style(cfg.net):
-        raise ConfigError(f"config key 'psap_stream_ratios': residual-stream pruning supports the "
-                          f"CIFAR-style ResNets (resnet8/20/32/56/110), not {cfg.net}")
     if cfg.psap_target != "flops":
         raise ConfigError("config key 'psap_stream_ratios': needs psap_target flops (a stream "
                           "channel is not a filter of one layer)")
+    if not getattr(cfg, "network_known", True):   # SparseTraining / PruningAlgorithm: a user's network
+        return
+    if not is_cifar_style(cfg.net):
+        raise ConfigError(f"config key 'psap_stream_ratios': residual-stream pruning supports the "
+                          f"CIFAR-style ResNets (resnet8/20/32/56/110), not {cfg.net}")
     kept = kept_stream_widths(cifar_stage_widths(cfg.width_multiplier), ratios,
                               cfg.psap_width_multiple)
     _check_widening(ratios, kept, cfg.shortcut in ("A", "auto"))
