@@ -90,7 +90,8 @@ def plot(rows, path):
                label=condition)
     ax.set_xticks(np.arange(len(rows)) + width, [r["run"] for r in rows], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("top-1 (%)")
-    ax.legend()
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper left", ncol=3, fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
