@@ -7,6 +7,7 @@ import numpy as np
 from src import run_record
 from src.errors import CheckpointError, ConfigError
 from src.metrics import all_reduce
+from src.models import ARCHITECTURE_KEYS
 from src.pruning.core.registry import keys_of
 
 
@@ -40,8 +41,15 @@ def refuse_pruning_changes(cfg, path, meta):
 def refuse_impossible_changes(cfg, path, meta, steps_per_epoch, output_dir):
     """Changes that resume_allow_changes could not make work, refused before the recipe check
     (whose line would otherwise advise allowing them): another number of steps per epoch,
-    another length of a pruning run, any change to a complete run."""
+    another length of a pruning run, another network, any change to a complete run."""
     total_steps = steps_per_epoch * cfg.epoch_size
+    network = [k for k in run_record.recipe_changes(meta.get("recipe") or {}, cfg, allowed=())
+               if k in ARCHITECTURE_KEYS]
+    if network:   # the checkpoint's weights fit one network only
+        raise ConfigError(f"checkpoint {path} holds another network "
+                          f"({run_record.describe_changes(meta['recipe'], cfg, network)}): a run cannot "
+                          "continue on another network; resume with the checkpoint's values, or start a "
+                          "new run (its weights as --pre_trained where they fit)")
     saved_per_epoch = meta.get("steps_per_epoch")
     if saved_per_epoch != steps_per_epoch:
         keys = [k for k in ("batch_size", "train_samples", "dataset")

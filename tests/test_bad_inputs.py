@@ -265,6 +265,10 @@ RUN_CASES = [
     ("pre-trained-of-a-deeper-network", train("--net", "resnet8", "--pre_trained", "{run}/last.ckpt", config=DENSE),
      1, "holds 60 layer parameter(s) this network does not have (first: 'layer1.1.conv1.weight')"),
     ("eval-other-net", evaluate("--net", "resnet8"), 1, "pass --net resnet20"),
+    # not "allow it with resume_allow_changes": no allowance makes the weights fit
+    ("resume-on-another-net", train("--resume_ckpt", "auto", "--net", "resnet8", "--resume_allow_changes", "net",
+                                    config=DENSE, out="{run}"), 2,
+     "holds another network (net ('resnet20' -> 'resnet8')): a run cannot continue on another network"),
     ("eval-non-finite-checkpoint", ["eval.py", "--config_path", DENSE, "--data_path", "{data}", "--ckpt",
                                     "{weights}/nan.ckpt"], 1, "non-finite values (NaN or Inf) in 'fc.weight'"),
     ("export-non-finite-checkpoint", ["export.py", "--config_path", DENSE, "--ckpt", "{weights}/nan.ckpt",
