@@ -55,6 +55,8 @@ def measure(run_dir, data_path, count):
     test = test_batches(cfg, 0)
     train = [(image, None) for image in training_batches(cfg, record["recipe"], count)]
     row = {"run": os.path.basename(os.path.normpath(run_dir)), "batches": len(train)}
+    if len(train) < count:
+        print(f"{row['run']}: {len(train)} training batches (all the data gives; {count} asked)", flush=True)
     for condition in CONDITIONS:
         net, _ = network_from_checkpoint(cfg, ckpt)
         if condition == "moving-average updates":
@@ -72,9 +74,9 @@ def markdown(rows, command, png):
     lines = ["# BatchNorm re-estimation on finished runs", "", f"Command: `{command}`", "",
              "top-1 (%) on the 10,000 test images; in brackets the share of the most predicted class "
              "(1.00: every image gets the same class).", "",
-             "| run | " + " | ".join(CONDITIONS) + " |", "|---|" + "---|" * len(CONDITIONS)]
+             "| run | batches used | " + " | ".join(CONDITIONS) + " |", "|---|---|" + "---|" * len(CONDITIONS)]
     for r in rows:
-        lines.append(f"| {r['run']} | " + " | ".join(
+        lines.append(f"| {r['run']} | {r['batches']} | " + " | ".join(
             f"{100 * r[c]['top1']:.2f} ({r[c]['top_class_share']:.2f})" for c in CONDITIONS) + " |")
     return "\n".join(lines + ["", f"![top-1 per condition]({png})"])
 

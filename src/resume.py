@@ -23,6 +23,11 @@ def refuse_weights_only(path, meta):
             "(last.ckpt or *_step<N>.ckpt): give pre-trained weights as --pre_trained")
 
 
+# method keys that do not touch the masks (what happens after the last epoch): resume_allow_changes may
+# change them mid-run, e.g. adding bn_recalibration to a 99 % run already under way
+CHANGEABLE_MID_RUN = {"bn_recalibration"}
+
+
 def refuse_pruning_changes(cfg, path, meta):
     """The pruning target and the method's keys cannot change once a pruning run has begun,
     even when resume_allow_changes names them: the masks so far were built for the old ones
@@ -30,8 +35,8 @@ def refuse_pruning_changes(cfg, path, meta):
     step = int(meta.get("step") or 0)
     if cfg.prune_method == "none" or not step or meta.get("recipe") is None:
         return
-    fixed = set(keys_of(cfg.prune_method)) | {"sparsity", "prune_include", "prune_exclude",
-                                              "prune_method"}
+    fixed = set(keys_of(cfg.prune_method)) - CHANGEABLE_MID_RUN | {"sparsity", "prune_include", "prune_exclude",
+                                                                   "prune_method"}
     changed = [k for k in run_record.recipe_changes(meta["recipe"], cfg, allowed=()) if k in fixed]
     if changed:
         raise ConfigError(f"checkpoint {path} is {step} steps into a pruning run: "

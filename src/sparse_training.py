@@ -47,8 +47,9 @@ class SparseTraining:
     (train.py's ``amp_level``); dense gradients for the method always use ``network``.
     What a method ``needs`` besides the batches (``src.pruning.core.base.SUPPLIES``):
     ``input_shape``, one input's shape with batch 1 (methods that count MACs, e.g. PSAP);
-    ``training_batches``, a callable returning an iterable of (image, label) training batches
-    (forward passes, e.g. PSAP's BatchNorm re-estimation; or give them to ``end_epoch``).
+    ``training_batches``, (image, label) training batches for forward passes (the BatchNorm
+    re-estimation of PSAP and of ``bn_recalibration``): a list or other re-iterable, or a callable
+    returning a fresh iterable each time (or give them to ``end_epoch``).
     """
 
     def __init__(self, network, loss_fn, optimizer, method="rpg", steps_per_epoch=None, epochs=1,
@@ -63,6 +64,9 @@ class SparseTraining:
         self.logger = logger or logging.getLogger("prune")
         self.network = network
         self.optimizer = optimizer
+        if training_batches is not None and not callable(training_batches):
+            given = training_batches   # a list / dataset: a fresh pass each time it is asked for
+            training_batches = lambda: iter(given)   # noqa: E731
         self.batches_for_method = training_batches
         supplies = {"input_shape": input_shape, "training_batches": self.training_batches}
         try:

@@ -62,7 +62,7 @@ def _gmp_run(**keys):
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)
     sparse = SparseTraining(net, nn.CrossEntropyLoss(), optimizer, method="gmp", sparsity=0.9,
                             gmp_frequency=4, steps_per_epoch=len(batches), epochs=2,
-                            training_batches=lambda: iter(make_batches(count=6, seed=9)), **keys)
+                            training_batches=make_batches(count=6, seed=9), **keys)   # a list will do
     events = []
     sparse.ctx.recorders.append(events.append)
     for epoch in range(2):

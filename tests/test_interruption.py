@@ -283,6 +283,19 @@ def test_pruning_keys_cannot_change_mid_run(reference, fashion_dir, tmp_path, ch
     assert {p.name: digest(p) for p in out.iterdir() if p.name != ".lock"} == before
 
 
+def test_bn_recalibration_may_be_added_to_a_run_under_way(reference, fashion_dir, tmp_path):
+    """It acts after the last epoch and never on the masks: allowed mid-run, it runs once."""
+    out = tmp_path / "run"
+    out.mkdir()
+    middle = step_checkpoints(reference)[1]
+    shutil.copy(reference / "run.json", out / "run.json")
+    shutil.copy(middle, out / middle.name)
+    proc = run_script("train.py", *TINY, "--data_path", fashion_dir, "--output_dir", out, "--resume_ckpt",
+                      "auto", "--bn_recalibration", "2", "--resume_allow_changes", "[bn_recalibration]")
+    assert "BatchNorm statistics re-estimated on 2 training batches" in proc.stdout
+    assert [e["batches"] for e in read_metrics(str(out), "bn_recalibration")] == [2]
+
+
 def test_sigterm_to_the_launcher_alone_saves(fashion_dir, tmp_path):
     """A scheduler's SIGTERM to run_standalone_train.sh only (not to train.py): passed on, so
     train.py saves and the launcher ends with the line and the resume command, exit 130."""
