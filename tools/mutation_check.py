@@ -322,7 +322,9 @@ def run_tests(directory, tests, timeout):
     except subprocess.TimeoutExpired:
         return None, time.time() - start, "timeout"
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    return proc.returncode, time.time() - start, lines[-1] if lines else ""
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]   # which test, not only how many
+    summary = lines[-1] if lines else ""
+    return proc.returncode, time.time() - start, f"{summary} ({failed[0]})" if failed else summary
 
 
 def main():
