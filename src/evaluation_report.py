@@ -29,7 +29,8 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
     if selected != everything:
         result["sparsity_all_conv_fc"] = sparsity_of([params[n] for n in everything])
     shape = input_shape(cfg)
-    dead = checkpoint_network_message(net, input_shape(cfg, batch=2), everything)
+    batch = cfg.eval_batch_size or cfg.batch_size   # the first evaluation batch's shape (compiled already)
+    dead = checkpoint_network_message(net, input_shape(cfg, min(batch, cfg.eval_samples or batch)), everything)
     result["output_depends_on_input"] = dead is None
     if dead:
         print(f"warning: {ckpt}: {dead}", file=sys.stderr)

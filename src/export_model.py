@@ -112,7 +112,7 @@ def export_checkpoint_network(cfg, net, meta, file_format, file_name, ckpt, batc
     with ``net`` itself, so the folding is checked too. SPARSE stores the checkpoint: never folded.
     An existing output is replaced only with ``overwrite``, and only by a file that passed. A
     network whose output no longer depends on its input is not exported (ExportError)."""
-    dead = checkpoint_network_message(net, input_shape(cfg, 2), prunable_weight_names(net))
+    dead = checkpoint_network_message(net, input_shape(cfg, batch), prunable_weight_names(net))
     if dead:
         raise ExportError(f"{ckpt}: {dead}; nothing exported")
     if file_format == "SPARSE":

@@ -47,12 +47,15 @@ def _flat_outputs(output):
     return np.concatenate([a.reshape(a.shape[0], -1).astype(np.float64) for a in arrays], axis=1)
 
 
-def depends_on_input(network, inputs):
-    """Whether ``network`` (in eval mode) gives different outputs for the rows of ``inputs``."""
+def depends_on_input(network, inputs, batch=None):
+    """Whether ``network`` (in eval mode) gives different outputs for the rows of ``inputs`` (fed
+    ``batch`` rows per call, all at once by default)."""
     was_training = network.training
     network.set_train(False)
+    batch = batch or len(inputs)
     try:
-        out = _flat_outputs(network(Tensor(inputs)))
+        out = np.concatenate([_flat_outputs(network(Tensor(inputs[i:i + batch])))
+                              for i in range(0, len(inputs), batch)])
     finally:
         network.set_train(was_training)
     spread = float(np.max(np.abs(out - out[:1])))
@@ -115,8 +118,9 @@ def dead_network_message(weights):
 def checkpoint_network_message(net, shape, names):
     """None when ``net`` (a checkpoint's network) answers random inputs of ``shape`` (batch first,
     float32) differently; else the one line of ``dead_network_message`` over its weights
-    ``names`` (its conv/FC weights, in network order)."""
-    if depends_on_input(net, probe_inputs(shape, np.float32)):
+    ``names`` (its conv/FC weights, in network order). The inputs go in calls of ``shape``'s batch
+    (two calls for batch 1): the shape the caller's graph was compiled for, so nothing compiles."""
+    if depends_on_input(net, probe_inputs(shape, np.float32), batch=int(shape[0])):
         return None
     params = {p.name: p for p in net.trainable_params()}
     return dead_network_message({n: params[n].asnumpy() for n in names})
