@@ -17,7 +17,7 @@ import os
 import numpy as np
 import mindspore as ms
 
-from benchmarks.collapse_analysis import network_config, test_batches
+from benchmarks.collapse_analysis import network_behaviour, network_config, test_batches
 from benchmarks.common import save_figure, write_results
 from benchmarks.runs import BenchmarkError, main_guard
 from src.dataset import batches, create_dataset, split_path
@@ -39,13 +39,6 @@ def training_batches(cfg, recipe, count):
     return [image for (image, _), _ in zip(batches(data), range(count))]
 
 
-def top1(net, data):
-    net.set_train(False)
-    predicted = np.concatenate([net(image).asnumpy().argmax(axis=1) for image, _ in data])
-    labels = np.concatenate([label for _, label in data])
-    return float((predicted == labels).mean()), float(np.bincount(predicted).max() / len(predicted))
-
-
 def measure(run_dir, data_path, count):
     record = read_run(run_dir)
     ckpt = os.path.join(run_dir, "last.ckpt")
@@ -65,7 +58,7 @@ def measure(run_dir, data_path, count):
                 net(image)
         elif condition == "exact re-estimation":
             reestimate_batchnorm(net, train, count)
-        row[condition] = dict(zip(("top1", "top_class_share"), top1(net, test)))
+        row[condition] = network_behaviour(net, test)
         print(f"{row['run']}: {condition}: top1 {row[condition]['top1']:.4f}", flush=True)
     return row
 

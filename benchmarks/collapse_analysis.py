@@ -104,8 +104,14 @@ def test_batches(cfg, samples):
 
 
 def behaviour(cfg, ckpt, data):
-    """top-1, share of the most predicted class, mean over classes of the logits' std over images."""
-    net, _ = network_from_checkpoint(cfg, ckpt)
+    """``network_behaviour`` of the network a checkpoint holds."""
+    return network_behaviour(network_from_checkpoint(cfg, ckpt)[0], data)
+
+
+def network_behaviour(net, data):
+    """top-1, share of the most predicted class, mean over classes of the logits' std over images
+    (``net`` in eval mode on ``data``, ``test_batches``)."""
+    net.set_train(False)
     logits = np.concatenate([net(image).asnumpy() for image, _ in data])
     labels = np.concatenate([label for _, label in data])
     predicted = logits.argmax(axis=1)

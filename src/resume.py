@@ -48,32 +48,30 @@ def refuse_impossible_changes(cfg, path, meta, steps_per_epoch, output_dir):
     (whose line would otherwise advise allowing them): another number of steps per epoch,
     another length of a pruning run, another network, any change to a complete run."""
     total_steps = steps_per_epoch * cfg.epoch_size
-    network = [k for k in run_record.recipe_changes(meta.get("recipe") or {}, cfg, allowed=())
-               if k in ARCHITECTURE_KEYS]
+    saved_recipe = meta.get("recipe")
+    changed = run_record.recipe_changes(saved_recipe or {}, cfg, allowed=())
+    network = [k for k in changed if k in ARCHITECTURE_KEYS]
     if network:   # the checkpoint's weights fit one network only
         raise ConfigError(f"checkpoint {path} holds another network "
-                          f"({run_record.describe_changes(meta['recipe'], cfg, network)}): a run cannot "
+                          f"({run_record.describe_changes(saved_recipe, cfg, network)}): a run cannot "
                           "continue on another network; resume with the checkpoint's values, or start a "
                           "new run (its weights as --pre_trained where they fit)")
     saved_per_epoch = meta.get("steps_per_epoch")
     if saved_per_epoch != steps_per_epoch:
-        keys = [k for k in ("batch_size", "train_samples", "dataset")
-                if k in run_record.recipe_changes(meta.get("recipe") or {}, cfg, allowed=())]
-        what = run_record.describe_changes(meta.get("recipe") or {}, cfg, keys) if keys else \
+        keys = [k for k in ("batch_size", "train_samples", "dataset") if k in changed]
+        what = run_record.describe_changes(saved_recipe or {}, cfg, keys) if keys else \
             "another data set size or device count"
         raise ConfigError(f"checkpoint {path} was made with {saved_per_epoch} steps per epoch, this "
                           f"run has {steps_per_epoch} ({what}): a run cannot continue with "
                           "another number of steps per epoch (its place in the data and its "
                           "schedules count steps); resume with the checkpoint's values, or start a "
                           "new run in another --output_dir")
-    saved_recipe = meta.get("recipe")
     saved_steps = saved_per_epoch * (saved_recipe or {}).get("epoch_size", 0)
     if cfg.prune_method != "none" and saved_steps and saved_steps != total_steps:
         # mask updates sit at fractions of the whole run: another length moves every one of them
         raise ConfigError(f"checkpoint {path} is from a {saved_steps}-step run, this one has "
                           f"{total_steps}: a pruning schedule cannot be stretched mid-run "
                           "(only a dense run, prune_method none, can be given more epochs)")
-    changed = run_record.recipe_changes(saved_recipe or {}, cfg, allowed=())
     if int(meta.get("step") or 0) >= total_steps and saved_recipe is not None and changed:
         raise ConfigError(f"the run in {output_dir} is already complete ({meta['step']} "
                           f"steps): changing {', '.join(changed)} now would have no effect")

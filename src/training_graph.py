@@ -30,16 +30,13 @@ LAYER_PARAMETERS = ("weight", "bias", "gamma", "beta", "moving_mean", "moving_va
 def load_pretrained(net, path, logger):
     """Load weights; a classifier with another class count is skipped with a warning."""
     params, _, _ = checkpoint.load(path)
-    skip = []
-    for name in ("fc.weight", "fc.bias"):
-        own = dict(net.parameters_and_names()).get(name)
-        if own is not None and name in params and tuple(params[name].shape) != tuple(own.shape):
-            skip.append(name)
+    own = {p.name: p for p in net.get_parameters()}
+    skip = [name for name in ("fc.weight", "fc.bias")
+            if name in own and name in params and tuple(params[name].shape) != tuple(own[name].shape)]
     if skip:
         logger.warning(f"pre_trained {path}: classifier shape differs from this network's "
                        f"({len(skip)} tensors); the classifier keeps its fresh initialisation")
     # layers of the file the network lacks (a ResNet-20 file into a ResNet-8) would be dropped
-    own = {p.name for p in net.get_parameters()}
     extra = [n for n in params if n not in own and not n.startswith(TRAINING_STATE_PREFIXES)
              and n.endswith(LAYER_PARAMETERS)]
     if extra:

@@ -28,7 +28,6 @@ def reestimate_batchnorm(net, batches, num_batches):
         return 0
     stats = [(layer.moving_mean, layer.moving_variance, float(layer.momentum)) for layer in layers]
     sums = [[np.zeros(mean.shape, np.float64), np.zeros(var.shape, np.float64)] for mean, var, _ in stats]
-    saved = [(mean.asnumpy().copy(), var.asnumpy().copy()) for mean, var, _ in stats]
     net.set_train(True)
     used = 0
     for image, _ in batches:
@@ -42,7 +41,8 @@ def reestimate_batchnorm(net, batches, num_batches):
             total[0] += mean.asnumpy() / weight
             total[1] += var.asnumpy() / weight
         used += 1
-    for (mean, var, _), total, (old_mean, old_var) in zip(stats, sums, saved):
-        mean.set_data(Tensor((total[0] / used).astype(np.float32) if used else old_mean))
-        var.set_data(Tensor((total[1] / used).astype(np.float32) if used else old_var))
+    if used:   # (no batch read: nothing was zeroed, the statistics are as they were)
+        for (mean, var, _), total in zip(stats, sums):
+            mean.set_data(Tensor((total[0] / used).astype(np.float32)))
+            var.set_data(Tensor((total[1] / used).astype(np.float32)))
     return used
