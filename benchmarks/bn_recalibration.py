@@ -18,8 +18,8 @@ import numpy as np
 import mindspore as ms
 
 from benchmarks.collapse_analysis import network_behaviour, network_config, test_batches
-from benchmarks.common import save_figure, write_results
-from benchmarks.runs import BenchmarkError, main_guard
+from benchmarks.common import result_name, save_figure, write_results
+from benchmarks.runs import BenchmarkError, OneLineParser, main_guard
 from src.dataset import batches, create_dataset, split_path
 from src.models import network_from_checkpoint
 from src.models.batchnorm import reestimate_batchnorm
@@ -92,11 +92,11 @@ def plot(rows, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--batches", type=int, default=40)
-    parser.add_argument("--name", default="bn_recalibration")
+    parser.add_argument("--name", default="bn_recalibration", type=result_name)
     args = parser.parse_args()
     if args.batches < 1:
         raise BenchmarkError(f"--batches: got {args.batches}, expected at least 1")

@@ -23,8 +23,8 @@ import re
 
 import numpy as np
 
-from benchmarks.common import ROOT, write_results
-from benchmarks.runs import BenchmarkError, main_guard
+from benchmarks.common import ROOT, result_name, write_results
+from benchmarks.runs import BenchmarkError, OneLineParser, main_guard
 from src import checkpoint
 from src.config import parse_args
 from src.dataset import batches, create_dataset, split_path
@@ -215,12 +215,12 @@ def plot(results, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--data_path", default="", help="evaluate every checkpoint (optional)")
     parser.add_argument("--eval_samples", type=int, default=1000)
-    parser.add_argument("--name", default="collapse_analysis")
+    parser.add_argument("--name", default="collapse_analysis", type=result_name)
     args = parser.parse_args()
     for run_dir in args.run_dirs:
         if not os.path.isdir(run_dir):

@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: a training graph on random data, timing, result files.
 The benchmarks run from the repository root as modules: ``python -m benchmarks.<name>``."""
+import argparse
 import json
 import logging
 import os
@@ -59,6 +60,15 @@ def machine_info():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
             "mindspore": ms.__version__, "numpy": np.__version__, "load_average_1min": load}
+
+
+def result_name(text):
+    """argparse type of --name: a file name inside benchmarks/results, not a path (``../x`` or
+    ``a/b`` would write the results somewhere else, or fail after hours of runs)."""
+    if not text or text != os.path.basename(text) or text.startswith(".") or "\\" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file name under benchmarks/results "
+                                         "(no folders, no leading dot)")
+    return text
 
 
 def write_results(name, data, markdown):

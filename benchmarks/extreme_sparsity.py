@@ -20,7 +20,6 @@ is one (the ResNet-32x2 RPG recipes); --checkpoint_every N keeps a checkpoint ev
 --report_only rewrites them from the finished runs, or, when --work_dir has none, from the
 committed JSON if it was made with the same budget.
 """
-import argparse
 import json
 import os
 import sys
@@ -28,8 +27,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import ROOT, machine_info, save_figure, write_results
-from benchmarks.runs import BenchmarkError, call, cached_result, main_guard, train
+from benchmarks.common import ROOT, machine_info, result_name, save_figure, write_results
+from benchmarks.runs import BenchmarkError, OneLineParser, call, cached_result, main_guard, train
 from src import checkpoint
 from src.outputs import write_json_atomic
 from src.pruning.masks.rpg.pruner import RPGPruner
@@ -237,7 +236,7 @@ def plot(rows, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("--data_path", default="", help="required unless --report_only")
     parser.add_argument("--nets", nargs="+", default=["resnet20"], choices=list(NETS))
     parser.add_argument("--sparsities", type=float, nargs="+", default=[98, 99.5])
@@ -254,7 +253,7 @@ def main():
     parser.add_argument("--checkpoint_every", type=int, default=0,
                         help="also keep a checkpoint every N iterations (e.g. --delta: the masks "
                              "after every update, for benchmarks/collapse_analysis.py)")
-    parser.add_argument("--name", default="extreme_sparsity",
+    parser.add_argument("--name", default="extreme_sparsity", type=result_name,
                         help="results file name under benchmarks/results/")
     parser.add_argument("--report_only", action="store_true",
                         help="report the runs finished so far (no training); the Markdown says so")

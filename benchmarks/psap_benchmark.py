@@ -43,7 +43,7 @@ import os
 import sys
 import time
 
-from benchmarks.common import ROOT, machine_info, write_results
+from benchmarks.common import ROOT, machine_info, result_name, write_results
 from benchmarks.latency import BATCHES, measure_latency, wait_until_quiet
 from benchmarks.psap_report import aggregate, cell_key, markdown, plot
 from benchmarks.runs import BenchmarkError, OneLineParser, call, check_same_recipe, main_guard, train
@@ -288,7 +288,7 @@ def parse_args():
     parser.add_argument("--max_load", type=float, default=1.5)
     parser.add_argument("--max_wait", type=float, default=40, help="minutes")
     parser.add_argument("--work_dir", default="")
-    parser.add_argument("--name", default="psap_matrix", help="results file name")
+    parser.add_argument("--name", default="psap_matrix", type=result_name, help="results file name")
     parser.add_argument("--keep_committed", default="",
                         help="results name whose runs of this command are taken as they are "
                              "instead of trained again (marked committed in the report)")

@@ -31,7 +31,7 @@ import tempfile
 import numpy as np
 import mindspore as ms
 
-from benchmarks.common import ROOT, machine_info, write_results
+from benchmarks.common import ROOT, machine_info, result_name, write_results
 from benchmarks.latency import measure_latency
 from benchmarks.runs import BenchmarkError, OneLineParser, main_guard
 from src.config import build_config
@@ -301,7 +301,7 @@ def parse_args():
                              "default all three")
     parser.add_argument("--fold_bn", action="store_true",
                         help="fold every BatchNorm into its conv before export (dense included)")
-    parser.add_argument("--name", default="",
+    parser.add_argument("--name", default=None, type=result_name,
                         help="results file name under benchmarks/results (default "
                              "psap_width_latency[_NET][_folded]: the committed results)")
     parser.add_argument("--report_only", action="store_true",

@@ -237,6 +237,11 @@ RUN_CASES = [
      2, "--overwrite true"),
     ("layer-ranks-csv-default-out-exists", ["-m", "benchmarks.layer_ranks_csv", "{tmp}/plotted"], 2,
      "layerwise_ranks.csv exists"),
+    # --name is a file under benchmarks/results: "../x" wrote beside the repository
+    ("benchmark-name-is-a-path", ["-m", "benchmarks.extreme_sparsity", "--data_path", "{data}", "--name",
+                                  "../escaped"], 2, "'../escaped' is not a file name under benchmarks/results"),
+    ("psap-benchmark-name-is-a-path", ["-m", "benchmarks.psap_benchmark", "--data_path", "{data}", "--name",
+                                       "sub/x"], 2, "'sub/x' is not a file name"),
     ("psap-width-multiple-unreachable", train("--psap_width_multiple", "32",
                                               config=os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml")),
      2, "psap_width_multiple"),
