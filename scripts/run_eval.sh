@@ -43,4 +43,6 @@ if [ "$STATUS" -ne 0 ]; then
 fi
 mv "$TMP_LOG" "$LOG"
 DONE=1
-grep -v '^\[WARNING\]' "$LOG" || true
+# the log holds both streams; eval.py's own warnings (a dead network) go back to stderr
+grep -v -e '^\[WARNING\]' -e '^warning: ' "$LOG" || true
+grep '^warning: ' "$LOG" >&2 || true

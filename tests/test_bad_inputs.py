@@ -421,6 +421,11 @@ def test_a_pruning_run_that_empties_layers_ends_with_exit_1(fashion_dir, tmp_pat
     check_one_line(proc.returncode, proc.stderr, 0, f"warning: {out / 'last.ckpt'}: the pruned network's output "
                    f"no longer depends on its input ({emptied})")
     assert json.loads((tmp_path / "e.json").read_text())["output_depends_on_input"] is False
+    # the launcher says it on stderr too (its log holds both streams)
+    proc = run(["scripts/run_eval.sh", recipe, str(out / "last.ckpt"), "--data_path", fashion_dir,
+                "--eval_samples", "32"])
+    assert proc.returncode == 0 and "no longer depends on its input" in proc.stderr, proc.stderr
+    assert "no longer depends" not in proc.stdout and "top1" in proc.stdout
     proc = run(["export.py", "--config_path", recipe, "--ckpt", str(out / "last.ckpt"), "--file_name",
                 str(tmp_path / "dead")])
     check_one_line(proc.returncode, proc.stderr, 1, f"({emptied}); ")
