@@ -48,7 +48,7 @@ def main():
     cfg, _ = parse_args(sys.argv[1:])
     run_lock.check_free(cfg.output_dir)
     if not cfg.resume_ckpt:
-        run_record.claim_fresh(cfg.output_dir, cfg, write=False)
+        run_record.claim_fresh(cfg.output_dir)
     print(cfg.output_dir)
 
 

@@ -90,21 +90,19 @@ def read_run(output_dir):
         raise ConfigError(f"output_dir {output_dir}: unreadable run record {RUN_FILE} ({err})") from None
 
 
-def claim_fresh(output_dir, cfg, write=True):
-    """Start a new run in ``output_dir``; refuse if the directory holds another run's checkpoints.
+def claim_fresh(output_dir):
+    """A new run's id for ``output_dir``; refuse if the directory holds another run's checkpoints.
 
     Only the checkpoints count (a run that wrote none left nothing to lose), so every data-parallel
-    worker reaches the same verdict while rank 0 (``write``) records the new run.
+    worker reaches the same verdict. Nothing is written: the trainer records the run (``write_run``)
+    once it is accepted, so a refused start leaves an earlier record as it was.
     """
     existing = training_checkpoints(output_dir)
     if existing:
         raise ConfigError(f"output_dir {output_dir} already holds a training run ({len(existing)} "
                           f"checkpoint(s), newest {os.path.basename(existing[0])}): continue it with "
                           "--resume_ckpt auto, or choose a new --output_dir")
-    run_id = new_run_id()
-    if write:
-        write_run(output_dir, run_id, recipe_of(cfg))
-    return run_id
+    return new_run_id()
 
 
 def write_run(output_dir, run_id, recipe):

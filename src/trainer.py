@@ -62,7 +62,8 @@ class Trainer:
         if self.is_main:  # one writer per folder, before anything is read or written (src/run_lock.py)
             run_lock.hold(self.output_dir)
         # A fresh run must not replace another run's checkpoints: checked before anything is written.
-        self.run_id = None if cfg.resume_ckpt else run_record.claim_fresh(self.output_dir, cfg, self.is_main)
+        self.run_id = None if cfg.resume_ckpt else run_record.claim_fresh(self.output_dir)
+        self.resumed_from = None
         self.logger = setup_logger(self.output_dir, self.rank)
         ignored = keys_of_other_methods(cfg)
         if ignored:  # e.g. --prune_method gmp on an RPG recipe: its RPG keys do nothing
@@ -84,7 +85,13 @@ class Trainer:
         self.last_periodic = (None, None)
         if cfg.resume_ckpt:
             self._resume(cfg.resume_ckpt)
-        # the run is accepted: metrics.jsonl and train.log hold this attempt's history only
+        # the run is accepted: its record (run.json) is written only now, so a start refused above
+        # leaves the folder's files as they were; metrics.jsonl and train.log hold this attempt's
+        # history only
+        if self.is_main and self.start_step < self.total_steps:
+            run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(cfg))
+            if self.resumed_from:
+                run_record.remove_stale_temporaries(self.output_dir)
         for old, new in self.metrics.start(self.start_step, self.continues_run):
             self.logger.info(f"kept an earlier attempt's {old} as {new}")
         open_log_file(self.logger)
@@ -178,7 +185,7 @@ class Trainer:
         paths = run_record.training_checkpoints(self.output_dir) if resume == "auto" else [resume]
         if resume == "auto" and not paths:
             self.logger.info(f"resume_ckpt auto: no checkpoint in {self.output_dir}, starting fresh")
-            self.run_id = run_record.claim_fresh(self.output_dir, self.cfg, self.is_main)
+            self.run_id = run_record.claim_fresh(self.output_dir)
             check_same_start(self.cfg, self.rank, self.group_size, self.start_step, self.output_dir)
             return
         errors = []
@@ -216,9 +223,6 @@ class Trainer:
             raise ConfigError(f"output_dir {self.output_dir} holds another run's checkpoints; continue "
                               f"{path} in an empty --output_dir")
         self.start_step, self.resumed_from = int(meta["step"]), path
-        if self.start_step < self.total_steps and self.is_main:
-            run_record.write_run(self.output_dir, self.run_id, run_record.recipe_of(self.cfg))
-            run_record.remove_stale_temporaries(self.output_dir)
         # also sets the learning-rate schedule's step (checkpoints of older versions lag behind)
         self.session.resume(pruner_state, self.start_step)
         self.continues_run = bool(record) and record["run_id"] == self.run_id
