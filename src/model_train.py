@@ -363,8 +363,8 @@ class PruningAlgorithm:
 
     # --- internals ---------------------------------------------------------------------------------
     def training_batches(self):
-        """What a method that needs ``training_batches`` gets: a pass over the training set given
-        to ``callbacks`` (PSAP's BatchNorm re-estimation), or None before it."""
+        """The method's ``training_batches``: a pass over the training set given to ``callbacks``
+        (the BatchNorm re-estimation), or None before it."""
         return None if self.dataset is None else self.dataset.create_tuple_iterator(num_epochs=1)
 
     def _require(self, pruner=False, masked=False):

@@ -46,10 +46,10 @@ class SparseTraining:
     ``amp_network``: a float16 twin of ``network`` sharing its Parameters for the optimizer steps
     (train.py's ``amp_level``); dense gradients for the method always use ``network``.
     What a method ``needs`` besides the batches (``src.pruning.core.base.SUPPLIES``):
-    ``input_shape``, one input's shape with batch 1 (methods that count MACs, e.g. PSAP);
-    ``training_batches``, (image, label) training batches for forward passes (the BatchNorm
-    re-estimation of PSAP and of ``bn_recalibration``): a list or other re-iterable, or a callable
-    returning a fresh iterable each time (or give them to ``end_epoch``).
+    ``input_shape``, one input's shape with batch 1 (methods that count MACs, e.g. PSAP).
+    ``training_batches``, for every method: (image, label) training batches for forward passes (the
+    BatchNorm re-estimation of PSAP and of ``bn_recalibration``): a list or other re-iterable, or a
+    callable returning a fresh iterable each time (or give them to ``end_epoch``).
     """
 
     def __init__(self, network, loss_fn, optimizer, method="rpg", steps_per_epoch=None, epochs=1,
@@ -124,8 +124,8 @@ class SparseTraining:
         self.optimizer.global_step.set_data(Tensor(np.array([iterations], np.int32)))
 
     def training_batches(self):
-        """What a method that needs ``training_batches`` gets: the training batches given to the
-        constructor or to ``end_epoch``, as an iterable, or None."""
+        """The method's ``training_batches``: the training batches given to the constructor or to
+        ``end_epoch``, as an iterable, or None."""
         return None if self.batches_for_method is None else self.batches_for_method()
 
     def end_epoch(self, recalibration_batches=None):

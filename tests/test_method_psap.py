@@ -131,7 +131,7 @@ def test_the_loop_hands_psap_what_it_declares(tmp_path):
     """PSAP declares what it needs of the loop; SparseTraining hands it over: the input shape, and
     the training batches its final step re-estimates the BatchNorm statistics on (the loop's, as
     train.py gives them, or those given to end_epoch, as your own loop may)."""
-    assert PSAPPruner.needs == ("input_shape", "training_batches")
+    assert PSAPPruner.needs == ("input_shape",)
     rng = np.random.default_rng(3)
     data = [(Tensor(rng.normal(size=(4, 1, 28, 28)).astype(np.float32)), Tensor(np.zeros(4, np.int32)))
             for _ in range(5)]

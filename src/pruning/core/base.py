@@ -14,10 +14,11 @@
 - ``state_dict()`` / ``load_state_dict(state)``: everything needed to resume the schedule exactly.
   Values are numpy arrays, ints, floats or strings; they are stored in every checkpoint.
 - ``report()``: a short dict for the log line (e.g. {"sparsity": 0.9}).
-- ``needs``: what the method needs from the training loop besides each step's batch (names of
-  ``SUPPLIES``); the loop gives each to the constructor as a keyword argument (None when it has
-  none), so the loop never asks which method it runs. ``training_batches`` also reaches every
-  method as the attribute ``self.training_batches`` (``reestimate_bn`` reads it).
+- ``needs``: what the method needs from the training loop to be built, besides each step's batch
+  (names of ``SUPPLIES``); the loop gives each to the constructor as a keyword argument (None when
+  it has none), so the loop never asks which method it runs. ``training_batches`` is not a need:
+  every method gets it as the attribute ``self.training_batches`` once built (registry.build_pruner;
+  ``reestimate_bn`` reads it).
 
 ``ctx`` is a ``src.pruning.core.context.TrainContext``: the network, host copies of weights, dense
 gradients on a batch, train-step variants with an extra loss, a logger and ``record(event)``.
@@ -30,9 +31,6 @@ import numpy as np
 # What the training loop can give a method that declares it in ``Pruner.needs``
 SUPPLIES = {
     "input_shape": "one input's shape with batch 1, e.g. (1, 3, 224, 224)",
-    "training_batches": "a callable returning an iterable of (image, label) training batches, or "
-                        "None when the loop has none (e.g. for forward passes that re-estimate "
-                        "BatchNorm statistics)",
 }
 
 
@@ -86,15 +84,16 @@ class Pruner:
     def check_recipe(cls, cfg):
         """Recipe constraints the yaml alone decides (raise ConfigError naming the key)."""
 
-    def __init__(self, cfg, net, steps_per_epoch, logger, training_batches=None):
+    def __init__(self, cfg, net, steps_per_epoch, logger):
         self.cfg = cfg
         self.net = net
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = steps_per_epoch * cfg.epoch_size
         self.logger = logger
-        # SUPPLIES["training_batches"]: given to every method after construction (registry.build_pruner),
-        # to the constructor of a method that lists it in ``needs``
-        self.training_batches = training_batches
+        # a callable returning an iterable of (image, label) training batches, or None when the loop
+        # has none: set on every method after construction (registry.build_pruner) for forward
+        # passes such as the BatchNorm re-estimation
+        self.training_batches = None
 
     def reestimate_bn(self, ctx, wanted, when):
         """Re-estimate the BatchNorm statistics exactly on ``wanted`` training batches (the loop's

@@ -105,8 +105,7 @@ def build_pruner(cfg, net, steps_per_epoch, logger, supplies=None):
     method = METHODS[cfg.prune_method]
     supplies = supplies or {}
     pruner = method(cfg, net, steps_per_epoch, logger, **{need: supplies.get(need) for need in method.needs})
-    if getattr(pruner, "training_batches", None) is None:   # any method may re-estimate BatchNorm at its end
-        pruner.training_batches = supplies.get("training_batches")
+    pruner.training_batches = supplies.get("training_batches")   # any method may re-estimate BatchNorm
     return pruner
 
 

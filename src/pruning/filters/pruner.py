@@ -62,9 +62,9 @@ class PSAPPruner(Pruner):
     """Soft filter pruning with sparsity-adaptive layer ratios and gradient-energy protection."""
 
     name = "psap"
-    # the input shape counts MACs; training batches re-estimate the BatchNorm statistics after
-    # the final step (without them a warning, and the pruned network may lose accuracy)
-    needs = ("input_shape", "training_batches")
+    # the input shape counts MACs (the training batches that re-estimate the BatchNorm statistics
+    # after the final step reach every method as ``self.training_batches``)
+    needs = ("input_shape",)
     keys = {
         "psap_target": Key(str, "flops", choices=["filters", "flops"],
                            help_text="psap_ratio is a fraction of prunable filters or of the dense MACs"),
@@ -114,11 +114,11 @@ class PSAPPruner(Pruner):
     def check_recipe(cls, cfg):
         check_stream_recipe(cfg)
 
-    def __init__(self, cfg, net, steps_per_epoch, logger, input_shape=None, training_batches=None):
+    def __init__(self, cfg, net, steps_per_epoch, logger, input_shape=None):
         if input_shape is None:
             raise ConfigError("method psap needs input_shape (one input's shape with batch 1) to "
                               "count MACs")
-        super().__init__(cfg, net, steps_per_epoch, logger, training_batches)
+        super().__init__(cfg, net, steps_per_epoch, logger)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.stream = StreamPruning(cfg, net) if cfg.psap_stream_ratios else None
         if self.stream:
