@@ -5,6 +5,8 @@ A network whose output no longer depends on its input is evaluated all the same 
 the measurement asked for) with a warning on stderr naming its emptied layers."""
 import sys
 
+import numpy as np
+
 from src.dataset import input_shape
 from src.metrics import evaluate
 from src.models import build_network, default_inner_widths
@@ -36,14 +38,19 @@ def evaluation_report(cfg, net, meta, data, ckpt, report_png="", log=print):
         print(f"warning: {ckpt}: {dead}", file=sys.stderr)
     result["flops"], result["params"] = count_macs_params(net, shape)
     result["dense_flops"], result["dense_params"] = count_macs_params(build_network(cfg), shape)
+    # params/MACs are of the shapes: an unstructured-sparse network stores and multiplies its zeros
+    result["nonzero_params"] = int(sum(np.count_nonzero(value) for value in params.values()))
 
     log(f"checkpoint {ckpt}  ({cfg.net}, {result['samples']} images)")
     log(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
         f"sparsity {result['sparsity']:.4f}" + (
             f" (of the {len(selected)} pruned weights; {result['sparsity_all_conv_fc']:.4f} of all "
             f"{len(everything)} conv/FC weights)" if "sparsity_all_conv_fc" in result else ""))
+    sparse = result["sparsity"] > 0 and not meta.get("inner_widths")
     log(f"params {result['params']:,} (dense {result['dense_params']:,})  "
-        f"MACs {result['flops']:,} (dense {result['dense_flops']:,})")
+        f"MACs {result['flops']:,} (dense {result['dense_flops']:,})" + (
+            f"  nonzero params {result['nonzero_params']:,} (params/MACs count the masks' zeros)"
+            if sparse else ""))
     if meta.get("inner_widths"):
         _report_widths(cfg, meta, result, report_png, log)
     elif result["sparsity"] > 0:

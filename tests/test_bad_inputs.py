@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, digest
+from tests.conftest import ROOT, TINY_NET, digest
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
@@ -331,6 +331,24 @@ def test_launcher_keeps_the_recipes_device(places):
     assert proc.returncode == 2, proc.stderr
     assert "GPU" in proc.stderr and "Traceback" not in proc.stderr
     assert not list((places["tmp"] / "gpu_out").glob("*.ckpt"))
+
+
+def test_a_refused_start_writes_no_run_record(places, tmp_path):
+    """A start refused after the folder's lock is taken (here: no complete batch) records no run:
+    a new folder holds only the lock file, an earlier run's record (a run that saved no checkpoint)
+    stays byte-identical (it was replaced by the refused run's)."""
+    fresh = tmp_path / "fresh"
+    proc = run(["train.py", "--config_path", DENSE, "--data_path", places["data"], "--output_dir", str(fresh),
+                "--train_samples", "10", "--batch_size", "32", *TINY_NET])
+    assert proc.returncode == 1 and "0 batches" in proc.stderr, proc.stderr
+    assert sorted(os.listdir(fresh)) == [".lock"]
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "run.json").write_text('{"run_id": "earlier", "recipe": {}}\n')
+    proc = run(["train.py", "--config_path", DENSE, "--data_path", places["data"], "--output_dir", str(earlier),
+                "--train_samples", "10", "--batch_size", "32", *TINY_NET])
+    assert proc.returncode == 1
+    assert (earlier / "run.json").read_text() == '{"run_id": "earlier", "recipe": {}}\n'
 
 
 def test_run_eval_never_replaces_an_earlier_result(places, tmp_path):

@@ -105,8 +105,14 @@ def test_rpg_contract_reaches_exact_sparsity(fashion_dir, tmp_path):
                       fashion_dir, "--eval_samples", "256", "--report_png", report,
                       "--json_out", tmp_path / "r.json", *TINY_NET)
     assert "rel.rank" in proc.stdout and report.stat().st_size > 1000
-    layers = json.loads((tmp_path / "r.json").read_text())["layers"]
+    result = json.loads((tmp_path / "r.json").read_text())
+    layers = result["layers"]
     assert len(layers) == 8 and all(0 <= row["relative_rank"] <= 1 for row in layers)
+    # params count the dense shapes; the nonzero count is what the 90 % masks leave (BN and biases kept)
+    net = checkpoint_network(tmp_path / "last.ckpt")
+    assert result["params"] == result["dense_params"] and result["nonzero_params"] < 0.2 * result["params"]
+    assert result["nonzero_params"] == sum(np.count_nonzero(p.asnumpy()) for p in net.trainable_params())
+    assert f"nonzero params {result['nonzero_params']:,} (params/MACs count the masks' zeros)" in proc.stdout
     proc = run_script("export.py", "--config_path", RPG, "--ckpt", tmp_path / "last.ckpt",
                       "--file_format", "SPARSE", "--file_name", tmp_path / "s", *TINY_NET)
     restored, _ = read_sparse(str(tmp_path / "s.sparse.npz"))

@@ -285,6 +285,16 @@ MUTANTS = [
       "        args = dict(self._build_args, inner_widths=inner_widths)",
       "        args = dict(self._build_args, inner_widths=inner_widths, stage_blocks=[3, 3, 3])",
       "tests/test_model_train.py::test_psap_converts_to_the_compact_network_and_its_mindir"),
+    # --- the edges: a refused start, sparse parameter counts, the eval launcher's warning -------
+    m("refused_start_records_a_run", "src/run_record.py",
+      "    return new_run_id()\n", "    return write_run(output_dir, new_run_id(), {})\n",
+      "tests/test_bad_inputs.py::test_a_refused_start_writes_no_run_record"),
+    m("nonzero_params_count_the_zeros", "src/evaluation_report.py",
+      "np.count_nonzero(value) for value", "value.size for value",
+      "tests/test_end_to_end.py::test_rpg_contract_reaches_exact_sparsity"),
+    m("run_eval_warning_on_stdout", "scripts/run_eval.sh",
+      "grep -v -e '^\\[WARNING\\]' -e '^warning: ' \"$LOG\"", "grep -v -e '^\\[WARNING\\]' \"$LOG\"",
+      "tests/test_bad_inputs.py::test_a_pruning_run_that_empties_layers_ends_with_exit_1"),
 ]
 
 
