@@ -390,4 +390,8 @@ class Trainer:
             if not last_epoch and self._stop_requested(step):
                 self._interrupt(step)
         self._finish(step)
+        if self.stop.requested:   # during the last step or the end-of-run work, which completed
+            # exit 130 all the same: a command chained after this one must not run
+            raise Interrupted(f"interrupted after the last step: the run is complete "
+                              f"({os.path.join(self.output_dir, 'last.ckpt')} saved); nothing to resume")
         return result

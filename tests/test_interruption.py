@@ -219,6 +219,27 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(reference, fashion_dir, t
     assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
 
 
+def test_ctrl_c_after_the_last_step_completes_the_run_and_still_exits_130(reference, fashion_dir, tmp_path):
+    """The end-of-run work (evaluation, last.ckpt) completes, then exit 130 and one line: a command
+    chained after train.py must not run because the user asked to stop."""
+    out = tmp_path / "late"
+    # a longer evaluation: the signal arrives during the end-of-run work
+    proc = start_in_own_session([*tiny_with("--eval_samples", "4000"), "--data_path", fashion_dir,
+                                 "--output_dir", out], stdout=subprocess.PIPE)
+    log = out / "train.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and "step 16/16" in log.read_text()):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1, stderr
+    assert lines[0] == (f"interrupted after the last step: the run is complete ({out / 'last.ckpt'} saved); "
+                        "nothing to resume")
+    assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")
+
+
 def test_ctrl_c_during_start_up_is_one_line(fashion_dir, tmp_path):
     proc = start_in_own_session([*TINY, "--data_path", fashion_dir, "--output_dir", tmp_path / "o"])
     time.sleep(1.5)  # importing MindSpore or building the graph
