@@ -8,7 +8,6 @@ benchmarks/results/accuracy_sparsity.{json,md,png}. Finished runs are kept under
 reused when the script is started again, only if made with the same recipe, seed and budget (else
 one error line: use another --work_dir); an interrupted run continues from its newest checkpoint.
 """
-import argparse
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ import time
 
 from benchmarks.common import ROOT, machine_info, save_figure, write_results
 from benchmarks.runs import call, check_same_recipe, main_guard, train
+from src.cli import OneLineParser
 from src.config import parse_args
 from src.models import network_from_checkpoint
 from src.outputs import write_json_atomic
@@ -101,7 +101,7 @@ def plot(rows, dense, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--train_samples", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=6)

@@ -19,7 +19,8 @@ import mindspore as ms
 
 from benchmarks.collapse_analysis import network_behaviour, network_config, test_batches
 from benchmarks.common import result_name, save_figure, write_results
-from benchmarks.runs import BenchmarkError, OneLineParser, main_guard
+from benchmarks.runs import BenchmarkError, main_guard
+from src.cli import OneLineParser
 from src.dataset import batches, create_dataset, split_path
 from src.models import network_from_checkpoint
 from src.models.batchnorm import reestimate_batchnorm

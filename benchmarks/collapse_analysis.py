@@ -24,8 +24,9 @@ import re
 import numpy as np
 
 from benchmarks.common import ROOT, result_name, write_results
-from benchmarks.runs import BenchmarkError, OneLineParser, main_guard
+from benchmarks.runs import BenchmarkError, main_guard
 from src import checkpoint
+from src.cli import OneLineParser
 from src.config import parse_args
 from src.dataset import batches, create_dataset, split_path
 from src.errors import ConfigError

@@ -28,8 +28,9 @@ import time
 import numpy as np
 
 from benchmarks.common import ROOT, machine_info, result_name, save_figure, write_results
-from benchmarks.runs import BenchmarkError, OneLineParser, call, cached_result, main_guard, train
+from benchmarks.runs import BenchmarkError, call, cached_result, main_guard, train
 from src import checkpoint
+from src.cli import OneLineParser
 from src.outputs import write_json_atomic
 from src.pruning.masks.rpg.pruner import RPGPruner
 from src.report import effective_rank, numerical_rank

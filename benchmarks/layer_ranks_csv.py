@@ -14,7 +14,8 @@ import io
 import os
 import sys
 
-from benchmarks.plot_run import BadRun, OneLineParser, load_events, write_reported
+from benchmarks.plot_run import BadRun, load_events, write_reported
+from src.cli import OneLineParser
 from src.outputs import OutputExists, add_overwrite_option, refuse_existing, write_text_atomic
 
 

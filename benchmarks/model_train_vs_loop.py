@@ -33,7 +33,8 @@ from mindspore import nn, Tensor
 from mindspore.train import LossMonitor
 
 from benchmarks.common import ROOT, machine_info
-from benchmarks.runs import OneLineParser, call, cached_result, main_guard, train
+from benchmarks.runs import call, cached_result, main_guard, train
+from src.cli import OneLineParser
 from src.config import parse_args
 from src.dataset import create_dataset, input_shape, split_path
 from src.lr_schedule import learning_rates

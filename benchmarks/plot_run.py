@@ -8,10 +8,10 @@ filters for PSAP) with the mask updates or PSAP pruning steps marked and their t
 evaluation top-1. Bad input (no such folder, no metrics.jsonl, an empty or unreadable one, an
 existing PNG without --overwrite): one error line, exit 2; the earlier PNG is left as it was.
 """
-import argparse
 import os
 import sys
 
+from src.cli import OneLineParser
 from src.errors import ConfigError
 from src.logs import MetricsFile, read_metrics
 from src.outputs import (OutputError, OutputExists, add_overwrite_option, atomic_output,
@@ -21,13 +21,6 @@ from src.report import figure_suffix
 
 class BadRun(ValueError):
     """The run's folder or metrics file cannot be plotted (a one-line message)."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line (``error: ...``, exit 2), as the entry scripts' are."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def load_events(output_dir):

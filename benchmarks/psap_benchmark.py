@@ -46,7 +46,8 @@ import time
 from benchmarks.common import ROOT, machine_info, result_name, write_results
 from benchmarks.latency import BATCHES, measure_latency, wait_until_quiet
 from benchmarks.psap_report import aggregate, cell_key, markdown, plot
-from benchmarks.runs import BenchmarkError, OneLineParser, call, check_same_recipe, main_guard, train
+from benchmarks.runs import BenchmarkError, call, check_same_recipe, main_guard, train
+from src.cli import OneLineParser
 from src.config import parse_args as parse_recipe
 from src.errors import ConfigError
 from src.logs import MetricsFile, read_metrics

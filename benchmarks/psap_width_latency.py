@@ -33,7 +33,8 @@ import mindspore as ms
 
 from benchmarks.common import ROOT, machine_info, result_name, write_results
 from benchmarks.latency import measure_latency
-from benchmarks.runs import BenchmarkError, OneLineParser, main_guard
+from benchmarks.runs import BenchmarkError, main_guard
+from src.cli import OneLineParser
 from src.config import build_config
 from src.models import build_network, default_inner_widths
 from src.models.flops import count_macs_params, layer_records

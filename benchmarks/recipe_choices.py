@@ -8,7 +8,6 @@ Each run is `train.py` + `eval.py --json_out` (full 10,000-image test set); runs
 --work_dir and reused when started again, only if made with the same settings (else one error
 line); an interrupted run continues from its newest checkpoint. Results: benchmarks/results/recipe_choices.{json,md}.
 """
-import argparse
 import itertools
 import json
 import os
@@ -18,6 +17,7 @@ import numpy as np
 
 from benchmarks.common import ROOT, machine_info, write_results
 from benchmarks.runs import call, check_same_recipe, main_guard, train
+from src.cli import OneLineParser
 
 RECIPE = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s98.yaml")
 FACTORS = {"shortcut": ("A", "B"), "crop_padding": (2, 0), "warmup_epochs": (0.5, 0)}
@@ -45,7 +45,7 @@ def run(args, choice, seed):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8])
     parser.add_argument("--train_samples", type=int, default=12000)

@@ -14,7 +14,6 @@
    what one of 2 data-parallel workers computes (its share of the eigendecompositions plus the
    projection of every layer; the two all-reduces that gather the bases are not included).
 """
-import argparse
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ import time
 import numpy as np
 
 from benchmarks.common import machine_info, random_batch, timed, training_setup, write_results
+from src.cli import OneLineParser
 from src.pruning.masks.mask_ops import global_magnitude_masks
 from src.pruning.masks.rpg.rank_targets import (layers_for_worker, own_bases, project_targets,
                                                 rank_targets_numpy, unit_matrices)
@@ -213,7 +213,7 @@ timed updates each (after one untimed compile), median. Transfers: the most call
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("--before", default="", help="git revision to time the mask update of, "
                         "beside this tree's (e.g. the commit before a refactor)")
     parser.add_argument("--only_update", action="store_true",

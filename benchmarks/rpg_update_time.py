@@ -8,7 +8,6 @@ prints one JSON line. Run so by ``python -m benchmarks.rpg_cost --before REV``, 
 tree and in a checkout of REV in turn, so that both are timed on the same machine in one run (this
 file by its path: REV's tree may predate it).
 """
-import argparse
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import time
 # the tree being measured: rpg_cost.py runs this file with that tree as the working directory
 # and on PYTHONPATH, so benchmarks.common and src come from there
 from benchmarks.common import random_batch, training_setup
+from src.cli import OneLineParser
 
 
 def _harness():
@@ -32,7 +32,7 @@ def _harness():
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Wall time of one RPG mask update on ResNet-50 "
+    parser = OneLineParser(description="Wall time of one RPG mask update on ResNet-50 "
                                                  "(random data); prints one JSON line.")
     parser.add_argument("repeats", nargs="?", type=int, default=3, help="timed updates (default 3)")
     repeats = parser.parse_args().repeats

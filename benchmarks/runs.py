@@ -6,7 +6,6 @@
 - A failing or interrupted step ends the benchmark with one line, not a traceback; finished runs
   stay in the work folder and the same command continues.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -84,13 +83,6 @@ def call(cmd, log_path=None):
         where = f"; its output: {log_path}" if log_path else ""
         raise BenchmarkError(f"{script} exited {proc.returncode}{where} (command: "
                              f"{' '.join(map(str, cmd[1:]))})")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (``error: ...``, exit 2), as train.py's are."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def main_guard(main):

@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from benchmarks.common import ROOT, machine_info, write_results
+from src.cli import OneLineParser
 from src.logs import read_metrics
 from src.outputs import write_text_atomic
 
@@ -165,7 +166,7 @@ def run(workers, args, common, out):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--data_path", default=os.environ.get("FASHION_MNIST_DIR",
                                                               "/usr/share/datasets/fashion-mnist"))
     parser.add_argument("--train_samples", type=int, default=10240)

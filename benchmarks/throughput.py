@@ -5,9 +5,9 @@
 ResNet-20 at Fashion-MNIST size (1x28x28, batch 128) and ResNet-50 at 224 (3x224x224, batch 32);
 random data, so the numbers are the network's, not the input pipeline's.
 """
-import argparse
 
 from benchmarks.common import machine_info, random_batch, timed, training_setup, write_results
+from src.cli import OneLineParser
 
 CASES = [
     {"name": "resnet20 fashion-mnist", "net": "resnet20", "in_channels": 1, "image_size": 28,
@@ -33,7 +33,7 @@ def measure(case):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(description=__doc__)
     parser.parse_args()
     results = [measure(case) for case in CASES]
     info = machine_info()

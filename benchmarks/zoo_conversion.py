@@ -12,7 +12,6 @@ compares the converted network with the zoo layout under symmetric padding (must
 under the zoo's 'same' padding (the difference that needs a fine-tune). Writes
 benchmarks/results/zoo_conversion.{json,md}.
 """
-import argparse
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from benchmarks.common import ROOT
+from src.cli import OneLineParser
 from scripts import convert_zoo_resnet50 as zoo
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -54,7 +54,7 @@ def calibrated_zoo_net(batch, seed):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

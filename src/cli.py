@@ -1,11 +1,19 @@
 """Shared entry-point behaviour: user errors become one line on stderr and exit code 2 (config)
 or 1 (data, checkpoint, training, export), never a traceback."""
+import argparse
 import os
 import sys
 
 from src.errors import CheckpointError, ConfigError, DataError, ExportError, TrainingError
 from src.interrupt import EXIT_CODE, STOP, Interrupted
 from src.outputs import OutputError, OutputExists
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``error: ...``, exit 2), as train.py's are."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def user_errors():

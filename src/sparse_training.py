@@ -40,6 +40,18 @@ from src.recipe_keys import ALIASES, BASE_KEYS
 from src.report import layer_rows
 
 
+def batch_source(batches, name):
+    """``batches`` (None, a callable returning an iterable, or a list / other re-iterable) as a
+    callable giving a fresh pass each time, or None; anything else is a ConfigError now, not a
+    TypeError when the method first reads it at the end of training."""
+    if batches is None or callable(batches):
+        return batches
+    if not hasattr(batches, "__iter__"):
+        raise ConfigError(f"{name}: got {type(batches).__name__}, expected a list or other iterable of "
+                          "(image, label) batches, or a callable returning one")
+    return lambda: iter(batches)
+
+
 class SparseTraining:
     """A pruning method around a network, loss and optimizer: a train step for your own loop.
 
@@ -64,10 +76,7 @@ class SparseTraining:
         self.logger = logger or logging.getLogger("prune")
         self.network = network
         self.optimizer = optimizer
-        if training_batches is not None and not callable(training_batches):
-            given = training_batches   # a list / dataset: a fresh pass each time it is asked for
-            training_batches = lambda: iter(given)   # noqa: E731
-        self.batches_for_method = training_batches
+        self.batches_for_method = batch_source(training_batches, "training_batches")
         supplies = {"input_shape": input_shape, "training_batches": self.training_batches}
         try:
             self.pruner = build_pruner(self.cfg, network, steps_per_epoch, self.logger, supplies)
@@ -135,7 +144,7 @@ class SparseTraining:
         it at the last epoch unless the constructor had ``training_batches`` (without either PSAP
         warns and the pruned network may lose accuracy)."""
         if recalibration_batches is not None:
-            self.batches_for_method = lambda: iter(recalibration_batches)
+            self.batches_for_method = batch_source(recalibration_batches, "recalibration_batches")
         self.ctx.step = self.iterations  # the epoch's records name the iterations done
         self.pruner.on_epoch_end(self.ctx.epoch, self.ctx)
         self.ctx.epoch += 1

@@ -145,7 +145,9 @@ def test_api_errors_are_one_line_config_errors():
                           ({"gmp_frequency": 3}, "gmp_frequency"),          # GMP's key on RPG
                           ({"method": "psap"}, "input_shape"),
                           ({"method": "psap", "input_shape": (1, 1, 16, 16)}, "ResNet"),
-                          ({"optimizer": partial}, "fc1.weight")):
+                          ({"optimizer": partial}, "fc1.weight"),
+                          # read only at the end of training: refused now, not a TypeError then
+                          ({"training_batches": 42}, "training_batches: got int")):
         args = {"method": "rpg", "steps_per_epoch": 1000, "optimizer": optimizer, **keys}
         with pytest.raises(ConfigError, match=message):
             SparseTraining(net, nn.CrossEntropyLoss(), args.pop("optimizer"), **args)

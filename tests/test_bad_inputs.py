@@ -240,6 +240,8 @@ RUN_CASES = [
     # --name is a file under benchmarks/results: "../x" wrote beside the repository
     ("benchmark-name-is-a-path", ["-m", "benchmarks.extreme_sparsity", "--data_path", "{data}", "--name",
                                   "../escaped"], 2, "'../escaped' is not a file name under benchmarks/results"),
+    ("benchmark-name-has-a-newline", ["-m", "benchmarks.extreme_sparsity", "--data_path", "{data}", "--name",
+                                      "a\nb"], 2, "no control characters"),
     ("psap-benchmark-name-is-a-path", ["-m", "benchmarks.psap_benchmark", "--data_path", "{data}", "--name",
                                        "sub/x"], 2, "'sub/x' is not a file name"),
     ("psap-width-multiple-unreachable", train("--psap_width_multiple", "32",
@@ -456,14 +458,15 @@ HELPERS = sorted(f"{folder}/{name}" for folder in ("benchmarks", "scripts", "too
                  for name in os.listdir(os.path.join(ROOT, folder)) if name.endswith(".py"))
 
 
-# Runs every helper's --help in one fresh process (one MindSpore import, not one per helper), each as
-# `python -m NAME --help` / `python scripts/NAME.py --help` would: {script: (exit code, stdout, stderr)}
+# Runs every helper's --help, then with an unknown flag, in one fresh process (one MindSpore import,
+# not one per helper), each as `python -m NAME ARGS` / `python scripts/NAME.py ARGS` would:
+# {"SCRIPT ARGS": (exit code, stdout, stderr)}
 HELP_DRIVER = """
 import contextlib, io, json, runpy, sys, traceback
 results = {}
-for script in sys.argv[1:]:
+for script, args in [(s, a) for s in sys.argv[1:] for a in (["--help"], ["--no_such_flag", "1"])]:
     out, err, code = io.StringIO(), io.StringIO(), 0
-    sys.argv = [script, "--help"]
+    sys.argv = [script, *args]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             if script.startswith("scripts/"):
@@ -475,7 +478,7 @@ for script in sys.argv[1:]:
         except BaseException:
             traceback.print_exc()
             code = 1
-    results[script] = (code, out.getvalue(), err.getvalue())
+    results[" ".join([script, *args])] = (code, out.getvalue(), err.getvalue())
 print(json.dumps(results))
 """
 
@@ -501,10 +504,13 @@ def test_every_helper_answers_help(script, helper_help):
         assert '__name__ == "__main__"' not in source, f"{script} became a command: drop it from LIBRARY_MODULES"
         return
     results, nothing_written = helper_help
-    code, stdout, stderr = results[script]
+    code, stdout, stderr = results[f"{script} --help"]
     assert code == 0 and "Traceback" not in stderr, stderr[-2000:]
     assert "usage" in stdout.lower(), stdout[-2000:]
-    assert nothing_written, "a --help wrote into benchmarks/results"
+    assert nothing_written, "a --help or an unknown flag wrote into benchmarks/results"
+    # a mistyped flag is one line (argparse's usage block was three to six), exit 2, no work started
+    code, stdout, stderr = results[f"{script} --no_such_flag 1"]
+    check_one_line(code, stderr, 2, "error: ")
 
 
 def no_mindspore_env(tmp_path):

@@ -170,9 +170,10 @@ def test_psap_converts_to_the_compact_network_and_its_mindir(tmp_path):
     widths = [int(p.shape[0]) for p in compact.trainable_params()
               if re.fullmatch(r"layer\d\.\d\.conv1\.weight", p.name)]
     assert widths == [w[0] for w in meta["inner_widths"]] and meta["compact_macs"] < meta["dense_macs"]
-    # one pruning step per epoch end, after exactly that many optimizer steps
+    # one pruning step per epoch end, after exactly that many optimizer steps; its record names the
+    # iterations done, as train.py's metrics.jsonl does (it said one fewer)
     steps = [(step, seen) for event, step, seen in algo.steps_seen if event == "psap_step"]
-    assert steps == [(5, 6), (11, 12), (17, 18)]
+    assert steps == [(6, 6), (12, 12), (18, 18)]
     image = next(ds.create_tuple_iterator())[0]
     net.set_train(False)
     np.testing.assert_allclose(compact(image).asnumpy(), net(image).asnumpy(), rtol=1e-4, atol=1e-4)

@@ -6,7 +6,6 @@ Fashion-MNIST images for one epoch (16 iterations) with a mask update every 2 it
 
     python -m tools.mask_digest --data_path data/fashion_mnist [--methods rpg gmp]
 """
-import argparse
 import hashlib
 import os
 import subprocess
@@ -16,6 +15,7 @@ import tempfile
 import numpy as np
 
 from src import checkpoint
+from src.cli import OneLineParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
@@ -46,7 +46,7 @@ def digest_checkpoint(path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
     args = parser.parse_args()

@@ -14,13 +14,14 @@ union of the selections (a failing baseline makes every kill meaningless).
 Exit code 0 when every mutant is killed, 1 when any survives (or a breakage no longer applies
 because the code moved: update its search text), 2 when the baseline fails.
 """
-import argparse
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from src.cli import OneLineParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPIED = ("src", "tests", "config", "scripts", "benchmarks", "tools", "train.py", "eval.py",
@@ -338,7 +339,7 @@ def run_tests(directory, tests, timeout):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", help="names of the mutants to run")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--skip_baseline", action="store_true")
