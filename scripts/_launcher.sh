@@ -10,7 +10,7 @@ fi
 if ! python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("mindspore") is None)' \
         >/dev/null 2>&1; then
     echo "error: MindSpore is not importable by $(command -v python || echo "python (none on PATH)"):" \
-         "create the project's environment with 'bash scripts/setup_env.sh' (or activate yours)" >&2
+         "create the project's environment with 'source scripts/setup_env.sh' (or name yours with PRUNE_VENV=DIR)" >&2
     exit 1
 fi
 

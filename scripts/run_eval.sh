@@ -42,6 +42,7 @@ if [ "$STATUS" -ne 0 ]; then
     exit "$STATUS"
 fi
 mv "$TMP_LOG" "$LOG"
+chmod "$(printf '%o' $(( 0666 & ~0$(umask) )))" "$LOG"   # mktemp made it 0600; the umask decides, as for eval.json
 DONE=1
 # the log holds both streams; eval.py's own warnings (a dead network) go back to stderr
 grep -v -e '^\[WARNING\]' -e '^warning: ' "$LOG" || true

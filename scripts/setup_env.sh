@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment and install the pinned requirements.
 # Usage: source scripts/setup_env.sh   (activates .venv in the calling shell)
+# PRUNE_VENV=DIR: another environment, the one the launchers then run (scripts/_launcher.sh)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VENV:-$ROOT/.venv}"
+VENV="${PRUNE_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating virtual environment $VENV"

@@ -138,11 +138,12 @@ class SparseTraining:
         return None if self.batches_for_method is None else self.batches_for_method()
 
     def end_epoch(self, recalibration_batches=None):
-        """Call at the end of every epoch (PSAP prunes there; RPG and GMP need nothing).
-        ``recalibration_batches``: an iterable of (image, label) training batches on which PSAP's
-        final pruning step re-estimates the BatchNorm statistics (``psap_bn_recalibration``); pass
-        it at the last epoch unless the constructor had ``training_batches`` (without either PSAP
-        warns and the pruned network may lose accuracy)."""
+        """Call at the end of every epoch (PSAP prunes there; RPG and GMP act only with
+        ``bn_recalibration``). ``recalibration_batches``: an iterable of (image, label) training
+        batches on which the BatchNorm statistics are re-estimated at the last epoch's end (PSAP's
+        final pruning step, ``psap_bn_recalibration``; ``bn_recalibration`` of RPG/GMP/RigL); pass
+        it at the last epoch unless the constructor had ``training_batches`` (without either the
+        method warns and the pruned network may lose accuracy)."""
         if recalibration_batches is not None:
             self.batches_for_method = batch_source(recalibration_batches, "recalibration_batches")
         self.ctx.step = self.iterations  # the epoch's records name the iterations done

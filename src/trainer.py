@@ -302,7 +302,7 @@ class Trainer:
             self._save_outputs()
         except DeadNetworkError as err:
             raise DeadNetworkError(f"{err} ({last} is saved as it is)") from None
-        if self.is_main:
+        if self.is_main and not self.stop.requested:   # else train() ends with the interrupted line
             self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
         run_lock.release(self.output_dir)
 

@@ -370,6 +370,8 @@ def test_run_eval_never_replaces_an_earlier_result(places, tmp_path):
     assert done.returncode == 0, done.stderr
     assert unchanged({"tmp": folder, "run": folder}, before)
     assert json.loads((folder / "eval_2.json").read_text())["samples"] == 32
+    # the log follows the umask as the result does (it was a 0600 temporary file renamed)
+    assert stat.S_IMODE((folder / "eval_2.log").stat().st_mode) == stat.S_IMODE((folder / "eval_2.json").stat().st_mode)
 
 
 def test_deliberate_recipe_change_and_complete_run(places, tmp_path):
@@ -540,7 +542,7 @@ def test_launcher_without_mindspore_says_how_to_set_up(places, launcher):
     env = no_mindspore_env(places["tmp"] / "env")
     before = snapshot(places["tmp"], places["run"])
     proc = run([str(a).format(**places) for a in LAUNCHES[launcher]], env_extra=env)
-    check_one_line(proc.returncode, proc.stderr, 1, "bash scripts/setup_env.sh")
+    check_one_line(proc.returncode, proc.stderr, 1, "source scripts/setup_env.sh")
     assert "MindSpore is not importable" in proc.stderr
     assert unchanged(places, before) and not (places["tmp"] / "out").exists()
 

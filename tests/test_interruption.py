@@ -232,9 +232,10 @@ def test_ctrl_c_after_the_last_step_completes_the_run_and_still_exits_130(refere
             log.exists() and "step 16/16" in log.read_text()):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=120)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert proc.returncode == 130 and len(lines) == 1, stderr
+    assert "done:" not in stdout   # it did not end as asked; the line says what it did
     assert lines[0] == (f"interrupted after the last step: the run is complete ({out / 'last.ckpt'} saved); "
                         "nothing to resume")
     assert_same_final_state(out / "last.ckpt", reference / "last.ckpt")

@@ -119,7 +119,7 @@ def test_quickstart_from_a_clone_under_an_unusual_folder(tmp_path):
     clone = tmp_path / UNUSUAL / "rpg clone+1"
     clone.parent.mkdir()
     _clone_with_working_copy_edits(str(clone))
-    env = dict(os.environ, VENV=sys.prefix, FASHION_MNIST_SYSTEM_DIR=data, FASHION_MNIST_OFFLINE="1",
+    env = dict(os.environ, PRUNE_VENV=sys.prefix, FASHION_MNIST_SYSTEM_DIR=data, FASHION_MNIST_OFFLINE="1",
                QUICKSTART_SMOKE="1", GLOG_v="4", PYTHONWARNINGS="ignore")
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=clone, env=env, text=True,
@@ -151,7 +151,7 @@ def test_quickstart_reads_a_relative_output_dir_from_where_you_are(tmp_path):
     if data is None:
         pytest.skip("the real Fashion-MNIST files are not available")
     (tmp_path / "taken").write_text("a file, not a folder")
-    env = dict(os.environ, VENV=sys.prefix, FASHION_MNIST_SYSTEM_DIR=data, FASHION_MNIST_OFFLINE="1",
+    env = dict(os.environ, PRUNE_VENV=sys.prefix, FASHION_MNIST_SYSTEM_DIR=data, FASHION_MNIST_OFFLINE="1",
                GLOG_v="4")
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "quickstart.sh"), "taken"], cwd=tmp_path,
