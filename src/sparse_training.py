@@ -34,7 +34,7 @@ from src.pruning.core.base import prunable_weight_names, sparsity_of
 from src.pruning.core.context import TrainContext
 from src.pruning.core.liveness import (dead_network_message, depends_on_input, probe_from_batch,
                                        probe_inputs)
-from src.pruning.core.registry import build_pruner
+from src.pruning.core.registry import build_pruner, pruned_weight_names
 from src.pruning.core.train_cell import LossCell, TrainStep
 from src.recipe_keys import ALIASES, BASE_KEYS
 from src.report import layer_rows
@@ -185,7 +185,8 @@ class SparseTraining:
     def report(self):
         """{"sparsity": over the pruned weights, "layers": [{name, shape, density, rank,
         full_rank, effective_rank, ...}]} (numerical and effective rank of each weight matrix)."""
-        names = getattr(self.pruner, "names", None) or []
+        # a mask method's masked weights; else (PSAP) the weights the recipe prunes, as eval.py counts
+        names = getattr(self.pruner, "names", None) or pruned_weight_names(self.network, self.cfg)
         rows = layer_rows(self.network, names)   # the SVDs of the pruned layers only
         weights = self.ctx.get_weights(names).values()
         return {"sparsity": sparsity_of(weights) if names else 0.0, "layers": rows}

@@ -159,6 +159,23 @@ def test_api_errors_are_one_line_config_errors():
         ms.set_context(mode=ms.GRAPH_MODE)
 
 
+def test_psap_report_counts_the_zeroed_filters():
+    """PSAP has no masks: report() counts the zeros of every conv/FC weight, as eval.py does (it
+    said 0.0 whatever PSAP had zeroed)."""
+    from src.models.resnet import build_resnet
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = build_resnet("resnet8", 10, 1)
+    optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)
+    sparse = SparseTraining(net, nn.CrossEntropyLoss(), optimizer, method="psap", steps_per_epoch=4,
+                            input_shape=(1, 1, 28, 28))
+    conv = net.layer1[0].conv1.weight
+    conv.set_data(Tensor(np.concatenate([np.zeros_like(conv.asnumpy()[:8]), conv.asnumpy()[8:]])))
+    weights = [p.asnumpy() for p in net.trainable_params() if p.name.endswith("weight") and p.ndim in (2, 4)]
+    report = sparse.report()
+    assert report["sparsity"] == pytest.approx(sum((w == 0).sum() for w in weights) / sum(w.size for w in weights))
+    assert report["sparsity"] > 0 and len(report["layers"]) == len(weights)
+
+
 @pytest.mark.parametrize("which, value", [("network", None), ("network", lambda x: x),
                                           ("loss_fn", None), ("loss_fn", 3), ("optimizer", None),
                                           ("optimizer", "sgd")])
