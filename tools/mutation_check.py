@@ -296,6 +296,12 @@ MUTANTS = [
     m("run_eval_warning_on_stdout", "scripts/run_eval.sh",
       "grep -v -e '^\\[WARNING\\]' -e '^warning: ' \"$LOG\"", "grep -v -e '^\\[WARNING\\]' \"$LOG\"",
       "tests/test_bad_inputs.py::test_a_pruning_run_that_empties_layers_ends_with_exit_1"),
+    m("ctrl_c_after_the_last_step_exits_0", "src/trainer.py",
+      "        if self.stop.requested:   # during the last step", "        if False:   # during the last step",
+      "tests/test_interruption.py::test_ctrl_c_after_the_last_step_completes_the_run_and_still_exits_130"),
+    m("model_train_epoch_records_one_fewer", "src/model_train.py",
+      "            self.ctx.step = self.iterations   # an epoch's records", "            pass   # an epoch's records",
+      "tests/test_model_train.py::test_psap_converts_to_the_compact_network_and_its_mindir"),
 ]
 
 
