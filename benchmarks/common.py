@@ -66,9 +66,10 @@ def result_name(text):
     """argparse type of --name: a file name inside benchmarks/results, not a path (``../x`` or
     ``a/b`` would write the results somewhere else, or fail after hours of runs)."""
     if (not text or text != os.path.basename(text) or text.startswith(".") or "\\" in text
-            or not text.isprintable()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file name under benchmarks/results "
-                                         "(no folders, no leading dot, no control characters)")
+            or not text.isprintable() or len(text.encode()) > 200):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a file name under benchmarks/results "
+                                         "(no folders, no leading dot, no control characters, at "
+                                         "most 200 bytes)")
     return text
 
 

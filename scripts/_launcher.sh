@@ -2,6 +2,11 @@
 # virtual environment when it exists, else the `python` on PATH; without MindSpore: one line and
 # exit 1, not a ModuleNotFoundError. PRUNE_VENV=DIR names another environment; PRUNE_VENV= (empty)
 # takes the `python` on PATH as it is.
+if [ -n "${PRUNE_VENV:-}" ] && [ ! -x "$PRUNE_VENV/bin/python" ]; then   # named, not there: say so
+    echo "error: PRUNE_VENV=$PRUNE_VENV has no bin/python: create it with" \
+         "'PRUNE_VENV=$PRUNE_VENV source scripts/setup_env.sh', or unset PRUNE_VENV for the project's .venv" >&2
+    exit 1
+fi
 PRUNE_VENV="${PRUNE_VENV-$ROOT/.venv}"
 if [ -n "$PRUNE_VENV" ] && [ -x "$PRUNE_VENV/bin/python" ]; then
     PATH="$PRUNE_VENV/bin:$PATH"  # msrun starts its workers as `python`, found on PATH

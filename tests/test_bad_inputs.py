@@ -524,7 +524,7 @@ def no_mindspore_env(tmp_path):
         pytest.skip("the base interpreter has MindSpore installed")
     (tmp_path / "bin").mkdir(parents=True)
     os.symlink(base, tmp_path / "bin" / "python")
-    return {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "PRUNE_VENV": str(tmp_path / "no_venv")}
+    return {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "PRUNE_VENV": ""}   # empty: the python on PATH
 
 
 LAUNCHES = {  # a launch each launcher would accept
@@ -562,6 +562,12 @@ def test_launcher_uses_the_project_venv(places, venv):
         env["PRUNE_VENV"] = sys.prefix
     proc = run(["scripts/run_standalone_train.sh", DENSE, "--lamb", "nan"], env_extra=env)
     check_one_line(proc.returncode, proc.stderr, 2, "'lamb'")
+
+
+def test_launcher_refuses_a_prune_venv_that_is_not_there(places):
+    # it fell back to the python on PATH without a word
+    proc = run(["scripts/run_standalone_train.sh", DENSE], env_extra={"PRUNE_VENV": str(places["tmp"] / "nope")})
+    check_one_line(proc.returncode, proc.stderr, 1, f"PRUNE_VENV={places['tmp'] / 'nope'} has no bin/python")
 
 
 def test_launcher_never_says_done_without_last_ckpt(places):

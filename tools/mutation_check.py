@@ -351,6 +351,8 @@ def main():
     parser.add_argument("--skip_baseline", action="store_true")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
     args = parser.parse_args()
+    if args.only == []:   # an empty --only would run every mutant
+        parser.error("--only needs at least one mutant name (see --list)")
     mutants = [x for x in MUTANTS if not args.only or x["name"] in args.only]
     if args.only and len(mutants) != len(set(args.only)):
         known = {x["name"] for x in MUTANTS}
