@@ -316,9 +316,8 @@ class PruningAlgorithm:
         self.ctx.step = step
         self.pruner.after_step(step, self.ctx)
         self.iterations = step + 1
-        if self.iterations // self.steps_per_epoch > self.ctx.epoch:
-            self.ctx.step = self.iterations   # an epoch's records name the iterations done, as in the loop
         while self.iterations // self.steps_per_epoch > self.ctx.epoch:   # an epoch ended
+            self.ctx.step = self.iterations   # an epoch's records name the iterations done, as in the loop
             self.pruner.on_epoch_end(self.ctx.epoch, self.ctx)
             self.ctx.epoch += 1
         if self.iterations < self.planned:

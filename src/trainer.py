@@ -290,7 +290,8 @@ class Trainer:
 
     def _finish(self, step):
         """last.ckpt, the method's extra outputs (PSAP's compact network) beside it. A network whose
-        output no longer depends on its input still leaves last.ckpt, then ends the run (exit 1)."""
+        output no longer depends on its input still leaves last.ckpt, then ends the run (exit 1); a
+        stop requested during the last step or this work ends it with Interrupted (exit 130)."""
         last = os.path.join(self.output_dir, "last.ckpt")
         self._save(last, step)
         dump_dir = os.environ.get("PRUNE_DUMP_RANK_STATE")
@@ -302,9 +303,13 @@ class Trainer:
             self._save_outputs()
         except DeadNetworkError as err:
             raise DeadNetworkError(f"{err} ({last} is saved as it is)") from None
-        if self.is_main and not self.stop.requested:   # else train() ends with the interrupted line
-            self.logger.info(f"done: {os.path.join(self.output_dir, 'last.ckpt')}")
         run_lock.release(self.output_dir)
+        if self.stop.requested:   # during the last step or the end-of-run work, which completed
+            # exit 130 all the same: a command chained after this one must not run
+            raise Interrupted(f"interrupted after the last step: the run is complete ({last} saved); "
+                              "nothing to resume")
+        if self.is_main:
+            self.logger.info(f"done: {last}")
 
     def _save_outputs(self, only_missing=False):
         """Save the method's final outputs ({file name: (cell, metadata)} from ``session.finish()``)
@@ -390,8 +395,4 @@ class Trainer:
             if not last_epoch and self._stop_requested(step):
                 self._interrupt(step)
         self._finish(step)
-        if self.stop.requested:   # during the last step or the end-of-run work, which completed
-            # exit 130 all the same: a command chained after this one must not run
-            raise Interrupted(f"interrupted after the last step: the run is complete "
-                              f"({os.path.join(self.output_dir, 'last.ckpt')} saved); nothing to resume")
         return result
