@@ -412,7 +412,7 @@ def test_a_fourth_method_from_one_class(toy_method, fashion_dir, tmp_path):
     from src.logs import read_metrics
     from src.trainer import Trainer
     from src import checkpoint
-    cfg = build_config({"prune_method": toy_method, "toy_delta": 3, "sparsity": 0.85,
+    cfg = build_config({"prune_method": toy_method, "toy_delta": 3, "sparsity": 0.85, "net": "resnet8",
                         "data_path": fashion_dir, "train_samples": 256, "eval_samples": 64,
                         "batch_size": 32, "epoch_size": 2, "output_dir": str(tmp_path),
                         "log_interval": 4}, {})
