@@ -32,7 +32,7 @@ network (``measure_latency``: models interleaved, after waiting for a quiet mach
 Results: benchmarks/results/psap_matrix.{json,md,png} (--name). Finished runs are kept under
 --work_dir and reused when the script is started again, only if made with the same settings
 (else one error line); an interrupted run continues from its newest checkpoint; --report_only
-rewrites the report from the JSON. --keep_committed NAME takes the runs of
+rewrites the report and its plot from the JSON. --keep_committed NAME takes the runs of
 benchmarks/results/NAME.json that this command would train (same settings and budget) from that
 file instead of training them again (their run folders need not exist): they are marked
 "(committed)" in the report and not timed.
@@ -294,7 +294,7 @@ def parse_args():
                         help="results name whose runs of this command are taken as they are "
                              "instead of trained again (marked committed in the report)")
     parser.add_argument("--report_only", action="store_true",
-                        help="rewrite the report from the stored results JSON (no runs)")
+                        help="rewrite the report and its plot from the stored results JSON (no runs)")
     args = parser.parse_args()
     if not args.data_path and not args.report_only:
         parser.error("--data_path is required (unless --report_only)")
@@ -357,8 +357,10 @@ def command_line(args):
 def main():
     args = parse_args()
     results = os.path.join(ROOT, "benchmarks", "results")
-    if args.report_only:
-        write_results(args.name, *stored_report(os.path.join(results, f"{args.name}.json")))
+    if args.report_only:   # the Markdown and the plot again, from the stored results
+        data, text = stored_report(os.path.join(results, f"{args.name}.json"))
+        plot(data["rows"], data["args"]["nets"], data["args"]["starts"], os.path.join(results, data["png"]))
+        write_results(args.name, data, text)
         return
     committed = committed_records(args)
     records = [run_or_committed(args, s, s["seed"] == args.seeds[0], committed)

@@ -211,6 +211,21 @@ def width_lines(rows):
     return out
 
 
+def _plot_methods(ax, group):
+    """Methods on the x axis in the order run: each seed a dot, the mean a bar with its std."""
+    for x, r in enumerate(group):
+        seeds = sorted(r["top1_by_seed"].items())
+        ax.scatter([x] * len(seeds), [100 * v for _, v in seeds], s=14, color="grey", zorder=3)
+        ax.errorbar([x], [r["top1"]["mean"]], yerr=[r["top1"]["std"]], fmt="_", markersize=18,
+                    capsize=5, color="C0", zorder=4)
+        ax.annotate(f"{r['top1']['mean']:.2f}", (x, r["top1"]["mean"]), xytext=(8, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.set_xticks(range(len(group)))
+    ax.set_xticklabels([r["label"] + (" (committed)" if r.get("committed") else "") for r in group],
+                       rotation=20, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(group) - 0.4)
+
+
 def plot(rows, nets, starts, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -222,18 +237,23 @@ def plot(rows, nets, starts, path):
             ax = axes[i][j]
             for r in (r for r in rows if r["net"] == net and r["method"] == "dense"):
                 ax.axhline(r["top1"]["mean"], color="grey", linestyle="--", label="dense")
-            labels = sorted({r["label"] for r in rows if r["net"] == net
-                             and r["start"] == start and r["method"] != "dense"})
-            for label in labels:
-                pts = sorted((r["cut"], r["top1"]["mean"], r["top1"]["std"]) for r in rows
-                             if r["net"] == net and r["start"] == start and r["label"] == label)
-                ax.errorbar([100 * p[0] for p in pts], [p[1] for p in pts],
-                            yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
-            ax.set_title(f"{NET_NAMES.get(net, net)}, {start}")
-            ax.set_xlabel("MACs cut (%)")
+            group = [r for r in rows if r["net"] == net and r["start"] == start and r["method"] != "dense"]
+            cuts = sorted({r["cut"] for r in group})
+            if len(cuts) == 1:     # one cut (an ablation): the methods side by side, every seed
+                _plot_methods(ax, group)
+                ax.set_title(f"{NET_NAMES.get(net, net)}, {start}, {round(100 * cuts[0])} % MACs cut")
+            else:
+                for label in sorted({r["label"] for r in group}):
+                    pts = sorted((r["cut"], r["top1"]["mean"], r["top1"]["std"]) for r in group
+                                 if r["label"] == label)
+                    ax.errorbar([100 * p[0] for p in pts], [p[1] for p in pts],
+                                yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
+                ax.set_title(f"{NET_NAMES.get(net, net)}, {start}")
+                ax.set_xlabel("MACs cut (%)")
             ax.set_ylabel("top-1 (%)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -57,6 +57,23 @@ def test_psap_report_only_explains_a_results_file_it_cannot_rebuild_in_one_line(
             psap_benchmark.stored_report(os.path.join(results, name))
 
 
+def test_the_committed_psap_ablation_rebuilds_its_report_and_plots_one_cut_by_method(tmp_path, monkeypatch):
+    """--report_only: the committed Markdown is what the JSON gives; a single MACs cut is drawn
+    with the methods side by side (one x position each, in the order run), not stacked on one x."""
+    results = os.path.join(ROOT, "benchmarks", "results")
+    data, text = psap_benchmark.stored_report(os.path.join(results, "psap_resnet56_cut60_ablation.json"))
+    with open(os.path.join(results, "psap_resnet56_cut60_ablation.md"), encoding="utf-8") as handle:
+        assert text.rstrip() + "\n" == handle.read()
+    drawn = []
+    draw = psap_report._plot_methods
+    monkeypatch.setattr(psap_report, "_plot_methods",
+                        lambda ax, group: (drawn.append([r["label"] for r in group]), draw(ax, group)))
+    png = tmp_path / "ablation.png"
+    psap_report.plot(data["rows"], data["args"]["nets"], data["args"]["starts"], str(png))
+    assert drawn == [["SFP", "PSAP-BN", "PSAP-L2", "PSAP-BN-NP", "PSAP-BN-NA"]]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_stream_method_of_the_psap_benchmark_trains_the_recipe_it_names():
     cmd = ["--config_path", os.path.join(ROOT, "config", "psap_resnet20_fashion_mnist.yaml"),
            "--data_path", "somewhere", *psap_benchmark.method_overrides("PSAP-BN-S", "bn_l2",
