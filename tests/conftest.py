@@ -87,6 +87,72 @@ def run_script(*args, check=True, timeout=600):
     return proc
 
 
+# Runs entry points one after another in one fresh process, each as `python SCRIPT ARGS` / `python
+# -m NAME ARGS` would (its own argv, exit code, and file descriptors 1 and 2 captured, so MindSpore's
+# C++ log lines would count as well), paying MindSpore's import (about 1.5 s of CPU) once instead of
+# once per command: for commands that fail early, where the import is most of their cost. State a
+# command leaves in the process (MindSpore's context, imported modules) is seen by the next one, so
+# commands that train belong in processes of their own. Prints {name: [exit code, stdout, stderr,
+# every file that existed under the case's folders before it is byte-identical after]}.
+ONE_PROCESS_DRIVER = """
+import json, os, runpy, sys, tempfile, traceback
+from tests.conftest import digest
+def snapshot(folders):
+    found = {}
+    for folder in folders:
+        for base, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(base, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    found[path] = digest(path)
+    return found
+results = {}
+for name, args, folders in json.load(sys.stdin):
+    before = snapshot(folders)
+    captured = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(captured[0].fileno(), 1); os.dup2(captured[1].fileno(), 2)
+    code = 0
+    try:
+        sys.argv = list(args)
+        if args[0] == "-m":
+            sys.argv = args[1:]
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(args[0], run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+    texts = []
+    for handle in captured:
+        handle.seek(0)
+        texts.append(handle.read().decode("utf-8", "replace"))
+    after = snapshot(folders)
+    results[name] = [code, texts[0], texts[1], {path: after.get(path) for path in before} == before]
+print(json.dumps(results))
+"""
+
+
+def run_in_one_process(cases, timeout=600):
+    """``cases``: [name, [script or "-m", args...], [folders to check]]; returns {name: (exit code,
+    stdout, stderr, files unchanged)} (ONE_PROCESS_DRIVER)."""
+    import json
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
+    for name in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
+        env.pop(name, None)
+    cases = [[name, [str(a) for a in args], [str(f) for f in folders]] for name, args, folders in cases]
+    proc = subprocess.run([sys.executable, "-c", ONE_PROCESS_DRIVER], input=json.dumps(cases), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {name: tuple(result) for name, result in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
 def shell_words(command):
     """The words bash reads from ``command`` (a launcher's resume command, quoted with printf %q:
     backslashes, or $'...' for non-ASCII names under the C locale, which shlex cannot read)."""

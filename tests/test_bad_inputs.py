@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY_NET, digest
+from tests.conftest import ROOT, TINY_NET, digest, run_in_one_process
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
@@ -321,69 +321,13 @@ def test_recipe_mistake_is_one_line(places, command, code, fragment, capsys, mon
     assert unchanged(places, before)
 
 
-# Runs RUN_CASES one after another in one fresh process, each as `python SCRIPT ARGS` / `python -m
-# NAME ARGS` would (its own argv, exit code, and file descriptors 1 and 2 captured, so MindSpore's
-# C++ log lines would count as well), paying MindSpore's import once instead of once per case (about
-# 1.5 s of CPU each). Each case has its own places; the finished run is shared, as it is by the
-# cases run one process each. Prints {name: [exit code, stdout, stderr, files left unchanged]}.
-RUN_DRIVER = """
-import json, os, runpy, sys, tempfile, traceback
-from tests.conftest import digest
-def snapshot(folders):
-    found = {}
-    for folder in folders:
-        for base, _, files in os.walk(folder):
-            for name in files:
-                path = os.path.join(base, name)
-                if os.path.isfile(path) and not os.path.islink(path):
-                    found[path] = digest(path)
-    return found
-results = {}
-for name, args, folders in json.load(sys.stdin):
-    before = snapshot(folders)
-    captured = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    sys.stdout.flush(); sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    os.dup2(captured[0].fileno(), 1); os.dup2(captured[1].fileno(), 2)
-    code = 0
-    try:
-        sys.argv = list(args)
-        if args[0] == "-m":
-            sys.argv = args[1:]
-            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-        else:
-            runpy.run_path(args[0], run_name="__main__")
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        sys.stdout.flush(); sys.stderr.flush()
-        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-    texts = []
-    for handle in captured:
-        handle.seek(0)
-        texts.append(handle.read().decode("utf-8", "replace"))
-    after = snapshot(folders)
-    results[name] = [code, texts[0], texts[1], {path: after.get(path) for path in before} == before]
-print(json.dumps(results))
-"""
-
-
 @pytest.fixture(scope="module")
 def run_case_results(fashion_dir, finished_run, weights_only, tmp_path_factory):
     cases = []
     for name, command, _, _ in RUN_CASES:
         places = make_places(tmp_path_factory.mktemp(name), fashion_dir, finished_run, weights_only)
         cases.append([name, [str(a).format(**places) for a in command], [str(places["tmp"]), str(places["run"])]])
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
-    for name in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
-        env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-c", RUN_DRIVER], input=json.dumps(cases), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_in_one_process(cases)
 
 
 @pytest.mark.parametrize("name,code,fragment", [(c[0], *c[2:]) for c in RUN_CASES], ids=[c[0] for c in RUN_CASES])

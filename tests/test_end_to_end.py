@@ -2,13 +2,14 @@
 targets, and bad input that must end with one clear line and leave earlier outputs intact."""
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import mindspore as ms
 import pytest
 
 from src.sparse_format import read_sparse
-from tests.conftest import ROOT, TINY_NET, digest, error_lines, run_script
+from tests.conftest import ROOT, TINY_NET, error_lines, run_in_one_process, run_script
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
@@ -178,48 +179,50 @@ def test_resume_continues_identically(fashion_dir, tmp_path):
 
 # --- bad input --------------------------------------------------------------------------------
 
-def _one_line_failure(proc, *words):
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = error_lines(proc)
+def _one_line_failure(code, stderr, *words):
+    assert code != 0, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = error_lines(SimpleNamespace(stderr=stderr))
     assert len(lines) == 1, lines
     for word in words:
         assert word in lines[0], lines[0]
 
 
 def test_bad_inputs_leave_outputs_intact(dense_run, fashion_dir, tmp_path):
+    """Each a one-line failure leaving every existing file as it was (all run in one process:
+    they fail before training, where MindSpore's import is most of their cost)."""
     ckpt = dense_run / "last.ckpt"
-    before = digest(ckpt)
-    train = ["train.py", "--config_path", DENSE, "--output_dir", tmp_path / "fresh", *SHORT]
-    _one_line_failure(run_script(*train, "--data_path", tmp_path / "nowhere", check=False), "nowhere")
     (tmp_path / "empty").mkdir()
-    _one_line_failure(run_script(*train, "--data_path", tmp_path / "empty", check=False), "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (bad / name).write_bytes(b"this is not an IDX file at all")
-    _one_line_failure(run_script(*train, "--data_path", bad, check=False), "bad")
-    _one_line_failure(run_script(*train, "--data_path", fashion_dir, "--batch_size", "-1",
-                                 check=False), "batch_size")
-    evaluate = ["eval.py", "--config_path", DENSE, "--data_path", fashion_dir, "--eval_samples", "64", *TINY_NET]
-    _one_line_failure(run_script(*evaluate, "--ckpt", tmp_path / "missing.ckpt", check=False),
-                      "not found")
-    _one_line_failure(run_script(*evaluate[:-2], "--ckpt", ckpt, "--net", "resnet32", check=False),
-                      "resnet")
-    # the checkpoint's recipe names the architecture: the error says what to pass
-    _one_line_failure(run_script(*evaluate, "--ckpt", ckpt, "--width_multiplier", "2", check=False),
-                      "--width_multiplier 1.0")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00garbage" * 100)
-    _one_line_failure(run_script(*evaluate, "--ckpt", junk, check=False), "junk.ckpt")
     json_out = tmp_path / "r.json"
     json_out.write_text("{\"keep\": 1}")
-    _one_line_failure(run_script(*evaluate, "--ckpt", junk, "--json_out", json_out, check=False))
+    train = ["train.py", "--config_path", DENSE, "--output_dir", tmp_path / "fresh", *SHORT]
+    evaluate = ["eval.py", "--config_path", DENSE, "--data_path", fashion_dir, "--eval_samples", "64", *TINY_NET]
+    cases = {  # name: (command, words the one line names)
+        "no-data-folder": ([*train, "--data_path", tmp_path / "nowhere"], ["nowhere"]),
+        "empty-data-folder": ([*train, "--data_path", tmp_path / "empty"], ["empty"]),
+        "not-idx-files": ([*train, "--data_path", bad], ["bad"]),
+        "negative-batch-size": ([*train, "--data_path", fashion_dir, "--batch_size", "-1"], ["batch_size"]),
+        "missing-checkpoint": ([*evaluate, "--ckpt", tmp_path / "missing.ckpt"], ["not found"]),
+        "eval-other-net": ([*evaluate[:-2], "--ckpt", ckpt, "--net", "resnet32"], ["resnet"]),
+        # the checkpoint's recipe names the architecture: the error says what to pass
+        "eval-other-width": ([*evaluate, "--ckpt", ckpt, "--width_multiplier", "2"], ["--width_multiplier 1.0"]),
+        "junk-checkpoint": ([*evaluate, "--ckpt", junk], ["junk.ckpt"]),
+        "junk-checkpoint-json-out": ([*evaluate, "--ckpt", junk, "--json_out", json_out], []),
+        "resume-from-junk": ([*train, "--data_path", fashion_dir, "--resume_ckpt", junk], ["junk.ckpt"]),
+        # a fresh run into the finished run's folder is refused before anything is written
+        "fresh-run-into-a-finished-one": (["train.py", "--config_path", DENSE, "--output_dir", dense_run, *SHORT,
+                                           "--data_path", fashion_dir], ["already holds"]),
+    }
+    results = run_in_one_process([[name, command, [tmp_path, dense_run]] for name, (command, _) in cases.items()])
+    for name, (_, words) in cases.items():
+        code, _, stderr, unchanged = results[name]
+        _one_line_failure(code, stderr, *words)
+        assert unchanged, f"{name} changed a file that existed before it"
     assert json.loads(json_out.read_text()) == {"keep": 1}
-    _one_line_failure(run_script(*train, "--data_path", fashion_dir, "--resume_ckpt", junk,
-                                 check=False), "junk.ckpt")
-    # a fresh run into the finished run's folder is refused before anything is written
-    _one_line_failure(run_script("train.py", "--config_path", DENSE, "--output_dir", dense_run, *SHORT,
-                                 "--data_path", fashion_dir, check=False), "already holds")
-    assert digest(ckpt) == before
