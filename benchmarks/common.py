@@ -73,8 +73,8 @@ def result_name(text):
     return text
 
 
-def write_results(name, data, markdown):
-    directory = os.path.join(ROOT, "benchmarks", "results")
+def write_results(name, data, markdown, directory=None):
+    directory = directory or os.path.join(ROOT, "benchmarks", "results")
     os.makedirs(directory, exist_ok=True)
     write_json_atomic(data, os.path.join(directory, f"{name}.json"))
     write_text_atomic(markdown.rstrip() + "\n", os.path.join(directory, f"{name}.md"))

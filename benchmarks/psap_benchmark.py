@@ -45,7 +45,7 @@ import time
 
 from benchmarks.common import ROOT, machine_info, result_name, write_results
 from benchmarks.latency import BATCHES, measure_latency, wait_until_quiet
-from benchmarks.psap_report import aggregate, cell_key, markdown, plot
+from benchmarks.psap_report import aggregate, cell_key, markdown, plot, report_only, stored_report
 from benchmarks.runs import BenchmarkError, call, check_same_recipe, main_guard, train
 from src.cli import OneLineParser
 from src.config import parse_args as parse_recipe
@@ -320,26 +320,6 @@ def check_recipes(args, parser):
             parser.error(f"{label_of(s['method'], s['multiple'])} on {s['net']}: {err}")
 
 
-def stored_report(path):
-    """(data, Markdown) of a results JSON this script wrote (BenchmarkError: one line if not)."""
-    if not os.path.exists(path):
-        raise BenchmarkError(f"no results file {os.path.relpath(path, ROOT)}: run the benchmark "
-                             "first, or name an existing one with --name")
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    words = (str(data.get("command", "")) if isinstance(data, dict) else "").split()
-    script = " ".join(words[1:3]) if words[1:2] == ["-m"] else (words[1] if len(words) > 1 else "?")
-    if not script.endswith(("benchmarks/psap_benchmark.py", "benchmarks.psap_benchmark")):
-        raise BenchmarkError(f"{os.path.relpath(path, ROOT)} is not a result of this script "
-                             f"(written by {script}); name a psap_benchmark result with --name")
-    try:
-        return data, markdown(data)
-    except KeyError as err:   # an older layout (the committed psap_benchmark.json: commit fff213e)
-        raise BenchmarkError(f"{os.path.relpath(path, ROOT)} was written by an older version of "
-                             f"this script (no {err} in it); its committed Markdown stays the "
-                             "report, this version cannot rebuild it") from None
-
-
 def command_line(args):
     parts = ["python -m benchmarks.psap_benchmark --data_path DIR"]
     for key in ("nets", "cuts", "starts", "seeds", "methods", "round_methods"):
@@ -357,10 +337,8 @@ def command_line(args):
 def main():
     args = parse_args()
     results = os.path.join(ROOT, "benchmarks", "results")
-    if args.report_only:   # the Markdown and the plot again, from the stored results
-        data, text = stored_report(os.path.join(results, f"{args.name}.json"))
-        plot(data["rows"], data["args"]["nets"], data["args"]["starts"], os.path.join(results, data["png"]))
-        write_results(args.name, data, text)
+    if args.report_only:
+        report_only(results, args.name)
         return
     committed = committed_records(args)
     records = [run_or_committed(args, s, s["seed"] == args.seeds[0], committed)

@@ -1,8 +1,12 @@
 """The PSAP benchmark's report (``psap_benchmark``): rows aggregated over seeds, verdicts, the
 Markdown and the plot, from the records of its runs."""
+import json
+import os
+
 import numpy as np
 
-from benchmarks.common import save_figure
+from benchmarks.common import ROOT, save_figure, write_results
+from benchmarks.runs import BenchmarkError
 
 NET_NAMES = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}
 
@@ -163,7 +167,9 @@ def protection_lines(rows):
 
 def markdown(data):
     a = data["args"]
-    lines = ["# PSAP benchmark matrix: Fashion-MNIST", "", f"Command: `{data['command']}`", "",
+    # older versions recorded `python benchmarks/psap_benchmark.py`, which cannot import its package
+    command = data["command"].replace("python benchmarks/psap_benchmark.py", "python -m benchmarks.psap_benchmark")
+    lines = ["# PSAP benchmark matrix: Fashion-MNIST", "", f"Command: `{command}`", "",
              f"Every run: the first {a['train_samples']} training images, {a['epochs']} epochs, "
              f"the recipes' schedule (pre-trained start: lr_max {a['pretrained_lr']}, no warm-up,"
              f" from the dense run of the same seed); top-1 on "
@@ -257,3 +263,47 @@ def plot(rows, nets, starts, path):
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def stored_report(path):
+    """(data, Markdown) of a results JSON this script wrote (BenchmarkError: one line if not)."""
+    if not os.path.exists(path):
+        raise BenchmarkError(f"no results file {os.path.relpath(path, ROOT)}: run the benchmark "
+                             "first, or name an existing one with --name")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as err:   # a folder, binary, truncated JSON
+        raise BenchmarkError(f"cannot read {os.path.relpath(path, ROOT)} as a results file: {err}") from None
+    words = (str(data.get("command", "")) if isinstance(data, dict) else "").split()
+    script = " ".join(words[1:3]) if words[1:2] == ["-m"] else (words[1] if len(words) > 1 else "?")
+    if not script.endswith(("benchmarks/psap_benchmark.py", "benchmarks.psap_benchmark")):
+        raise BenchmarkError(f"{os.path.relpath(path, ROOT)} is not a result of this script "
+                             f"(written by {script}); name a psap_benchmark result with --name")
+    try:
+        return data, markdown(data)
+    except KeyError as err:   # an older layout (the committed psap_benchmark.json: commit fff213e)
+        raise BenchmarkError(f"{os.path.relpath(path, ROOT)} was written by an older version of "
+                             f"this script (no {err} in it); its committed Markdown stays the "
+                             "report, this version cannot rebuild it") from None
+    except (TypeError, ValueError, AttributeError) as err:   # edited by hand: a value of another kind
+        raise BenchmarkError(f"{os.path.relpath(path, ROOT)} holds a value this script did not write "
+                             f"({type(err).__name__}: {err}); nothing rewritten") from None
+
+
+def report_only(results, name):
+    """The Markdown and the plot again from ``results``/NAME.json, written as NAME.md / NAME.png
+    (the plot's name follows --name, never a path stored in the file); nothing is written unless
+    both can be."""
+    data, text = stored_report(os.path.join(results, f"{name}.json"))
+    for target in (f"{name}.md", f"{name}.png"):
+        path = os.path.join(results, target)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise BenchmarkError(f"{os.path.relpath(path, ROOT)} exists and is not a file; nothing rewritten")
+    data = dict(data, png=f"{name}.png")
+    try:
+        plot(data["rows"], data["args"]["nets"], data["args"]["starts"], os.path.join(results, data["png"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise BenchmarkError(f"{name}.json cannot be plotted ({type(err).__name__}: {err}); nothing "
+                             "rewritten") from None
+    write_results(name, data, markdown(data), directory=results)

@@ -14,6 +14,7 @@ import sys
 from benchmarks.common import ROOT
 from src.config import parse_args
 from src.errors import ConfigError
+from src.outputs import OutputError
 from src.run_record import describe_changes, read_run, recipe_changes
 
 
@@ -89,7 +90,7 @@ def main_guard(main):
     """Run a benchmark's ``main``: one error line (exit 1) or the interrupted line (exit 130)."""
     try:
         main()
-    except BenchmarkError as err:
+    except (BenchmarkError, OutputError) as err:   # OutputError: a result file that cannot be written
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

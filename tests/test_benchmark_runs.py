@@ -54,14 +54,14 @@ def test_psap_report_only_explains_a_results_file_it_cannot_rebuild_in_one_line(
              "no_such_result.json": "no results file"}
     for name, message in cases.items():
         with pytest.raises(BenchmarkError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            psap_benchmark.stored_report(os.path.join(results, name))
+            psap_report.stored_report(os.path.join(results, name))
 
 
 def test_the_committed_psap_ablation_rebuilds_its_report_and_plots_one_cut_by_method(tmp_path, monkeypatch):
     """--report_only: the committed Markdown is what the JSON gives; a single MACs cut is drawn
     with the methods side by side (one x position each, in the order run), not stacked on one x."""
     results = os.path.join(ROOT, "benchmarks", "results")
-    data, text = psap_benchmark.stored_report(os.path.join(results, "psap_resnet56_cut60_ablation.json"))
+    data, text = psap_report.stored_report(os.path.join(results, "psap_resnet56_cut60_ablation.json"))
     with open(os.path.join(results, "psap_resnet56_cut60_ablation.md"), encoding="utf-8") as handle:
         assert text.rstrip() + "\n" == handle.read()
     drawn = []
@@ -72,6 +72,61 @@ def test_the_committed_psap_ablation_rebuilds_its_report_and_plots_one_cut_by_me
     psap_report.plot(data["rows"], data["args"]["nets"], data["args"]["starts"], str(png))
     assert drawn == [["SFP", "PSAP-BN", "PSAP-L2", "PSAP-BN-NP", "PSAP-BN-NA"]]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _ablation_json():
+    with open(os.path.join(ROOT, "benchmarks", "results", "psap_resnet56_cut60_ablation.json"), encoding="utf-8") as f:
+        return f.read()
+
+
+def _digests(folder):
+    import hashlib
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir") for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("case,message", [
+    ("truncated", "as a results file"), ("binary", "as a results file"), ("folder", "as a results file"),
+    ("png-elsewhere", None), ("md-is-a-folder", "is not a file"), ("png-is-a-folder", "is not a file"),
+    ("rows-of-another-kind", "holds a value this script did not write")])
+def test_report_only_bad_results_are_one_line_and_change_nothing(tmp_path, case, message):
+    """--report_only never follows a path stored in the JSON (its "png" once pointed a copied file
+    at docs/API.md), never draws the plot when the Markdown cannot be written, and a corrupt JSON
+    is one line."""
+    text = _ablation_json()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "API.md").write_text("# the API\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    name = "r"
+    (results / "other.png").write_bytes(b"another result's plot")
+    if case == "truncated":
+        (results / "r.json").write_text(text[:5000])
+    elif case == "binary":
+        (results / "r.json").write_bytes(b"\xff\xfe\x00junk")
+    elif case == "folder":
+        (results / "r.json").mkdir()
+    elif case == "png-elsewhere":
+        (results / "r.json").write_text(text.replace('"png": "psap_resnet56_cut60_ablation.png"',
+                                                     '"png": "../docs/API.md"'))
+    elif case == "md-is-a-folder":
+        (results / "r.json").write_text(text)
+        (results / "r.png").write_bytes(b"an earlier plot")
+        (results / "r.md").mkdir()
+    elif case == "png-is-a-folder":
+        (results / "r.json").write_text(text)
+        (results / "r.png").mkdir()
+    elif case == "rows-of-another-kind":
+        (results / "r.json").write_text(text.replace('"rows": [', '"rows": [7, ', 1))
+    before = _digests(results), _digests(tmp_path / "docs")
+    if message is None:   # the plot goes to r.png beside r.json, whatever the file says
+        psap_report.report_only(str(results), name)
+        assert _digests(tmp_path / "docs") == before[1] and (results / "r.png").read_bytes()[:4] == b"\x89PNG"
+        assert (results / "other.png").read_bytes() == b"another result's plot"
+        return
+    with pytest.raises(BenchmarkError, match=message) as err:
+        psap_report.report_only(str(results), name)
+    assert "\n" not in str(err.value)
+    assert (_digests(results), _digests(tmp_path / "docs")) == before
 
 
 def test_the_stream_method_of_the_psap_benchmark_trains_the_recipe_it_names():
