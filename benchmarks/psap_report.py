@@ -295,7 +295,8 @@ def report_only(results, name):
     """The Markdown and the plot again from ``results``/NAME.json, written as NAME.md / NAME.png
     (the plot's name follows --name, never a path stored in the file); nothing is written unless
     both can be."""
-    data, text = stored_report(os.path.join(results, f"{name}.json"))
+    data, _ = stored_report(os.path.join(results, f"{name}.json"))   # read and checked; the
+    # Markdown is made again below, naming the plot this call writes
     for target in (f"{name}.md", f"{name}.png"):
         path = os.path.join(results, target)
         if os.path.lexists(path) and not os.path.isfile(path):

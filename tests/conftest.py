@@ -96,19 +96,10 @@ def run_script(*args, check=True, timeout=600):
 # every file that existed under the case's folders before it is byte-identical after]}.
 ONE_PROCESS_DRIVER = """
 import json, os, runpy, sys, tempfile, traceback
-from tests.conftest import digest
-def snapshot(folders):
-    found = {}
-    for folder in folders:
-        for base, _, files in os.walk(folder):
-            for name in files:
-                path = os.path.join(base, name)
-                if os.path.isfile(path) and not os.path.islink(path):
-                    found[path] = digest(path)
-    return found
+from tests.conftest import snapshot
 results = {}
 for name, args, folders in json.load(sys.stdin):
-    before = snapshot(folders)
+    before = snapshot(*folders)
     captured = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
     sys.stdout.flush(); sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -133,22 +124,42 @@ for name, args, folders in json.load(sys.stdin):
     for handle in captured:
         handle.seek(0)
         texts.append(handle.read().decode("utf-8", "replace"))
-    after = snapshot(folders)
+    after = snapshot(*folders)
     results[name] = [code, texts[0], texts[1], {path: after.get(path) for path in before} == before]
 print(json.dumps(results))
 """
+
+
+def entry_env(**extra):
+    """The environment of an entry point run as a user would: the project importable, MindSpore's
+    log lines off (GLOG_v=4, as the README tells users who want a quiet console), and no
+    distributed-launch variables inherited from the shell."""
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
+    for name in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+def snapshot(*folders):
+    """sha256 of every regular file under the folders (links, e.g. to /dev/zero, are not followed)."""
+    found = {}
+    for folder in folders:
+        for base, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(base, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    found[path] = digest(path)
+    return found
 
 
 def run_in_one_process(cases, timeout=600):
     """``cases``: [name, [script or "-m", args...], [folders to check]]; returns {name: (exit code,
     stdout, stderr, files unchanged)} (ONE_PROCESS_DRIVER)."""
     import json
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
-    for name in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
-        env.pop(name, None)
     cases = [[name, [str(a) for a in args], [str(f) for f in folders]] for name, args, folders in cases]
-    proc = subprocess.run([sys.executable, "-c", ONE_PROCESS_DRIVER], input=json.dumps(cases), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-c", ONE_PROCESS_DRIVER], input=json.dumps(cases), cwd=ROOT,
+                          env=entry_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {name: tuple(result) for name, result in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY_NET, digest, run_in_one_process
+from tests.conftest import ROOT, TINY_NET, entry_env, run_in_one_process, snapshot
 
 DENSE = os.path.join(ROOT, "config", "resnet20_fashion_mnist.yaml")
 RPG = os.path.join(ROOT, "config", "rpg_resnet20_fashion_mnist_s90.yaml")
@@ -23,24 +23,9 @@ TINY = ["--epoch_size", "1", "--train_samples", "64", "--batch_size", "32", "--e
 
 
 def run(args, cwd=ROOT, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="4", PYTHONWARNINGS="ignore")
-    for name in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
-        env.pop(name, None)
-    env.update(env_extra or {})
+    env = entry_env(**(env_extra or {}))
     command = [sys.executable, *args] if args[0].endswith(".py") or args[0] == "-m" else ["bash", *args]
     return subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
-
-
-def snapshot(*folders):
-    """sha256 of every regular file under the folders (links, e.g. to /dev/zero, are not followed)."""
-    found = {}
-    for folder in folders:
-        for base, _, files in os.walk(folder):
-            for name in files:
-                path = os.path.join(base, name)
-                if os.path.isfile(path) and not os.path.islink(path):
-                    found[path] = digest(path)
-    return found
 
 
 @pytest.fixture(scope="module")
